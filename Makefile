@@ -1,0 +1,45 @@
+# sdbatch — run `make help` for the targets.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH_PIN ?= torch==2.13.0
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test quick lint format bench clean
+
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv and install sdbatch (editable, with test extras)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# A bare `torch` would pull a multi-GB CUDA build; pin the CPU wheel when none is installed.
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+run: install  ## install if needed, then run the demo recipe (sdbatch +recipe=hair_styles)
+	$(VENV)/bin/sdbatch +recipe=hair_styles
+
+quick: install  ## a few seconds: the quick recipe
+	$(VENV)/bin/sdbatch +recipe=quick
+
+test: install  ## install if needed, then run the whole test suite
+	$(VENV)/bin/python -m pytest -q
+
+lint: install  ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install  ## ruff fix + format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install  ## benchmarks (see BENCHMARKS.md)
+	$(VENV)/bin/python bench/run.py
+
+clean:  ## remove outputs and caches (keeps .venv)
+	rm -rf outputs .pytest_cache .ruff_cache
