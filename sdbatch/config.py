@@ -1,0 +1,95 @@
+"""Typed configuration: the schema Hydra composes recipes against, and the recipe library.
+
+Every field has a type and a default, so a misspelt key fails at compose time with Hydra's own
+message. Sweep axes are typed ``Any`` because each accepts a scalar *or* a list (OmegaConf has
+no unions); `sdbatch.recipe` validates their values.
+
+Recipes live in the top-level ``recipes/`` folder, which is packaged as ``sdbatch.recipes``.
+Hydra maps the config group ``recipe`` to a folder named ``recipe/``, so instead of renaming the
+folder we register every ``recipes/*.yaml`` in Hydra's ConfigStore under the group ``recipe``
+when this module is imported (also in launcher worker processes, which import the task
+function). Extra folders join through the ``SDBATCH_RECIPES`` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+RECIPES_ENV = "SDBATCH_RECIPES"
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # diffusers folder; None = the embedded tiny model
+    name: str | None = None  # A1111's "Model:" in infotext; default: folder name
+
+
+@dataclass
+class RunConfig:
+    dry_run: bool = False  # print the plan and the first jobs, write nothing
+    device: str = "auto"  # auto | cpu | cuda | cuda:N  (auto: CUDA when present)
+    dtype: str = "auto"  # auto | fp32 | fp16 | bf16  (auto: fp16 on CUDA, fp32 on CPU)
+    retry_failed: bool = False  # re-run jobs whose row says failed/nan
+    verify: str = "hash"  # resume check of finished images: hash (sha256) | size (faster)
+    progress: bool = True  # tqdm progress bar on stderr
+    show_jobs: int = 5  # how many jobs a dry run lists
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "outputs/${name}"  # images/ and manifest/ go here; same command, same place
+
+
+@dataclass
+class SdbatchConfig:
+    name: str = "untitled"  # recipe name: names the output folder and the manifest's recipe
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: Any = None  # a prompt or a list of prompts
+    template: Any = None  # a template (or list) using {var} names from `vars`
+    vars: dict[str, Any] = field(default_factory=dict)  # variable -> list of values
+    negative_prompt: str = ""
+    sampler: Any = "Euler a"  # A1111 sampler name(s)
+    steps: Any = 20
+    cfg: Any = 7.0  # classifier-free guidance scale(s); 0 and 1 turn guidance off
+    size: Any = "512x512"  # WIDTHxHEIGHT, each a multiple of 8
+    seeds: Any = 0  # a seed, a list, or {start: S, count: N}
+    batch_size: int = 4  # images per forward pass (jobs sharing model/size/sampler/steps/cfg)
+    run: RunConfig = field(default_factory=RunConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def recipe_dirs() -> list[Path]:
+    """Folders searched for recipes: the bundled library, then ``$SDBATCH_RECIPES`` entries."""
+    dirs = [Path(str(resources.files("sdbatch.recipes")))]
+    for entry in os.environ.get(RECIPES_ENV, "").split(os.pathsep):
+        if entry.strip():
+            dirs.append(Path(entry).expanduser())
+    return dirs
+
+
+def available_recipes() -> dict[str, Path]:
+    """Recipe name -> file; a later folder overrides an earlier one of the same name."""
+    found: dict[str, Path] = {}
+    for folder in recipe_dirs():
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.yaml")):
+                found[path.stem] = path
+    return found
+
+
+def register_configs() -> None:
+    """Store the schema and every recipe in Hydra's ConfigStore."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_sdbatch", node=SdbatchConfig)
+    for name, path in available_recipes().items():
+        cs.store(group="recipe", name=name, node=OmegaConf.load(path), package="_global_")
+
+
+register_configs()

@@ -1,0 +1,154 @@
+"""The Parquet manifest: one row per image, durable after every batch. pyarrow only.
+
+A manifest is a folder of Parquet files (a Parquet *dataset*), readable at any moment with
+``pyarrow.dataset``, ``pandas.read_parquet(DIR)`` or duckdb's ``read_parquet('DIR/*.parquet')``.
+Each finished batch adds one small ``part-*.parquet`` file, written to a temporary name, fsynced
+and renamed, so appending costs O(batch) and a killed run never leaves a half-written file.
+Parts are compacted into one ``seg-*.parquet`` at the end of a run (and when many pile up).
+If a job has several rows (a failure later retried), the newest row wins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+TS = pa.timestamp("us", tz="UTC")
+
+SCHEMA = pa.schema(
+    [
+        ("job_id", pa.string()),  # stable hash of everything that determines the image
+        ("recipe", pa.string()),
+        ("prompt", pa.string()),
+        ("negative_prompt", pa.string()),
+        ("template", pa.string()),  # null for plain prompts
+        ("vars", pa.map_(pa.string(), pa.string())),  # template variable -> value
+        ("sampler", pa.string()),  # A1111 name, e.g. "DPM++ 2M Karras"
+        ("scheduler", pa.string()),  # diffusers class + options
+        ("steps", pa.int32()),
+        ("cfg", pa.float64()),
+        ("seed", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("model", pa.string()),
+        ("model_hash", pa.string()),
+        ("image", pa.string()),  # path relative to the output folder
+        ("image_sha256", pa.string()),
+        ("status", pa.string()),  # ok | failed | nan
+        ("error", pa.string()),
+        ("batch", pa.int64()),  # index of the batch in the plan
+        ("started", TS),
+        ("finished", TS),
+        ("duration_s", pa.float64()),  # batch wall time / images in the batch
+        ("device", pa.string()),
+        ("sdbatch_version", pa.string()),
+        ("torch_version", pa.string()),
+        ("diffusers_version", pa.string()),
+        ("infotext", pa.string()),
+    ]
+)
+COMPACT_AFTER = 64  # parts; merged into one segment when more pile up during a run
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    """Write, fsync, rename: the file appears whole or not at all."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class Manifest:
+    """A manifest folder. Cheap to create; nothing is read until asked."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.dir = Path(folder)
+
+    def files(self) -> list[Path]:
+        """Data files in write order (names carry a nanosecond clock)."""
+        if not self.dir.is_dir():
+            return []
+        files = [p for p in self.dir.glob("*.parquet") if p.name.startswith(("part-", "seg-"))]
+        return sorted(files, key=lambda p: (p.name.split("-")[1], p.name))
+
+    def append(self, rows: Iterable[dict]) -> Path | None:
+        """Add rows as one new part file (O(rows), independent of the manifest's size)."""
+        rows = list(rows)
+        if not rows:
+            return None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        path = self.dir / f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
+        _write_atomic(table, path)
+        return path
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """All rows, newest row per job_id."""
+        files = self.files()
+        cols = None if columns is None else list(dict.fromkeys(["job_id", *columns]))
+        if not files:
+            empty = _select(SCHEMA, cols).empty_table()
+            return empty if columns is None else empty.select(columns)
+        tables = [pq.read_table(p, columns=cols, schema=_select(SCHEMA, cols)) for p in files]
+        table = pa.concat_tables(tables)
+        table = _dedup_last(table)
+        return table if columns is None else table.select(columns)
+
+    def compact(self) -> None:
+        """Merge every file into one segment; the old files go once the new one is durable."""
+        files = self.files()
+        if len(files) <= 1:
+            return
+        table = self.read()
+        path = self.dir / f"seg-{time.time_ns():020d}-{os.getpid()}.parquet"
+        _write_atomic(table, path)
+        for p in files:
+            p.unlink(missing_ok=True)
+        _fsync_dir(self.dir)
+
+    def maybe_compact(self) -> None:
+        if sum(p.name.startswith("part-") for p in self.files()) >= COMPACT_AFTER:
+            self.compact()
+
+
+def _select(schema: pa.Schema, columns: list[str] | None) -> pa.Schema:
+    if columns is None:
+        return schema
+    return pa.schema([schema.field(c) for c in columns])
+
+
+def _dedup_last(table: pa.Table) -> pa.Table:
+    """Keep the last row of each job_id (rows are in write order)."""
+    if table.num_rows == 0:
+        return table
+    unique = pc.unique(table["job_id"])
+    if len(unique) == table.num_rows:
+        return table
+    idx = pa.array(range(table.num_rows), pa.int64())
+    last = (
+        pa.table({"job_id": table["job_id"], "i": idx})
+        .group_by("job_id", use_threads=False)
+        .aggregate([("i", "max")])["i_max"]
+    )
+    return table.take(pc.take(last, pc.array_sort_indices(last)))

@@ -1,0 +1,152 @@
+"""A thin adapter over a diffusers StableDiffusionPipeline: jobs in, uint8 images out.
+
+One `Renderer` per model. Per batch it swaps the scheduler (``from_config``, no reload), reuses
+cached prompt embeddings (one encode per distinct (prompt, negative) pair), gives every image its
+own CPU ``torch.Generator`` seeded from its seed (so an image does not depend on its batch-mates,
+up to kernel rounding), and returns pixels plus a NaN flag per image.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+# Library chatter (progress bars while loading, optional-backend notices) would bury our plan
+# and progress lines; real problems still raise.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from sdbatch.encode import encode_prompt_pair
+from sdbatch.recipe import Job, Model
+from sdbatch.samplers import build_scheduler, resolve_sampler
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """``auto``: CUDA in fp16 when present, otherwise CPU in fp32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from sdbatch.errors import RecipeError
+
+        raise RecipeError("run.device", device, "auto or cpu (no CUDA device is available)")
+    if dtype == "auto":
+        return dev, torch.float16 if dev.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        from sdbatch.errors import RecipeError
+
+        raise RecipeError("run.dtype", dtype, f"one of auto, {', '.join(DTYPES)}")
+    return dev, DTYPES[dtype]
+
+
+def load_pipeline(model: Model, device: torch.device, dtype: torch.dtype):
+    """A local diffusers folder, offline (``local_files_only``), without a safety checker."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    dlogging.disable_progress_bar()
+    dlogging.set_verbosity_error()
+    tlogging.disable_progress_bar()
+    tlogging.set_verbosity_error()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype rename
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model.path,
+            torch_dtype=dtype,
+            local_files_only=True,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+@dataclass
+class Renderer:
+    model: Model
+    pipe: object
+    device: torch.device
+    dtype: torch.dtype
+    _embeds: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, model: Model, device: str = "auto", dtype: str = "auto") -> Renderer:
+        dev, dt = pick_device(device, dtype)
+        return cls(model, load_pipeline(model, dev, dt), dev, dt)
+
+    def describe(self) -> str:
+        dt = {v: k for k, v in DTYPES.items()}[self.dtype]
+        return f"{self.model.name} (hash {self.model.hash}) on {self.device} {dt}"
+
+    def environment(self) -> dict:
+        import diffusers
+
+        from sdbatch import __version__
+
+        return {
+            "device": str(self.device),
+            "sdbatch_version": __version__,
+            "torch_version": torch.__version__,
+            "diffusers_version": diffusers.__version__,
+        }
+
+    def embeddings(self, prompt: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond), each (1, 77*k, hidden); cached per (prompt, negative) pair."""
+        key = (prompt, negative)
+        if key not in self._embeds:
+            with torch.inference_mode():
+                self._embeds[key] = encode_prompt_pair(
+                    self.pipe.tokenizer, self.pipe.text_encoder, prompt, negative,
+                    device=self.device, dtype=self.dtype,
+                )  # fmt: skip
+        return self._embeds[key]
+
+    def render(self, jobs: Sequence[Job]) -> list[tuple[np.ndarray, bool]]:
+        """Images for jobs sharing model, size, sampler, steps and cfg, in the jobs' order.
+
+        Prompts of different lengths (77-token chunk counts) run as separate forward passes
+        inside the batch; which ones is fixed by the batch itself, never by resume state.
+        """
+        embeds = [self.embeddings(j.prompt, j.negative_prompt) for j in jobs]
+        out: list[tuple[np.ndarray, bool] | None] = [None] * len(jobs)
+        order = sorted(range(len(jobs)), key=lambda i: embeds[i][0].shape[1])
+        for _, group in itertools.groupby(order, key=lambda i: embeds[i][0].shape[1]):
+            idx = list(group)
+            images = self._call([jobs[i] for i in idx], [embeds[i] for i in idx])
+            for i, img in zip(idx, images, strict=True):
+                out[i] = img
+        return out  # type: ignore[return-value]
+
+    def _call(self, jobs: Sequence[Job], embeds) -> list[tuple[np.ndarray, bool]]:
+        first = jobs[0]
+        seeds = [j.seed for j in jobs]
+        self.pipe.scheduler = build_scheduler(
+            resolve_sampler(first.sampler), self.pipe.scheduler.config, seeds=seeds
+        )
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        with torch.inference_mode():
+            result = self.pipe(
+                prompt_embeds=torch.cat([c for c, _ in embeds]),  # (B, 77k, hidden)
+                negative_prompt_embeds=torch.cat([u for _, u in embeds]),
+                num_inference_steps=first.steps,
+                guidance_scale=first.cfg,
+                width=first.width,
+                height=first.height,
+                generator=generators,
+                output_type="np",
+            )
+        images = []
+        for img in result.images:  # (H, W, 3) floats in [0, 1]
+            nan = bool(np.isnan(img).any())
+            pixels = (np.nan_to_num(img) * 255).round().clip(0, 255).astype(np.uint8)
+            images.append((pixels, nan))
+        return images

@@ -1,0 +1,247 @@
+"""Recipe -> validated plan of jobs and batches. Pure: no torch, no diffusers.
+
+Data flows one way: the composed config becomes a `Recipe` (plain values), the recipe's
+Cartesian product becomes `Job`s in a stable order, and jobs that can share a forward pass
+become `Batch`es. Batch composition depends only on the plan, never on what is already done,
+so an interrupted run and an uninterrupted one produce bit-identical images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdbatch.errors import RecipeError
+from sdbatch.samplers import resolve_sampler, scheduler_spec
+from sdbatch.templates import PromptItem, prompt_set, wildcard_files
+
+SEED_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str  # A1111's "Model:" (file stem or folder name)
+    path: str  # checkpoint file or diffusers folder
+    hash: str  # A1111-style 10 hex chars (see sdbatch.hashing)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """Everything that determines one image, plus where it sits in the plan."""
+
+    job_id: str
+    index: int
+    model: Model
+    prompt: str
+    negative_prompt: str
+    template: str | None
+    vars: tuple[tuple[str, str], ...]
+    sampler: str  # A1111 name
+    scheduler: str  # diffusers class + options
+    steps: int
+    cfg: float
+    seed: int
+    width: int
+    height: int
+
+    @property
+    def image_name(self) -> str:
+        return f"{self.seed}-{self.job_id}.png"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    index: int
+    jobs: tuple[Job, ...]
+
+
+@dataclass
+class Plan:
+    name: str
+    jobs: list[Job]
+    batches: list[Batch]
+    axes: dict[str, int]  # axis -> number of values, for the plan line
+    batch_size: int
+
+    def describe(self) -> str:
+        """``60 jobs = 5 prompts x 1 sampler x 3 cfg x 4 seeds``."""
+        always = ("prompts", "sampler", "cfg", "seeds")
+        parts = [f"{n} {axis}" for axis, n in self.axes.items() if axis in always or n > 1]
+        return f"{len(self.jobs)} jobs = " + " x ".join(parts)
+
+
+def as_list(value: Any) -> list:
+    """A sweep axis: a scalar is a one-element list."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]
+
+
+def parse_size(value: Any) -> tuple[int, int]:
+    """``512x768`` (width x height), ``512`` (square) or ``[512, 768]``."""
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            w = h = value
+        elif isinstance(value, list | tuple) and len(value) == 2:
+            w, h = (int(v) for v in value)
+        else:
+            w, h = (int(v) for v in str(value).lower().replace(" ", "").split("x"))
+    except (TypeError, ValueError):
+        raise RecipeError("size", value, "WIDTHxHEIGHT like 512x768") from None
+    if w <= 0 or h <= 0 or w % 8 or h % 8:
+        raise RecipeError("size", value, "width and height must be positive multiples of 8")
+    return w, h
+
+
+def _int(field: str, value: Any, lo: int, hi: int | None, allowed: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise RecipeError(field, value, allowed)
+    try:
+        number = float(value)
+    except ValueError:
+        raise RecipeError(field, value, allowed) from None
+    if not number.is_integer() or number < lo or (hi is not None and number > hi):
+        raise RecipeError(field, value, allowed)
+    return int(number)
+
+
+def parse_seeds(value: Any) -> list[int]:
+    """A seed, a list of seeds, or ``{start: S, count: N}``."""
+    allowed = f"integers in 0..{SEED_MAX}"
+    if isinstance(value, dict):
+        if set(value) != {"start", "count"}:
+            raise RecipeError("seeds", value, "a seed, a list, or {start: S, count: N}")
+        start = _int("seeds.start", value["start"], 0, SEED_MAX, allowed)
+        count = _int("seeds.count", value["count"], 1, None, "a count >= 1")
+        if start + count - 1 > SEED_MAX:
+            raise RecipeError("seeds", value, f"the range must end at or below {SEED_MAX}")
+        return list(range(start, start + count))
+    seeds = [_int("seeds", s, 0, SEED_MAX, allowed) for s in as_list(value)]
+    if not seeds:
+        raise RecipeError("seeds", value, "at least one seed")
+    return seeds
+
+
+def parse_cfg(value: Any) -> float:
+    try:
+        cfg = float(value)
+    except (TypeError, ValueError):
+        raise RecipeError("cfg", value, "a number >= 0 (0 and 1 turn guidance off)") from None
+    if isinstance(value, bool) or not math.isfinite(cfg) or cfg < 0:
+        raise RecipeError("cfg", value, "a number >= 0 (0 and 1 turn guidance off)")
+    return cfg
+
+
+def job_id(model_hash: str, prompt: str, negative: str, scheduler: str, steps: int,
+           cfg: float, seed: int, width: int, height: int) -> str:  # fmt: skip
+    """Stable id of everything that determines the image: 16 hex chars of a sha256."""
+    key = json.dumps(
+        [model_hash, prompt, negative, scheduler, steps, repr(float(cfg)), seed, width, height],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def resolve_model(model: dict) -> Model:
+    """The model a recipe names: ``model.path`` or the embedded tiny model."""
+    from sdbatch.hashing import model_hash
+    from sdbatch.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_PATH
+
+    path = model.get("path")
+    if path in (None, ""):
+        name = model.get("name") or EMBEDDED_MODEL_NAME
+        return Model(name, str(EMBEDDED_MODEL_PATH), model_hash(EMBEDDED_MODEL_PATH))
+    p = Path(os.path.expanduser(str(path)))
+    if not p.exists():
+        raise RecipeError("model.path", str(path), "an existing diffusers folder")
+    if p.is_dir() and not (p / "model_index.json").is_file():
+        raise RecipeError("model.path", str(path), "a diffusers folder with model_index.json")
+    name = model.get("name") or (p.name if p.is_dir() else p.stem)
+    return Model(str(name), str(p), model_hash(p))
+
+
+def _prompt_items(cfg: dict, recipe_dirs: list[Path]) -> list[PromptItem]:
+    prompts = [str(p) for p in as_list(cfg.get("prompt"))]
+    templates = [str(t) for t in as_list(cfg.get("template"))]
+    items = prompt_set(prompts, templates, cfg.get("vars") or {}, wildcard_files(recipe_dirs))
+    if not items:
+        raise RecipeError("prompt", cfg.get("prompt"), "at least one prompt or template")
+    return items
+
+
+def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
+    """Validate a composed recipe (plain dict) and expand it into jobs and batches.
+
+    Axis order, outermost first: model, size, sampler, steps, cfg, prompt, seed. The costly
+    switches (model, size, scheduler) change least often, and consecutive jobs share a batch.
+    """
+    if recipe_dirs is None:
+        from sdbatch.config import recipe_dirs as default_dirs
+
+        recipe_dirs = default_dirs()
+    items = _prompt_items(cfg, recipe_dirs)
+    models = [resolve_model(cfg.get("model") or {})]
+    sizes = list(dict.fromkeys(parse_size(s) for s in as_list(cfg.get("size"))))
+    samplers = list(dict.fromkeys(resolve_sampler(str(s)) for s in as_list(cfg.get("sampler"))))
+    steps = [_int("steps", s, 1, 1000, "an integer in 1..1000") for s in as_list(cfg.get("steps"))]
+    cfgs = [parse_cfg(c) for c in as_list(cfg.get("cfg"))]
+    seeds = parse_seeds(cfg.get("seeds"))
+    for axis, values in (("size", sizes), ("sampler", samplers), ("steps", steps), ("cfg", cfgs)):
+        if not values:
+            raise RecipeError(axis, cfg.get(axis), "at least one value")
+    batch_size = _int("batch_size", cfg.get("batch_size", 4), 1, 4096, "an integer >= 1")
+    negative = str(cfg.get("negative_prompt") or "")
+
+    jobs: list[Job] = []
+    product = itertools.product(models, sizes, samplers, steps, cfgs, items, seeds)
+    for model, (w, h), sampler, n_steps, scale, item, seed in product:
+        spec = scheduler_spec(sampler)
+        jid = job_id(model.hash, item.text, negative, spec, n_steps, scale, seed, w, h)
+        jobs.append(
+            Job(jid, len(jobs), model, item.text, negative, item.template, item.vars,
+                sampler.name, spec, n_steps, scale, seed, w, h)  # fmt: skip
+        )
+    axes = {
+        "models": len(models),
+        "prompts": len(items),
+        "sampler": len(samplers),
+        "steps": len(steps),
+        "cfg": len(cfgs),
+        "sizes": len(sizes),
+        "seeds": len(seeds),
+    }
+    return Plan(str(cfg.get("name")), jobs, make_batches(jobs, batch_size), axes, batch_size)
+
+
+def _batch_key(job: Job) -> tuple:
+    return (job.model.hash, job.width, job.height, job.scheduler, job.steps, job.cfg)
+
+
+def make_batches(jobs: list[Job], batch_size: int) -> list[Batch]:
+    """Consecutive jobs sharing model, size, sampler, steps and cfg, up to batch_size each."""
+    batches: list[Batch] = []
+    for _, group in itertools.groupby(jobs, key=_batch_key):
+        group_jobs = list(group)
+        for start in range(0, len(group_jobs), batch_size):
+            chunk = tuple(group_jobs[start : start + batch_size])
+            batches.append(Batch(len(batches), chunk))
+    return batches
+
+
+def iter_preview(plan: Plan, n: int) -> Iterator[str]:
+    """The first ``n`` jobs, one line each, for dry runs."""
+    for job in plan.jobs[:n]:
+        yield (
+            f"  {job.job_id}  seed {job.seed}  {job.width}x{job.height}  {job.sampler}, "
+            f"{job.steps} steps, cfg {job.cfg:g}  {job.prompt!r}"
+        )

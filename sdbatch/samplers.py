@@ -1,0 +1,165 @@
+"""A1111 sampler names -> diffusers schedulers.
+
+A pure table: importing this module imports neither torch nor diffusers; ``build_scheduler``
+imports diffusers when it is called.
+
+``exact=True`` means diffusers runs the same solver as A1111 (k-diffusion / CompVis code) on the
+same sigma schedule (checked at 20 steps against k-diffusion's formulas, relative error < 1e-4)
+with the same kind of noise. Images still differ from A1111's in their noise *values*, because the
+random streams differ, and some diffusers classes feed the UNet a rounded timestep.
+
+Every entry pins the options that decide the schedule (``timestep_spacing`` and friends), and
+``build_scheduler`` drops those keys from the model's scheduler config first, so a model shipping
+e.g. ``use_karras_sigmas=True`` or SDXL's ``timestep_spacing="leading"`` does not change what
+"Euler" means. A1111 ignores the model's scheduler config too.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdbatch.errors import RecipeError
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str  # A1111's name, e.g. "DPM++ 2M Karras"
+    cls: str  # diffusers scheduler class name
+    options: dict = field(default_factory=dict, hash=False)  # kwargs for Cls.from_config
+    exact: bool = True
+    note: str = ""
+
+
+# k-diffusion samplers: A1111 spaces sigmas over t = linspace(999, 0, steps) ("linspace").
+_K = {"timestep_spacing": "linspace"}
+_KARRAS = {**_K, "use_karras_sigmas": True}
+# DDIM/PLMS: A1111 uses t = range(0, 1000, 1000 // steps) + 1 and alphas_cumprod[0] at the end.
+_COMPVIS = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
+_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+_2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
+
+_DPM2_NOTE = (
+    "A1111 computes steps+1 sigmas and drops the next-to-last one; diffusers does not, so the "
+    "last steps land on different sigmas"
+)
+_2SA_NOTE = (
+    "no DPM++ 2S a in diffusers; uses DPMSolverSDEScheduler (k-diffusion's DPM++ SDE): same 2S "
+    "solver, two UNet calls a step and the same noise at the end of each step, but its midpoint is "
+    "also noised (Brownian tree) and lies between sigma and sigma_next, not sigma_down; "
+    "identical to A1111 only at eta=0"
+)
+_2M_GRID = (
+    "diffusers' linspace grid for this class ends at t~999/steps then jumps to sigma 0; A1111's "
+    "ends at t=0 (sigma 0.03) then 0"
+)
+_BROWNIAN = (
+    "A1111 draws the SDE noise from a per-image Brownian tree; diffusers draws Gaussian noise "
+    "from the per-image generator each step (same distribution, different values)"
+)
+
+_TABLE = [  # A1111 1.5's order (sd_samplers_kdiffusion.py, then DDIM, PLMS, UniPC)
+    Sampler("Euler a", "EulerAncestralDiscreteScheduler", _K),
+    Sampler("Euler", "EulerDiscreteScheduler", _K),
+    Sampler("LMS", "LMSDiscreteScheduler", _K),
+    Sampler("Heun", "HeunDiscreteScheduler", _K),
+    Sampler("DPM2", "KDPM2DiscreteScheduler", _K, False, _DPM2_NOTE),
+    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", _K, False, _DPM2_NOTE),
+    Sampler("DPM++ 2S a", "DPMSolverSDEScheduler", _K, False, _2SA_NOTE),
+    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {**_2M, **_K}, False, _2M_GRID),
+    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", _K),
+    Sampler(
+        "DPM++ 2M SDE",
+        "DPMSolverMultistepScheduler",
+        {**_2M_SDE, **_K},
+        False,
+        f"{_2M_GRID}; {_BROWNIAN}",
+    ),
+    Sampler("LMS Karras", "LMSDiscreteScheduler", _KARRAS),
+    Sampler("DPM2 Karras", "KDPM2DiscreteScheduler", _KARRAS, False, _DPM2_NOTE),
+    Sampler("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", _KARRAS, False, _DPM2_NOTE),
+    Sampler("DPM++ 2S a Karras", "DPMSolverSDEScheduler", _KARRAS, False, _2SA_NOTE),
+    Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {**_2M, **_KARRAS}),
+    Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", _KARRAS),
+    Sampler(
+        "DPM++ 2M SDE Karras",
+        "DPMSolverMultistepScheduler",
+        {**_2M_SDE, **_KARRAS},
+        False,
+        _BROWNIAN,
+    ),
+    Sampler("DDIM", "DDIMScheduler", {**_COMPVIS, "clip_sample": False}),
+    Sampler("PLMS", "PNDMScheduler", {**_COMPVIS, "skip_prk_steps": True}),
+    Sampler(
+        "UniPC",
+        "UniPCMultistepScheduler",
+        # final_sigmas_type="sigma_min": A1111 stops at t=1/1000 without a final denoise (and bh1
+        # with diffusers' default final sigma 0 returns NaN).
+        {"solver_order": 3, "solver_type": "bh1", "final_sigmas_type": "sigma_min", **_K},
+        False,
+        "A1111's defaults (order 3, bh1, time-uniform grid); A1111 steps through fractional "
+        "timesteps (e.g. 749.25), diffusers rounds them to integers",
+    ),
+]
+SAMPLERS: dict[str, Sampler] = {s.name: s for s in _TABLE}
+
+# Keys of a model's scheduler config that choose a sampler or its schedule rather than describe the
+# model (betas, prediction_type, ...). Dropped before from_config so the table alone decides them.
+_SAMPLER_KEYS = frozenset(
+    "timestep_spacing steps_offset use_karras_sigmas use_exponential_sigmas use_beta_sigmas "
+    "use_lu_lambdas algorithm_type solver_order solver_type lower_order_final euler_at_final "
+    "final_sigmas_type noise_sampler_seed interpolation_type skip_prk_steps set_alpha_to_one "
+    "clip_sample thresholding predict_x0 disable_corrector solver_p lambda_min_clipped".split()
+)
+
+
+def _key(name: str) -> str:
+    return "".join(name.split()).casefold()
+
+
+_BY_KEY = {_key(name): s for name, s in SAMPLERS.items()}
+
+
+def resolve_sampler(name: str) -> Sampler:
+    """The sampler for an A1111 name; case and whitespace do not matter ("dpm++ 2m  karras")."""
+    if isinstance(name, str) and _key(name) in _BY_KEY:
+        return _BY_KEY[_key(name)]
+    allowed = "known samplers: " + ", ".join(SAMPLERS)
+    close = difflib.get_close_matches(_key(str(name)), list(_BY_KEY), n=1, cutoff=0.5)
+    if close:
+        allowed += f"; closest match: {_BY_KEY[close[0]].name!r}"
+    raise RecipeError("sampler", name, allowed)
+
+
+def scheduler_spec(s: Sampler) -> str:
+    """Stable text for the manifest and job ids: ``Cls(key=value, ...)``, keys sorted."""
+    return f"{s.cls}({', '.join(f'{k}={v!r}' for k, v in sorted(s.options.items()))})"
+
+
+def build_scheduler(sampler: Sampler | str, base_config: Any, seeds: list[int] | None = None):
+    """A fresh diffusers scheduler: ``Cls.from_config(base_config, **options)``.
+
+    ``base_config`` is the model's scheduler config (``pipe.scheduler.config``). ``seeds`` holds one
+    seed per image of the batch, in order. Only DPMSolverSDEScheduler uses them: it ignores the
+    pipeline's generator and draws its noise from one Brownian tree per image seeded by
+    ``noise_sampler_seed`` (diffusers' BatchedBrownianTree), so a batch of N matches N single calls.
+    Every other noisy scheduler draws from the pipeline's generator, which must then be a list with
+    one ``torch.Generator`` per image. Build one scheduler per batch: the seeds live in its config.
+    """
+    import diffusers
+
+    s = resolve_sampler(sampler) if isinstance(sampler, str) else sampler
+    config = {k: v for k, v in dict(base_config).items() if k not in _SAMPLER_KEYS}
+    options = dict(s.options)
+    if s.cls == "DPMSolverSDEScheduler":
+        if seeds is None:
+            raise ValueError(
+                f"{s.name} ({s.cls}) needs seeds=[one seed per image]; without them diffusers "
+                "seeds its Brownian tree from torch's global RNG and images are not reproducible"
+            )
+        # Always a list, even for one image: an int would build one tree over the whole batch.
+        options["noise_sampler_seed"] = [
+            int(x) for x in ([seeds] if isinstance(seeds, int) else seeds)
+        ]
+    return getattr(diffusers, s.cls).from_config(config, **options)

@@ -1,0 +1,49 @@
+"""Shared fixtures. Unit tests (tests/unit) import no torch; integration tests use the tiny
+embedded model on the CPU."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Hash cache in a per-session temp folder, offline hub, no user recipe folders."""
+    monkeypatch.setenv("SDBATCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("SDBATCH_RECIPES", raising=False)
+
+
+def quick_cfg(**overrides) -> dict:
+    """A composed-recipe dict like Hydra would hand the runner: tiny, fast, 2 steps."""
+    cfg = {
+        "name": "t",
+        "model": {"path": None, "name": None},
+        "prompt": ["a red circle", "a blue square"],
+        "template": None,
+        "vars": {},
+        "negative_prompt": "blurry",
+        "sampler": "Euler a",
+        "steps": 2,
+        "cfg": 7.0,
+        "size": "64x64",
+        "seeds": [1, 2],
+        "batch_size": 4,
+        "run": {"dry_run": False, "device": "cpu", "dtype": "auto", "progress": False},
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def sdbatch_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}, **extra)
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
