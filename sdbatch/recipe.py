@@ -141,11 +141,36 @@ def parse_cfg(value: Any) -> float:
     return cfg
 
 
-def job_id(model_hash: str, prompt: str, negative: str, scheduler: str, steps: int,
-           cfg: float, seed: int, width: int, height: int) -> str:  # fmt: skip
-    """Stable id of everything that determines the image: 16 hex chars of a sha256."""
+def job_id(
+    model_hash: str,
+    prompt: str,
+    negative: str,
+    sampler: str,
+    scheduler: str,
+    steps: int,
+    cfg: float,
+    seed: int,
+    width: int,
+    height: int,
+) -> str:
+    """Stable id of everything that determines the image: 16 hex chars of a sha256.
+
+    The A1111 sampler name is included beside the scheduler spec: two names can map to one
+    diffusers scheduler, and their PNGs differ in the infotext.
+    """
     key = json.dumps(
-        [model_hash, prompt, negative, scheduler, steps, repr(float(cfg)), seed, width, height],
+        [
+            model_hash,
+            prompt,
+            negative,
+            sampler,
+            scheduler,
+            steps,
+            repr(float(cfg)),
+            seed,
+            width,
+            height,
+        ],
         ensure_ascii=False,
         separators=(",", ":"),
     )
@@ -206,10 +231,26 @@ def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
     product = itertools.product(models, sizes, samplers, steps, cfgs, items, seeds)
     for model, (w, h), sampler, n_steps, scale, item, seed in product:
         spec = scheduler_spec(sampler)
-        jid = job_id(model.hash, item.text, negative, spec, n_steps, scale, seed, w, h)
+        jid = job_id(
+            model.hash, item.text, negative, sampler.name, spec, n_steps, scale, seed, w, h
+        )
         jobs.append(
-            Job(jid, len(jobs), model, item.text, negative, item.template, item.vars,
-                sampler.name, spec, n_steps, scale, seed, w, h)  # fmt: skip
+            Job(
+                jid,
+                len(jobs),
+                model,
+                item.text,
+                negative,
+                item.template,
+                item.vars,
+                sampler.name,
+                spec,
+                n_steps,
+                scale,
+                seed,
+                w,
+                h,
+            )  # fmt: skip
         )
     axes = {
         "models": len(models),

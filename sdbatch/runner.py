@@ -142,14 +142,24 @@ def run_batch(renderer, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path
             continue
         pixels, is_nan = results[job.job_id]
         if is_nan:
-            rows.append(_row(job, plan, batch, env, status="nan", error="NaN in the image", **times))
+            rows.append(
+                _row(job, plan, batch, env, status="nan", error="NaN in the image", **times)
+            )
             continue
         data = encode_png(pixels, infotext_for(job))
         rel = f"images/{job.image_name}"
         write_file_atomic(out_dir / rel, data)
         rows.append(
-            _row(job, plan, batch, env, status="ok", image=rel, image_sha256=sha256_bytes(data),
-                 **times)  # fmt: skip
+            _row(
+                job,
+                plan,
+                batch,
+                env,
+                status="ok",
+                image=rel,
+                image_sha256=sha256_bytes(data),
+                **times,
+            )  # fmt: skip
         )
     return rows
 

@@ -31,6 +31,9 @@ class Sampler:
     exact: bool = True
     note: str = ""
 
+    def __post_init__(self) -> None:  # an own copy: entries below share their option dicts
+        object.__setattr__(self, "options", dict(self.options))
+
 
 # k-diffusion samplers: A1111 spaces sigmas over t = linspace(999, 0, steps) ("linspace").
 _K = {"timestep_spacing": "linspace"}
@@ -45,10 +48,10 @@ _DPM2_NOTE = (
     "last steps land on different sigmas"
 )
 _2SA_NOTE = (
-    "no DPM++ 2S a in diffusers; uses DPMSolverSDEScheduler (k-diffusion's DPM++ SDE): same 2S "
-    "solver, two UNet calls a step and the same noise at the end of each step, but its midpoint is "
-    "also noised (Brownian tree) and lies between sigma and sigma_next, not sigma_down; "
-    "identical to A1111 only at eta=0"
+    "no DPM++ 2S a in diffusers; uses DPMSolverSDEScheduler (A1111's DPM++ SDE): the same "
+    "DPM-Solver++(2S) step, two UNet calls a step, ancestral noise at each step's end, but DPM++ "
+    "SDE also noises its midpoint and puts it between sigma and sigma_next instead of sigma_down "
+    "(the two samplers coincide only at eta=0), and its noise comes from per-image Brownian trees"
 )
 _2M_GRID = (
     "diffusers' linspace grid for this class ends at t~999/steps then jumps to sigma 0; A1111's "

@@ -133,7 +133,7 @@ def expand_template(
     items: list[PromptItem] = []
     for combo in itertools.product(*(values[n] for n in used)):
         chosen = dict(zip(used, combo, strict=True))
-        text = _VAR.sub(lambda m: chosen[m.group(1)], template)
+        text = _VAR.sub(lambda m, c=chosen: c[m.group(1)], template)
         for prompt in _expand_dynamic(text, wildcards, field, cap):
             items.append(PromptItem(prompt, template, tuple(chosen.items())))
             if len(items) > cap:

@@ -3,11 +3,12 @@
 Why this exists: tests, demos and CI must run offline and in seconds, and no real
 Stable Diffusion checkpoint may be downloaded. So we ship a *random-weight* pipeline with
 exactly the SD-1.x component layout (same classes, same tokenizer, same scheduler config),
-but with the tiny shapes diffusers uses in its own tests. Everything in sdbatch that works
+but with the tiny shapes of diffusers' own SD pipeline tests. Everything in sdbatch that works
 with this folder works with a real SD-1.x folder.
 
-The folder is committed; this script is how it was made, so it can be rebuilt
-byte-for-byte (fixed seeds, fixed configs) with::
+The folder ships in the package (its files feed sdbatch's model hash); this script is how it
+was made. Fixed seeds and configs make a rebuild byte-for-byte identical as long as the torch,
+diffusers and transformers versions are the same (their init code and config keys may change)::
 
     python -m sdbatch.models.build_tiny [--bpe PATH] [--out DIR]
 

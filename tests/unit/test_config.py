@@ -50,6 +50,8 @@ def test_sampler_comparison_has_every_sampler():
 
     plan = build_plan(composed("+recipe=sampler_comparison"))
     assert sorted(j.sampler for j in plan.jobs) == sorted(SAMPLERS)
+    # DPM++ 2S a runs on the same diffusers class as DPM++ SDE: the ids must still differ
+    assert len({j.job_id for j in plan.jobs}) == len(plan.jobs)
 
 
 def test_a_misspelt_key_fails_at_compose_time():

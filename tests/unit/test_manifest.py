@@ -47,7 +47,8 @@ def row(job_id: str, status: str = "ok", **kw) -> dict:
     now = datetime(2026, 11, 25, tzinfo=timezone.utc)
     base = {f.name: None for f in SCHEMA}
     base.update(
-        job_id=job_id, recipe="r", prompt="검은 머리 😀", negative_prompt="", vars=[("style", "bob")],
+        job_id=job_id, recipe="r", prompt="검은 머리 😀", negative_prompt="",
+        vars=[("style", "bob")],
         sampler="Euler a", steps=20, cfg=7.0, seed=1, width=64, height=64, status=status,
         started=now, finished=now, image=f"images/{job_id}.png", image_sha256="ab" * 32,
     )  # fmt: skip

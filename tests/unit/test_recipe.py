@@ -30,7 +30,9 @@ def test_plan_is_the_cartesian_product_in_a_stable_order():
 
 def test_other_axes_show_in_the_plan_line_only_when_swept():
     plan = build_plan(quick_cfg(steps=[2, 4], size=["64x64", "64x128"]))
-    assert plan.describe() == "16 jobs = 2 prompts x 1 sampler x 2 steps x 1 cfg x 2 sizes x 2 seeds"
+    assert (
+        plan.describe() == "16 jobs = 2 prompts x 1 sampler x 2 steps x 1 cfg x 2 sizes x 2 seeds"
+    )
 
 
 def test_job_id_depends_on_the_image_not_on_the_recipe():
@@ -40,9 +42,10 @@ def test_job_id_depends_on_the_image_not_on_the_recipe():
     ids_b = {(j.prompt, j.seed): j.job_id for j in b.jobs}
     assert ids_a[("a red circle", 1)] == ids_b[("a red circle", 1)]
     assert len({j.job_id for j in a.jobs}) == len(a.jobs)
-    base = ("h", "p", "n", "EulerDiscreteScheduler()", 20, 7.0, 1, 64, 64)
+    base = ("h", "p", "n", "Euler", "EulerDiscreteScheduler()", 20, 7.0, 1, 64, 64)
     assert job_id(*base) == job_id(*base)
-    for i, changed in enumerate(["h2", "p2", "n2", "DDIMScheduler()", 21, 7.5, 2, 72, 72]):
+    changes = ["h2", "p2", "n2", "Euler a", "DDIMScheduler()", 21, 7.5, 2, 72, 72]
+    for i, changed in enumerate(changes):
         other = list(base)
         other[i] = changed
         assert job_id(*other) != job_id(*base), f"field {i} must change the id"

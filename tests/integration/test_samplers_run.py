@@ -1,0 +1,251 @@
+"""Every A1111 sampler runs end to end through a tiny StableDiffusionPipeline on CPU.
+
+The pipeline is built here from diffusers' test-style dummy components (random weights, a
+hand-written CLIP vocabulary): nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from sdbatch.samplers import SAMPLERS, build_scheduler  # noqa: E402
+
+# Stable Diffusion 1.5's scheduler_config.json.
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "skip_prk_steps": True,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "trained_betas": None,
+}
+STEPS = 4
+ONE_LEVEL = 1 / 255 + 1e-6  # one 8-bit grey level, on the [0, 1] image
+PROMPTS, SEEDS = ["a red cat", "a blue dog"], [11, 22]
+NOISY = ["Euler a", "DPM2 a", "DPM++ SDE", "DPM++ 2M SDE"]
+
+pytestmark = [
+    # diffusers' schedulers hand torch tensors to numpy: thousands of NumPy 2 deprecation notes.
+    pytest.mark.filterwarnings("ignore:__array:DeprecationWarning"),
+    # torchsde, when float32 rounding puts a query a hair below the Brownian tree's start.
+    pytest.mark.filterwarnings("ignore:Should have ta>=t0:UserWarning"),
+]
+
+
+def _write_tokenizer(path):
+    """A CLIP BPE vocabulary with no merges: one token per printable ASCII character."""
+    chars = [chr(c) for c in range(33, 127)]  # byte-level BPE maps these bytes to themselves
+    tokens = ["<|startoftext|>", "<|pad|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)]
+    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer.from_pretrained(path, model_max_length=77)
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    """(pipeline, the model's scheduler config). One CPU thread: far faster on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+    )
+    torch.manual_seed(0)
+    text_encoder = transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=1000,
+            projection_dim=32,
+        )
+    )
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_write_tokenizer(tmp_path_factory.mktemp("tokenizer")),
+        unet=unet,
+        scheduler=diffusers.PNDMScheduler.from_config(SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    yield pipe, pipe.scheduler.config
+    torch.set_num_threads(threads)
+
+
+def _run(sd, name, prompts, seeds, generator=None):
+    pipe, base = sd
+    pipe.scheduler = build_scheduler(SAMPLERS[name], base, seeds)
+    if generator is None:  # the normal case: one generator per image
+        generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    out = pipe(
+        prompts,
+        num_inference_steps=STEPS,
+        height=64,
+        width=64,
+        output_type="np",
+        generator=generator,
+    )
+    return out.images
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_sampler_runs_and_repeats_bit_for_bit(sd, name):
+    first = _run(sd, name, PROMPTS[:1], SEEDS[:1])
+    scheduler = sd[0].scheduler
+    assert type(scheduler).__name__ == SAMPLERS[name].cls
+    assert {k: scheduler.config[k] for k in SAMPLERS[name].options} == SAMPLERS[name].options
+    assert first.shape == (1, 64, 64, 3)
+    assert np.isfinite(first).all()
+    assert np.ptp(first) > 0.05, "a flat image"
+    again = _run(sd, name, PROMPTS[:1], SEEDS[:1])
+    assert np.array_equal(first, again)
+
+
+@pytest.mark.parametrize("name", NOISY)
+def test_batch_matches_single_calls(sd, name):
+    batch = _run(sd, name, PROMPTS, SEEDS)
+    assert np.abs(batch[0] - batch[1]).max() > 0.05
+    for i, (prompt, seed) in enumerate(zip(PROMPTS, SEEDS, strict=True)):
+        single = _run(sd, name, [prompt], [seed])[0]
+        assert np.abs(batch[i] - single).max() <= ONE_LEVEL, (name, i)
+
+
+def test_shared_noise_sources_break_batch_invariance(sd):
+    """Controls for the test above: per-image noise is what keeps a batch equal to single calls."""
+    # Euler a with one generator for the whole batch: image 0's step noise is not its own.
+    shared = _run(sd, "Euler a", PROMPTS, SEEDS, generator=torch.Generator("cpu").manual_seed(11))
+    assert np.abs(shared[0] - _run(sd, "Euler a", PROMPTS[:1], SEEDS[:1])[0]).max() > 4 * ONE_LEVEL
+    # DPM++ SDE with one int noise_sampler_seed: one Brownian tree spans the batch, so image 1
+    # gets the tail of seed 11's noise instead of seed 22's.
+    pipe, base = sd
+    single = _run(sd, "DPM++ SDE", PROMPTS[1:], SEEDS[1:])[0]
+    options = SAMPLERS["DPM++ SDE"].options
+    pipe.scheduler = diffusers.DPMSolverSDEScheduler.from_config(
+        base, **options, noise_sampler_seed=SEEDS[0]
+    )
+    generators = [torch.Generator("cpu").manual_seed(s) for s in SEEDS]
+    kwargs = dict(num_inference_steps=STEPS, height=64, width=64, output_type="np")
+    one_tree = pipe(PROMPTS, generator=generators, **kwargs).images
+    assert np.abs(one_tree[1] - single).max() > 4 * ONE_LEVEL
+
+
+def test_dpm_sde_needs_seeds_and_takes_an_int_for_one_image():
+    base = diffusers.PNDMScheduler.from_config(SD15_SCHEDULER).config
+    with pytest.raises(ValueError, match="one seed per image"):
+        build_scheduler(SAMPLERS["DPM++ SDE"], base)
+    assert build_scheduler(SAMPLERS["DPM++ SDE"], base, 7).config.noise_sampler_seed == [7]
+    assert build_scheduler("dpm++ 2s a", base, [1, 2]).config.noise_sampler_seed == [1, 2]
+
+
+def test_model_scheduler_config_cannot_change_what_a_name_means():
+    base = diffusers.DPMSolverMultistepScheduler.from_config(
+        {
+            **SD15_SCHEDULER,
+            "algorithm_type": "sde-dpmsolver++",
+            "solver_order": 3,
+            "use_karras_sigmas": True,
+            "timestep_spacing": "leading",
+            "prediction_type": "v_prediction",
+        }
+    ).config
+    euler = build_scheduler(SAMPLERS["Euler"], base).config
+    assert (euler.use_karras_sigmas, euler.timestep_spacing) == (False, "linspace")
+    dpm = build_scheduler(SAMPLERS["DPM++ 2M"], base).config
+    assert (dpm.algorithm_type, dpm.solver_order, dpm.use_karras_sigmas) == (
+        "dpmsolver++",
+        2,
+        False,
+    )
+    # What describes the model stays.
+    assert euler.prediction_type == dpm.prediction_type == "v_prediction"
+    assert euler.beta_schedule == "scaled_linear"
+
+
+def test_building_from_the_previous_schedulers_config_changes_nothing():
+    """A runner may pass ``pipe.scheduler.config`` of the last batch as the base: same result."""
+    base = diffusers.DDIMScheduler.from_config(
+        {**SD15_SCHEDULER, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
+    ).config
+    names = list(SAMPLERS)
+
+    def public(config):
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
+    for before, name in zip(names[-1:] + names[:-1], names, strict=True):
+        previous = build_scheduler(before, base, [5, 6]).config
+        chained = public(build_scheduler(name, previous, [1]).config)
+        assert chained == public(build_scheduler(name, base, [1]).config), (before, name)
+        # The model's own keys survive, even through classes that do not take them.
+        assert (chained["prediction_type"], chained["rescale_betas_zero_snr"]) == (
+            "v_prediction",
+            True,
+        )
+
+
+def _a1111_sigmas(steps, karras, discard_next_to_last):
+    """k-diffusion's schedule as A1111 calls it (CompVisDenoiser.get_sigmas / get_sigmas_karras)."""
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    alphas_cumprod = np.cumprod(1 - betas)
+    log_sigmas = np.log(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+    n = steps + discard_next_to_last
+    if karras:
+        lo, hi = np.exp(log_sigmas[0]) ** (1 / 7), np.exp(log_sigmas[-1]) ** (1 / 7)
+        sigmas = (hi + np.linspace(0, 1, n) * (lo - hi)) ** 7
+    else:
+        t = np.linspace(999, 0, n)
+        low, w = np.floor(t).astype(int), t % 1
+        sigmas = np.exp((1 - w) * log_sigmas[low] + w * log_sigmas[np.ceil(t).astype(int)])
+    sigmas = np.append(sigmas, 0.0)
+    return np.delete(sigmas, -2) if discard_next_to_last else sigmas
+
+
+@pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if s.exact])
+def test_exact_samplers_follow_a1111s_schedule(name):
+    scheduler = build_scheduler(SAMPLERS[name], SD15_SCHEDULER, seeds=[0])
+    scheduler.set_timesteps(20)
+    if name in ("DDIM", "PLMS"):  # CompVis: t = range(0, 1000, 1000 // steps) + 1, then alphas[0]
+        steps = sorted({int(t) for t in scheduler.timesteps})
+        assert steps == list(range(1, 1000, 50))
+        assert float(scheduler.final_alpha_cumprod) == float(scheduler.alphas_cumprod[0])
+        return
+    # Second-order schedulers list each sigma twice; keep one of each.
+    got = np.array([k for k, _ in itertools.groupby(scheduler.sigmas.double().tolist())])
+    want = _a1111_sigmas(20, "Karras" in name, name.startswith("DPM2"))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-4)
