@@ -198,6 +198,13 @@ def _write_models(root: Path) -> dict[str, int]:
             layer_norm_eps=1e-5,
         )
     )
+    # A fresh LayerNorm (weight 1, bias 0) makes every output token average ~0, and A1111's
+    # emphasis divides by that mean: weights would flip signs. Trained CLIP has no such
+    # degenerate final norm, so give ours seeded, non-trivial parameters.
+    final_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    with torch.no_grad():
+        final_norm.weight.uniform_(0.5, 1.5)
+        final_norm.bias.uniform_(0.2, 0.6)
 
     params = {}
     # The fp16 cast logs a "modules to keep in float32: []" notice per model: nothing to keep.
