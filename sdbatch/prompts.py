@@ -25,7 +25,9 @@ __all__ = [
     "PromptSyntaxError",
     "chunk_tokens",
     "is_break",
+    "chunk_count",
     "parse_attention",
+    "prompt_chunks",
 ]
 
 ROUND_MULTIPLIER = 1.1
@@ -203,3 +205,28 @@ def chunk_tokens(
             chunk.tokens += [pad_token] * missing
             chunk.weights += [1.0] * missing
     return chunks
+
+
+CHUNK_LEN = 75  # text tokens per chunk; CLIP sees 77 with BOS and EOS
+COMMA_BACKTRACK = 20  # A1111's default ``comma_padding_backtrack``
+
+
+def prompt_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
+    """The unpadded 75-token chunks of ``prompt`` (at least one). ``tokenizer`` is a
+    transformers CLIPTokenizer (passed in: this module imports no tokenizer library)."""
+    comma = tokenizer.convert_tokens_to_ids(",</w>")  # unknown tokens map to unk: check
+    if tokenizer.convert_ids_to_tokens(comma) != ",</w>":
+        comma = -1  # no comma token: never backs off
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        # verbose=False: long texts are fine here, they are chunked, not truncated.
+        out = tokenizer(texts, truncation=False, add_special_tokens=False, verbose=False)
+        return out["input_ids"]
+
+    return chunk_tokens(parse_attention(prompt), tokenize, comma, CHUNK_LEN, COMMA_BACKTRACK)
+
+
+def chunk_count(tokenizer, prompt: str) -> int:
+    """How many 77-token blocks ``prompt`` needs. Prompts with different counts give
+    embeddings of different lengths, so they cannot share one UNet forward pass."""
+    return len(prompt_chunks(tokenizer, prompt))

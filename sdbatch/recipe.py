@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sdbatch.errors import RecipeError
+from sdbatch.prompts import PromptSyntaxError, parse_attention
 from sdbatch.samplers import resolve_sampler, scheduler_spec
 from sdbatch.templates import PromptItem, prompt_set, wildcard_files
 
@@ -201,7 +202,19 @@ def _prompt_items(cfg: dict, recipe_dirs: list[Path]) -> list[PromptItem]:
     items = prompt_set(prompts, templates, cfg.get("vars") or {}, wildcard_files(recipe_dirs))
     if not items:
         raise RecipeError("prompt", cfg.get("prompt"), "at least one prompt or template")
+    _check_syntax("prompt", {item.text for item in items})
+    _check_syntax("negative_prompt", {str(cfg.get("negative_prompt") or "")})
     return items
+
+
+def _check_syntax(field: str, texts: set[str]) -> None:
+    """Emphasis A1111 itself cannot read (``(x:1.2.3)``) fails here, before any model loads."""
+    for text in sorted(texts):
+        try:
+            parse_attention(text)
+        except PromptSyntaxError as exc:
+            detail = str(exc).split(": ", 1)[-1]
+            raise RecipeError(field, text, detail) from None
 
 
 def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
