@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sdbatch.encode import encode_prompt_pair
+from sdbatch.recipe import Job, Model
+from sdbatch.samplers import build_scheduler, resolve_sampler
+
 # Library chatter (progress bars while loading, optional-backend notices) would bury our plan
 # and progress lines; real problems still raise.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -25,9 +29,6 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 # every DPM++ SDE image although the interval is correct.
 warnings.filterwarnings("ignore", message="Should have ta>=t0", module="torchsde")
 
-from sdbatch.encode import encode_prompt_pair
-from sdbatch.recipe import Job, Model
-from sdbatch.samplers import build_scheduler, resolve_sampler
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -1,78 +1,29 @@
 """``sdbatch-tools``: everything that is not a generation run. Starts fast: no torch import.
 
-Subcommands:
-  prompt TEXT     how A1111 reads a prompt: weighted runs, tokens per 75-token chunk
+Each subcommand is a module in ``sdbatch/commands/`` with a ``register(subparsers)`` function
+that adds its parser and sets ``func``; ``func(args)`` returns the exit code. Modules import
+their heavy dependencies inside ``func``, so ``sdbatch-tools --help`` stays instant.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
+import pkgutil
 import sys
-from pathlib import Path
 
+import sdbatch.commands
 from sdbatch.errors import UserError
 
 
-def _tokenizer(model: str | None):
-    """The CLIP tokenizer of a diffusers folder (default: the embedded model's)."""
-    import os
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers import CLIPTokenizer
-
-    from sdbatch.models import EMBEDDED_MODEL_PATH
-
-    root = Path(model) if model else EMBEDDED_MODEL_PATH
-    folder = root / "tokenizer"
-    if not (folder / "vocab.json").is_file():
-        raise UserError(
-            f"--model: {str(root)!r} has no tokenizer/vocab.json; give a diffusers folder"
-        )
-    return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-
-
-def _token_label(tokenizer, token: int, weight: float) -> str:
-    """A token as readable text (byte pieces of a multi-byte character show as #id)."""
-    text = tokenizer.decode([token]).strip()
-    if not text or "\ufffd" in text:
-        text = f"#{token}"
-    return text if abs(weight - 1) < 1e-9 else f"{text}:{weight:.4g}"
-
-
-def cmd_prompt(args: argparse.Namespace) -> int:
-    from sdbatch.prompts import is_break, parse_attention, prompt_chunks
-
-    runs = parse_attention(args.text)
-    if args.json:
-        print(json.dumps([[text, weight] for text, weight in runs], ensure_ascii=False))
-        return 0
-    print("runs (text, weight):")
-    for run in runs:
-        print("  BREAK" if is_break(run) else f"  {run[0]!r:40} {run[1]:.4g}")
-    tokenizer = _tokenizer(args.model)
-    chunks = prompt_chunks(tokenizer, args.text)
-    for i, chunk in enumerate(chunks, 1):
-        print(f"chunk {i}: {len(chunk.tokens)} of 75 tokens")
-        shown = [
-            _token_label(tokenizer, t, w) for t, w in zip(chunk.tokens, chunk.weights, strict=True)
-        ]
-        if shown:
-            print("  " + " ".join(shown))
-    print(
-        f"{len(chunks)} chunk{'s' if len(chunks) != 1 else ''} ({77 * len(chunks)} tokens for CLIP)"
-    )
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdbatch-tools", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prompt", help="show how A1111 emphasis and chunking read a prompt")
-    p.add_argument("text", help='the prompt, e.g. "a (red:1.2) car BREAK blue sky"')
-    p.add_argument("--json", action="store_true", help="print the runs as [[text, weight], ...]")
-    p.add_argument("--model", help="diffusers folder whose tokenizer to use (default: embedded)")
-    p.set_defaults(func=cmd_prompt)
+    parser = argparse.ArgumentParser(
+        prog="sdbatch-tools", description="sdbatch's companion command (not a generation run)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(sdbatch.commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"sdbatch.commands.{info.name}")
+        module.register(sub)
     return parser
 
 

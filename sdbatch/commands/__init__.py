@@ -1,0 +1,1 @@
+"""sdbatch-tools subcommands: one module each, discovered by sdbatch.tools."""
