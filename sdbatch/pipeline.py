@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sdbatch.checkpoints import Model
 from sdbatch.encode import encode_prompt_pair
-from sdbatch.recipe import Job, Model
+from sdbatch.loading import load_pipeline
+from sdbatch.recipe import Job
 from sdbatch.samplers import build_scheduler, resolve_sampler
 
 # Library chatter (progress bars while loading, optional-backend notices) would bury our plan
@@ -49,29 +51,6 @@ def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device
 
         raise RecipeError("run.dtype", dtype, f"one of auto, {', '.join(DTYPES)}")
     return dev, DTYPES[dtype]
-
-
-def load_pipeline(model: Model, device: torch.device, dtype: torch.dtype):
-    """A local diffusers folder, offline (``local_files_only``), without a safety checker."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
-
-    dlogging.disable_progress_bar()
-    dlogging.set_verbosity_error()
-    tlogging.disable_progress_bar()
-    tlogging.set_verbosity_error()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype rename
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model.path,
-            torch_dtype=dtype,
-            local_files_only=True,
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
 
 
 @dataclass

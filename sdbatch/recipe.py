@@ -12,25 +12,18 @@ import hashlib
 import itertools
 import json
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdbatch.checkpoints import Model, resolve_models
 from sdbatch.errors import RecipeError
 from sdbatch.prompts import PromptSyntaxError, parse_attention
 from sdbatch.samplers import resolve_sampler, scheduler_spec
 from sdbatch.templates import PromptItem, prompt_set, wildcard_files
 
 SEED_MAX = 2**32 - 1
-
-
-@dataclass(frozen=True, slots=True)
-class Model:
-    name: str  # A1111's "Model:" (file stem or folder name)
-    path: str  # checkpoint file or diffusers folder
-    hash: str  # A1111-style 10 hex chars (see sdbatch.hashing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +136,7 @@ def parse_cfg(value: Any) -> float:
 
 
 def job_id(
-    model_hash: str,
+    model_key: str,
     prompt: str,
     negative: str,
     sampler: str,
@@ -161,7 +154,7 @@ def job_id(
     """
     key = json.dumps(
         [
-            model_hash,
+            model_key,
             prompt,
             negative,
             sampler,
@@ -176,24 +169,6 @@ def job_id(
         separators=(",", ":"),
     )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def resolve_model(model: dict) -> Model:
-    """The model a recipe names: ``model.path`` or the embedded tiny model."""
-    from sdbatch.hashing import model_hash
-    from sdbatch.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_PATH
-
-    path = model.get("path")
-    if path in (None, ""):
-        name = model.get("name") or EMBEDDED_MODEL_NAME
-        return Model(name, str(EMBEDDED_MODEL_PATH), model_hash(EMBEDDED_MODEL_PATH))
-    p = Path(os.path.expanduser(str(path)))
-    if not p.exists():
-        raise RecipeError("model.path", str(path), "an existing diffusers folder")
-    if p.is_dir() and not (p / "model_index.json").is_file():
-        raise RecipeError("model.path", str(path), "a diffusers folder with model_index.json")
-    name = model.get("name") or (p.name if p.is_dir() else p.stem)
-    return Model(str(name), str(p), model_hash(p))
 
 
 def _prompt_items(cfg: dict, recipe_dirs: list[Path]) -> list[PromptItem]:
@@ -228,7 +203,7 @@ def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
 
         recipe_dirs = default_dirs()
     items = _prompt_items(cfg, recipe_dirs)
-    models = [resolve_model(cfg.get("model") or {})]
+    models = resolve_models(cfg.get("model") or {})
     sizes = list(dict.fromkeys(parse_size(s) for s in as_list(cfg.get("size"))))
     samplers = list(dict.fromkeys(resolve_sampler(str(s)) for s in as_list(cfg.get("sampler"))))
     steps = [_int("steps", s, 1, 1000, "an integer in 1..1000") for s in as_list(cfg.get("steps"))]
@@ -278,7 +253,7 @@ def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
 
 
 def _batch_key(job: Job) -> tuple:
-    return (job.model.hash, job.width, job.height, job.scheduler, job.steps, job.cfg)
+    return (job.model.key, job.width, job.height, job.scheduler, job.steps, job.cfg)
 
 
 def make_batches(jobs: list[Job], batch_size: int) -> list[Batch]:

@@ -47,8 +47,7 @@ def infotext_for(job: Job) -> str:
         "CFG scale": job.cfg,
         "Seed": job.seed,
         "Size": f"{job.width}x{job.height}",
-        "Model hash": job.model.hash,
-        "Model": job.model.name,
+        **job.model.infotext(),
         "Version": f"sdbatch {__version__}",
     }
     return format_infotext(job.prompt, job.negative_prompt, params)
