@@ -36,12 +36,22 @@ def output_dir(cfg: DictConfig) -> Path:
     return out
 
 
+def run_context() -> dict:
+    """Per-row facts about this Hydra job: its number in a multirun and its overrides."""
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return {"hydra_job": None, "overrides": None}
+    job = hc.job.num if hc.mode == RunMode.MULTIRUN else None
+    return {"hydra_job": job, "overrides": " ".join(hc.overrides.task) or None}
+
+
 def run(cfg: DictConfig) -> int:
     """Compose -> plain dict -> runner. Returns the exit code."""
     from sdbatch.runner import execute
 
     plain = OmegaConf.to_container(cfg, resolve=True)
-    return execute(plain, output_dir(cfg)).exit_code
+    return execute(plain, output_dir(cfg), run_context()).exit_code
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sdbatch")

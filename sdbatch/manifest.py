@@ -52,6 +52,8 @@ SCHEMA = pa.schema(
         ("torch_version", pa.string()),
         ("diffusers_version", pa.string()),
         ("infotext", pa.string()),
+        ("hydra_job", pa.int32()),  # Hydra multirun job number (null for a single run)
+        ("overrides", pa.string()),  # the command-line overrides of the run, e.g. "cfg=5"
     ]
 )
 COMPACT_AFTER = 64  # parts; merged into one segment when more pile up during a run

@@ -163,8 +163,11 @@ def run_batch(renderer, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path
     return rows
 
 
-def execute(cfg: dict, out_dir: Path) -> Summary:
-    """The whole run for one composed recipe (plain dict) writing into ``out_dir``."""
+def execute(cfg: dict, out_dir: Path, context: dict | None = None) -> Summary:
+    """The whole run for one composed recipe (plain dict) writing into ``out_dir``.
+
+    ``context`` holds per-row facts from the caller (Hydra job number, overrides).
+    """
     run_cfg = cfg.get("run") or {}
     t_start = time.perf_counter()
     # 1. plan (validates everything before anything is written)
@@ -198,21 +201,23 @@ def execute(cfg: dict, out_dir: Path) -> Summary:
         summary.failed += len(failed_before)
     if pending:
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
-        # 3. load the pipeline (torch is imported only now)
-        from sdbatch.pipeline import Renderer
-
-        renderer = Renderer.load(plan.jobs[0].model, run_cfg.get("device", "auto"),
-                                 run_cfg.get("dtype", "auto"))  # fmt: skip
-        env = renderer.environment()
-        print(f"model: {renderer.describe()}", flush=True)
-        # 4. batches
+        # 3. the pipeline is loaded lazily, per model (models are the outermost axis)
         from tqdm import tqdm
 
+        from sdbatch.pipeline import Renderer
+
+        device, dtype = run_cfg.get("device", "auto"), run_cfg.get("dtype", "auto")
+        renderer = env = None
         total = sum(len(todo) for _, todo in pending)
         bar = tqdm(total=total, unit="img", disable=not run_cfg.get("progress", True),
                    dynamic_ncols=True, file=sys.stderr)  # fmt: skip
         try:
             for batch, todo in pending:
+                if renderer is None or renderer.model != batch.jobs[0].model:
+                    renderer = None  # free the previous model first
+                    renderer = Renderer.load(batch.jobs[0].model, device, dtype)
+                    env = {**renderer.environment(), **(context or {})}
+                    bar.write(f"model: {renderer.describe()}")
                 rows = run_batch(renderer, batch, todo, plan, out_dir, env)
                 manifest.append(rows)
                 manifest.maybe_compact()

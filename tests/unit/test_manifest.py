@@ -40,6 +40,8 @@ EXPECTED = [
     ("torch_version", "string"),
     ("diffusers_version", "string"),
     ("infotext", "string"),
+    ("hydra_job", "int32"),
+    ("overrides", "string"),
 ]
 
 
