@@ -1,7 +1,9 @@
 """``sdbatch``: the Hydra entry point. Thin: compose the config, hand a plain dict to the runner.
 
-Exit codes: 0 every job ok; 2 bad input (one line on stderr, nothing written);
-3 some jobs failed (recorded in the manifest; re-run with run.retry_failed=true).
+Exit codes: 0 every job ok; 2 bad input (one line on stderr, nothing written); 3 some jobs
+failed (recorded in the manifest; re-run with run.retry_failed=true); 4 stopped early by the
+deadline, SIGTERM or Ctrl-C; 5 the output folder is in use by another run; 6 the output folder
+cannot be written (disk full, not a folder); 130 aborted by a second Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sdbatch.config as config  # registers the schema and the recipes
 from sdbatch.errors import UserError
 
 EXIT_BAD_INPUT = 2
+EXIT_ABORTED = 130  # the shell's code for Ctrl-C
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -94,6 +97,10 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
     try:
         _hydra_main()
+    except KeyboardInterrupt:  # a second Ctrl-C: the first one asked for a clean stop
+        print("aborted: finished batches are saved; run the same command to continue",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(EXIT_ABORTED)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

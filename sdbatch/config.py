@@ -40,6 +40,13 @@ class RunConfig:
     verify: str = "hash"  # resume check of finished images: hash (sha256) | size (faster)
     progress: bool = True  # tqdm progress bar on stderr
     show_jobs: int = 5  # how many jobs a dry run lists
+    deadline: str | None = None  # stop cleanly after the batch in flight: "07:00" or "6h"
+
+
+@dataclass
+class ShardConfig:
+    index: int = 0  # this worker's shard: batches index, index+count, index+2*count, ...
+    count: int = 1  # number of shards; the union of all shards is the unsharded run
 
 
 @dataclass
@@ -63,6 +70,7 @@ class SdbatchConfig:
     batch_size: int = 4  # images per forward pass (jobs sharing model/size/sampler/steps/cfg)
     run: RunConfig = field(default_factory=RunConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
 
 
 def recipe_dirs() -> list[Path]:

@@ -43,6 +43,7 @@ SCHEMA = pa.schema(
         ("image_sha256", pa.string()),
         ("status", pa.string()),  # ok | failed | nan
         ("error", pa.string()),
+        ("note", pa.string()),  # e.g. "out of memory at batch size 4; rendered in halves"
         ("batch", pa.int64()),  # index of the batch in the plan
         ("started", TS),
         ("finished", TS),

@@ -267,9 +267,20 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[Batch]:
     return batches
 
 
-def iter_preview(plan: Plan, n: int) -> Iterator[str]:
+def select_shard(plan: Plan, index: int, count: int) -> list[Batch]:
+    """Shard ``index`` of ``count``: every count-th batch of the plan, starting at ``index``.
+
+    Whole batches, so a shard renders exactly the pixels the unsharded run would; round-robin,
+    so shards get similar work even when the plan's axes change cost along the way.
+    """
+    count = _int("shard.count", count, 1, None, "an integer >= 1")
+    index = _int("shard.index", index, 0, count - 1, f"an integer in 0..{count - 1}")
+    return [b for b in plan.batches if b.index % count == index]
+
+
+def iter_preview(jobs: list[Job], n: int) -> Iterator[str]:
     """The first ``n`` jobs, one line each, for dry runs."""
-    for job in plan.jobs[:n]:
+    for job in jobs[:n]:
         yield (
             f"  {job.job_id}  seed {job.seed}  {job.width}x{job.height}  {job.sampler}, "
             f"{job.steps} steps, cfg {job.cfg:g}  {job.prompt!r}"

@@ -1,12 +1,16 @@
 """Run a plan: skip what is done, render the rest batch by batch, write PNGs and manifest rows.
 
-Steps: 1. plan  2. resume scan  3. load the pipeline  4. per batch: render, write images
-(temp file, fsync, rename), append the batch's rows  5. compact the manifest, print a summary.
+Steps: 1. plan (validates everything)  2. lock the output folder and scan what is done
+3. per batch: render (the pipeline loads lazily, one model at a time), write images (temp file,
+fsync, rename), append the batch's rows  4. compact the manifest, print a one-line summary.
 A finished batch is durable before the next one starts, so a kill loses at most one batch.
+Faults stay inside their batch: an out-of-memory batch is retried in halves, a NaN image is
+recorded as ``nan``, any other exception is recorded per job, and the run goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sys
@@ -19,12 +23,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sdbatch import __version__
+from sdbatch.control import EXIT_STOPPED, OutputLock, StopSignal, parse_deadline
+from sdbatch.errors import UserError
+from sdbatch.faults import Faults
 from sdbatch.hashing import sha256_bytes, sha256_file
 from sdbatch.infotext import format_infotext, png_info
 from sdbatch.manifest import Manifest
-from sdbatch.recipe import Batch, Job, Plan, build_plan, iter_preview
+from sdbatch.recipe import Batch, Job, Plan, build_plan, iter_preview, select_shard
 
-EXIT_OK, EXIT_FAILED = 0, 3
+EXIT_OK, EXIT_FAILED, EXIT_OUTPUT = 0, 3, 6
+
+
+class OutputError(UserError):
+    """The output folder cannot be written (disk full, not a folder, read-only)."""
+
+    exit_code = EXIT_OUTPUT
 
 
 @dataclass
@@ -33,9 +46,12 @@ class Summary:
     skipped: int = 0
     failed: int = 0
     seconds: float = 0.0
+    stopped: str | None = None  # why the run stopped early, if it did
 
     @property
     def exit_code(self) -> int:
+        if self.stopped:
+            return EXIT_STOPPED
         return EXIT_FAILED if self.failed else EXIT_OK
 
 
@@ -53,9 +69,9 @@ def infotext_for(job: Job) -> str:
     return format_infotext(job.prompt, job.negative_prompt, params)
 
 
-def done_jobs(plan: Plan, out_dir: Path, manifest: Manifest, verify: str = "hash") -> set[str]:
-    """Job ids of the plan whose row says ok and whose image is on disk, unchanged."""
-    wanted = {j.job_id for j in plan.jobs}
+def done_jobs(jobs: list[Job], out_dir: Path, manifest: Manifest, verify: str = "hash") -> set[str]:
+    """Job ids whose row says ok and whose image is on disk, unchanged."""
+    wanted = {j.job_id for j in jobs}
     table = manifest.read(columns=["job_id", "status", "image", "image_sha256"])
     rows = [
         r for r in table.to_pylist() if r["status"] == "ok" and r["job_id"] in wanted and r["image"]
@@ -77,11 +93,15 @@ def done_jobs(plan: Plan, out_dir: Path, manifest: Manifest, verify: str = "hash
 
 def write_file_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def encode_png(pixels, infotext: str) -> bytes:
@@ -114,6 +134,7 @@ def _row(job: Job, plan: Plan, batch: Batch, env: dict, **fields) -> dict:
         "image": None,
         "image_sha256": None,
         "error": None,
+        "note": None,
         "infotext": infotext_for(job),
         **env,
     }
@@ -121,19 +142,46 @@ def _row(job: Job, plan: Plan, batch: Batch, env: dict, **fields) -> dict:
     return row
 
 
-def run_batch(renderer, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path, env: dict):
-    """Render a whole batch (its composition fixes the pixels), keep the jobs still to do."""
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA or MPS), recognised without importing torch."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def render_halving(render, jobs: tuple[Job, ...]) -> tuple[list, str | None]:
+    """Render; on out-of-memory retry in halves down to one image. Returns (outputs, note)."""
+    try:
+        return render(jobs), None
+    except Exception as exc:
+        if not is_out_of_memory(exc) or len(jobs) == 1:
+            raise
+    from sdbatch.pipeline import free_accelerator_memory
+
+    free_accelerator_memory()
+    half = (len(jobs) + 1) // 2
+    first, _ = render_halving(render, jobs[:half])
+    second, _ = render_halving(render, jobs[half:])
+    return first + second, f"out of memory at batch size {len(jobs)}; rendered in halves"
+
+
+def run_batch(render, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path, env: dict,
+              faults: Faults) -> list[dict]:  # fmt: skip
+    """Render a whole batch (its composition fixes the pixels), write the jobs still to do."""
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    note = None
     try:
-        outputs = renderer.render(batch.jobs)
+        outputs, note = render_halving(faults.render(render, batch.index), batch.jobs)
         results, error = dict(zip([j.job_id for j in batch.jobs], outputs, strict=True)), None
     except Exception as exc:  # recorded per job; the run goes on
         results, error = None, f"{type(exc).__name__}: {exc}"
         traceback.print_exc(file=sys.stderr)
-    finished = datetime.now(timezone.utc)
-    per_image = (time.perf_counter() - t0) / len(batch.jobs)
-    times = {"started": started, "finished": finished, "duration_s": per_image}
+    times = {
+        "started": started,
+        "finished": datetime.now(timezone.utc),
+        "duration_s": (time.perf_counter() - t0) / len(batch.jobs),
+        "note": note,
+    }
+    faults.before_write(batch.index)
     rows = []
     for job in todo:
         if results is None:
@@ -163,6 +211,16 @@ def run_batch(renderer, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path
     return rows
 
 
+def _output_error(out_dir: Path, exc: OSError, done: int, total: int) -> OutputError:
+    where = exc.filename or out_dir
+    reason = exc.strerror or str(exc)
+    hint = "free some space" if exc.errno == errno.ENOSPC else "fix the folder"
+    return OutputError(
+        f"output.dir: cannot write {str(where)!r} ({reason}); {done} of {total} done and "
+        f"recorded; {hint} and run the same command to continue"
+    )
+
+
 def execute(cfg: dict, out_dir: Path, context: dict | None = None) -> Summary:
     """The whole run for one composed recipe (plain dict) writing into ``out_dir``.
 
@@ -170,68 +228,111 @@ def execute(cfg: dict, out_dir: Path, context: dict | None = None) -> Summary:
     """
     run_cfg = cfg.get("run") or {}
     t_start = time.perf_counter()
-    # 1. plan (validates everything before anything is written)
+    # 1. plan: everything is validated before anything is written
     plan = build_plan(cfg)
-    # 2. resume scan
+    shard = cfg.get("shard") or {}
+    batches = select_shard(plan, shard.get("index", 0), shard.get("count", 1))
+    jobs = [j for b in batches for j in b.jobs]
+    stop = StopSignal(parse_deadline(run_cfg.get("deadline")))
     manifest = Manifest(out_dir / "manifest")
-    done = done_jobs(plan, out_dir, manifest, run_cfg.get("verify", "hash"))
-    if not run_cfg.get("retry_failed", False):
-        previous = manifest.read(columns=["job_id", "status"]).to_pylist()
-        wanted = {j.job_id for j in plan.jobs}
-        failed_before = {r["job_id"] for r in previous if r["status"] != "ok"} & wanted
-    else:
-        failed_before = set()
-    print(
-        f"{plan.name}: {plan.describe()}; {len(done)} done; batch size {plan.batch_size}",
-        flush=True,
-    )
+    shard_note = ""
+    if shard.get("count", 1) > 1:
+        shard_note = f"; shard {shard['index']} of {shard['count']}: {len(jobs)} jobs"
     if run_cfg.get("dry_run", False):
-        for line in iter_preview(plan, int(run_cfg.get("show_jobs", 5))):
+        done = done_jobs(jobs, out_dir, manifest, run_cfg.get("verify", "hash"))
+        print(f"{plan.name}: {plan.describe()}; {len(done)} done; batch size {plan.batch_size}"
+              f"{shard_note}")  # fmt: skip
+        show = int(run_cfg.get("show_jobs", 5))
+        for line in iter_preview(jobs, show):
             print(line)
-        if len(plan.jobs) > int(run_cfg.get("show_jobs", 5)):
-            print(f"  ... ({len(plan.jobs)} jobs in {len(plan.batches)} batches; dry run)")
+        if len(jobs) > show:
+            print(f"  ... ({len(jobs)} jobs in {len(batches)} batches; dry run, nothing written)")
         return Summary(skipped=len(done))
+    # 2. lock the folder, then see what is done
+    try:
+        lock = OutputLock(out_dir).acquire()
+    except OSError as exc:
+        raise _output_error(out_dir, exc, 0, len(jobs)) from None
+    try:
+        return _run_locked(plan, batches, jobs, run_cfg, out_dir, manifest, stop, context,
+                           shard_note, t_start)  # fmt: skip
+    finally:
+        lock.release()
 
+
+def _run_locked(plan, batches, jobs, run_cfg, out_dir, manifest, stop, context, shard_note,
+                t_start) -> Summary:  # fmt: skip
+    done = done_jobs(jobs, out_dir, manifest, run_cfg.get("verify", "hash"))
+    wanted = {j.job_id for j in jobs}
+    previous = manifest.read(columns=["job_id", "status"]).to_pylist()
+    failed_before = {r["job_id"] for r in previous if r["status"] != "ok"} & wanted - done
+    if run_cfg.get("retry_failed", False):
+        failed_before = set()
+    print(f"{plan.name}: {plan.describe()}; {len(done)} done; batch size {plan.batch_size}"
+          f"{shard_note}", flush=True)  # fmt: skip
     skip = done | failed_before
-    pending = [(b, [j for j in b.jobs if j.job_id not in skip]) for b in plan.batches]
+    pending = [(b, [j for j in b.jobs if j.job_id not in skip]) for b in batches]
     pending = [(b, todo) for b, todo in pending if todo]
-    summary = Summary(skipped=len(done))
+    summary = Summary(skipped=len(done), failed=len(failed_before))
     if failed_before:
         print(f"{len(failed_before)} jobs failed before; run.retry_failed=true retries them")
-        summary.failed += len(failed_before)
     if pending:
-        (out_dir / "images").mkdir(parents=True, exist_ok=True)
-        # 3. the pipeline is loaded lazily, per model (models are the outermost axis)
-        from tqdm import tqdm
-
-        from sdbatch.pipeline import Renderer
-
-        device, dtype = run_cfg.get("device", "auto"), run_cfg.get("dtype", "auto")
-        renderer = env = None
-        total = sum(len(todo) for _, todo in pending)
-        bar = tqdm(total=total, unit="img", disable=not run_cfg.get("progress", True),
-                   dynamic_ncols=True, file=sys.stderr)  # fmt: skip
-        try:
-            for batch, todo in pending:
-                if renderer is None or renderer.model != batch.jobs[0].model:
-                    renderer = None  # free the previous model first
-                    renderer = Renderer.load(batch.jobs[0].model, device, dtype)
-                    env = {**renderer.environment(), **(context or {})}
-                    bar.write(f"model: {renderer.describe()}")
-                rows = run_batch(renderer, batch, todo, plan, out_dir, env)
-                manifest.append(rows)
-                manifest.maybe_compact()
-                summary.written += sum(r["status"] == "ok" for r in rows)
-                summary.failed += sum(r["status"] != "ok" for r in rows)
-                bar.update(len(todo))
-        finally:
-            bar.close()
-            manifest.compact()
+        _render_all(pending, plan, run_cfg, out_dir, manifest, stop, context, summary, done)
     summary.seconds = time.perf_counter() - t_start
     rate = summary.written / summary.seconds if summary.seconds else 0.0
-    print(
-        f"done: {summary.written} written, {summary.skipped} skipped, {summary.failed} failed "
-        f"in {summary.seconds:.1f}s ({rate:.2f} images/s); outputs: {out_dir}",
-        flush=True,
-    )
+    if summary.stopped:
+        n_done = len(done) + summary.written
+        print(f"stopped ({summary.stopped}): {n_done} of {len(jobs)} done; "
+              f"run the same command to continue", flush=True)  # fmt: skip
+    else:
+        print(
+            f"done: {summary.written} written, {summary.skipped} skipped, {summary.failed} "
+            f"failed in {summary.seconds:.1f}s ({rate:.2f} images/s); outputs: {out_dir}",
+            flush=True,
+        )
     return summary
+
+
+def _render_all(pending, plan, run_cfg, out_dir, manifest, stop, context, summary, done):
+    from tqdm import tqdm
+
+    from sdbatch.pipeline import Renderer
+
+    try:
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _output_error(out_dir, exc, len(done), len(done) + len(pending)) from None
+    device, dtype = run_cfg.get("device", "auto"), run_cfg.get("dtype", "auto")
+    faults = Faults.from_env()
+    renderer = env = None
+    total = sum(len(todo) for _, todo in pending)
+    bar = tqdm(total=total, unit="img", disable=not run_cfg.get("progress", True),
+               dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+    stop.install()
+    try:
+        for batch, todo in pending:
+            if stop.should_stop():
+                summary.stopped = stop.reason
+                break
+            if renderer is None or renderer.model != batch.jobs[0].model:
+                renderer = None  # free the previous model first
+                renderer = Renderer.load(batch.jobs[0].model, device, dtype)
+                env = {**renderer.environment(), **(context or {})}
+                bar.write(f"model: {renderer.describe()}", file=sys.stderr)
+            try:
+                rows = run_batch(renderer.render, batch, todo, plan, out_dir, env, faults)
+                manifest.append(rows)
+            except OSError as exc:
+                n_done = len(done) + summary.written
+                raise _output_error(out_dir, exc, n_done, n_done + total - bar.n) from None
+            manifest.maybe_compact()
+            summary.written += sum(r["status"] == "ok" for r in rows)
+            summary.failed += sum(r["status"] != "ok" for r in rows)
+            bar.update(len(todo))
+    finally:
+        stop.restore()
+        bar.close()
+        try:
+            manifest.compact()
+        except OSError:
+            pass  # parts stay readable; the next run compacts

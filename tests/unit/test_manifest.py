@@ -31,6 +31,7 @@ EXPECTED = [
     ("image_sha256", "string"),
     ("status", "string"),
     ("error", "string"),
+    ("note", "string"),
     ("batch", "int64"),
     ("started", "timestamp[us, tz=UTC]"),
     ("finished", "timestamp[us, tz=UTC]"),

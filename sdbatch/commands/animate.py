@@ -1,0 +1,30 @@
+"""``sdbatch-tools animate DIR --axis COL``: one sweep axis as an animated WebP or GIF."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("animate", help="animate one sweep axis (WebP or GIF)")
+    p.add_argument("dir", help="an output folder (every manifest/ folder under it is read)")
+    p.add_argument("--axis", required=True, help="column the frames step through, e.g. cfg")
+    p.add_argument("--where", help="pin the other columns, e.g. 'seed == 1'")
+    p.add_argument("--duration", type=int, default=500, help="milliseconds per frame (500)")
+    p.add_argument("--caption", action="store_true", help="write the axis value under each frame")
+    p.add_argument("-o", "--out", help="output .webp or .gif (default DIR/animations/<axis>.webp)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdbatch.animate import animate
+    from sdbatch.grid import load_rows
+
+    out = Path(args.out) if args.out else Path(args.dir) / "animations" / f"{args.axis}.webp"
+    rows = load_rows(args.dir)
+    for note in animate(rows, args.axis, out, args.where, args.duration, args.caption):
+        print(note, file=sys.stderr)
+    print(out)
+    return 0

@@ -1,0 +1,40 @@
+"""``sdbatch-tools grid DIR --x COL [--y COL] [--z COL]``: A1111-style labelled X/Y/Z sheets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("grid", help="draw labelled X/Y/Z contact sheets from a run's manifest")
+    p.add_argument("dir", help="an output folder (every manifest/ folder under it is read)")
+    p.add_argument("--x", required=True, help="column across, e.g. vars.style, cfg, sampler")
+    p.add_argument("--y", help="column down")
+    p.add_argument("--z", help="one sheet per value of this column")
+    p.add_argument("--where", help="filter, e.g. \"seed == 1 and sampler == 'Euler a'\"")
+    p.add_argument("-o", "--out", help="output PNG (default DIR/grids/grid-<x>-<y>.png)")
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=200,
+        help="refuse sheets larger than this (default 200, as A1111)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdbatch.grid import draw_grids, grid_paths, load_rows, save_sheets
+
+    rows = load_rows(args.dir)
+    sheets = draw_grids(rows, args.x, args.y, args.z, args.where, args.max_megapixels)
+    paths = grid_paths(Path(args.dir), args.x, args.y, args.z, sheets, args.out)
+    save_sheets(sheets, paths)
+    for sheet in sheets:
+        for note in sheet.notes:
+            print(note, file=sys.stderr)
+    for sheet, path in zip(sheets, paths, strict=True):
+        w, h = sheet.image.size
+        print(f"{path} ({w}x{h})")
+    return 0

@@ -1,0 +1,1 @@
+"""Hydra config groups that sdbatch ships for Hydra itself (hydra/launcher=...)."""

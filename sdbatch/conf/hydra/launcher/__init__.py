@@ -1,0 +1,1 @@
+"""Launcher configs: hydra/launcher=local | submitit_local | slurm | ray (see the README)."""
