@@ -6,6 +6,7 @@ must hold one value each (``--where`` pins them). Pillow + pyarrow only: no torc
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sdbatch.errors import UserError
@@ -26,6 +27,14 @@ from sdbatch.grid import (
 FORMATS = {".webp": "WEBP", ".gif": "GIF"}
 
 
+def where_hint(column: str, v) -> str:
+    """``--where "vars.style == 'bob cut'"``: a filter the user can paste."""
+    text = show(v)
+    if not re.fullmatch(r"[\w.+-]+", text):
+        text = "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f'--where "{column} == {text}"'
+
+
 def _few(values: list) -> str:
     return ", ".join(show(v) for v in values[:3]) + (", ..." if len(values) > 3 else "")
 
@@ -40,10 +49,8 @@ def frames_for(
     if others:
         shown = "; ".join(f"{c} has {len(v)} values ({_few(v)})" for c, v in others.items())
         first = next(iter(others))
-        hint = f"{first} == {show(others[first][0])}"
-        raise UserError(
-            f"frames would not be comparable: {shown}; pin them with --where, e.g. --where '{hint}'"
-        )
+        hint = where_hint(first, others[first][0])
+        raise UserError(f"frames would not be comparable: {shown}; pin them, e.g. {hint}")
     values = distinct(rows, axis)
     picked, notes = [], []
     for v in values:
@@ -107,5 +114,12 @@ def animate(
 ) -> list[str]:
     """Write the animation; returns notes for stderr."""
     values, picked, notes = frames_for(rows, axis, where)
-    save_animation(render_frames(axis, values, picked, caption), out, duration_ms)
+    frames = render_frames(axis, values, picked, caption)
+    for k in range(1, len(frames)):
+        if frames[k].tobytes() == frames[k - 1].tobytes():  # GIF and WebP encoders merge these
+            notes.append(
+                f"note: {label(axis, values[k - 1])} and {show(values[k])} look identical; "
+                "the file shows them as one longer frame (--caption keeps them apart)"
+            )
+    save_animation(frames, out, duration_ms)
     return notes

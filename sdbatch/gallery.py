@@ -38,12 +38,12 @@ nav{margin-top:6px}
 .ph{display:flex;align-items:center;justify-content:center;color:#fff;font-weight:bold}
 .ph.failed,.badge.failed{background:#c82828}.ph.nan,.badge.nan{background:#808080}
 .ph.missing,.badge.missing{background:#5a5a5a}
-.badge{position:absolute;top:6px;left:6px;color:#fff;padding:1px 6px;border-radius:3px}
+.badge{position:absolute;top:6px;left:6px;color:#fff;padding:1px 6px;border:1px solid #fff}
 .cap{font-size:12px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 #detail{position:fixed;inset:0;background:rgba(0,0,0,.75);display:flex;z-index:2}
 #detail[hidden]{display:none}
 .panel{margin:auto;background:#fff;padding:12px;max-width:95vw;max-height:95vh;overflow:auto}
-#full{max-width:90vw;max-height:60vh;display:block;margin:auto}
+#full{max-width:90vw;max-height:60vh;min-width:min(256px,90vw);display:block;margin:auto}
 #infotext{white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:8px}
 #error{color:#c82828}
 """
@@ -82,12 +82,14 @@ function buildFilters() {
       input.placeholder = "contains";
     }
     input.dataset.col = f.col;
-    input.addEventListener("input", () => {
+    const update = () => {
       if (input.value === "") delete state.f[f.col];
       else state.f[f.col] = input.value;
       state.page = 0;
       apply();
-    });
+    };
+    input.addEventListener("input", update);
+    input.addEventListener("change", update);
     lab.append(input);
     box.append(lab);
   }
@@ -148,7 +150,7 @@ function openDetail(i) {
   $("dstatus").className = "badge " + k;
   $("dstatus").hidden = k === "ok";
   $("infotext").textContent = get(r, "infotext") || "";
-  $("error").textContent = get(r, "error") || "";
+  $("error").textContent = [get(r, "error"), get(r, "note")].filter(Boolean).join("; ");
   const meta = $("meta");
   meta.replaceChildren();
   for (const f of D.meta) meta.append(el("div", null, `${f.label}: ${get(r, f.col)}`));
@@ -227,7 +229,7 @@ def gallery_data(rows: list[dict], base: Path, thumbs: int = 0) -> dict:
     """The JSON the page embeds: columns, rows as lists, filter definitions."""
     var_cols = sorted({f"vars.{k}" for r in rows for k in r["vars"]})
     meta_cols = META + var_cols
-    cols = ["job_id", "src", "thumb", "status", "error", "prompt", "infotext", "caption"]
+    cols = ["job_id", "src", "thumb", "status", "error", "note", "prompt", "infotext", "caption"]
     cols += meta_cols
     out_rows = []
     for r in rows:
@@ -240,7 +242,8 @@ def gallery_data(rows: list[dict], base: Path, thumbs: int = 0) -> dict:
                 make_thumbnail(path, dest, thumbs)
                 thumb = _url(dest, base)
         caption = f"{r['sampler']}, CFG {show(r['cfg'])}, {r['steps']} steps, seed {r['seed']}"
-        fixed = [r["job_id"], src, thumb, r["status"], r["error"], r["prompt"] or ""]
+        fixed = [r["job_id"], src, thumb, r["status"], r["error"], r.get("note")]
+        fixed += [r["prompt"] or ""]
         fixed += [r["infotext"], caption]
         out_rows.append(fixed + [show(value(r, c)) for c in meta_cols])
     filters = []
@@ -267,8 +270,9 @@ def render_html(data: dict, title: str) -> str:
         f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'"
     )
     counts: dict[str, int] = {}
+    at = data["cols"].index("status")
     for r in data["rows"]:
-        counts[r[3]] = counts.get(r[3], 0) + 1
+        counts[r[at]] = counts.get(r[at], 0) + 1
     stats = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     body = BODY.format(title=html.escape(title), stats=html.escape(stats))
     return (

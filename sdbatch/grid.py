@@ -7,6 +7,7 @@ parsed, never eval'd. Pillow + pyarrow only: no torch, so the tools start fast.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -28,38 +29,29 @@ DERIVED = ("size",)  # "WxH", as infotext writes Size
 COLOURS = {"failed": (200, 40, 40), "nan": (128, 128, 128), "missing": (90, 90, 90)}
 COLOURS["empty"] = (235, 235, 235)
 PLACEHOLDER_TEXT = {"failed": "failed", "nan": "NaN", "missing": "missing", "empty": ""}
-_SKIP_DIRS = {"images", "grids", "gallery"}
 
 
 def load_rows(folder: str | os.PathLike, recursive: bool = True) -> list[dict]:
-    """Rows of every ``manifest/`` folder under ``folder`` (multirun jobs have their own).
+    """Rows of every ``manifest/`` folder at or below ``folder`` (multirun jobs have their own).
 
     Each row gets ``_root``, the output folder its ``image`` path is relative to, and ``vars``
-    as a dict. TODO: use ``sdbatch.manifest_tools`` once it lands.
+    as a dict. ``recursive=False`` reads only ``folder/manifest`` (one run's own rows).
     """
+    from sdbatch.manifest_tools import find_sources
+
     root = Path(folder)
-    if not root.is_dir():
-        raise UserError(f"{str(root)!r} is not a folder")
-    found = []
-    if root.name == "manifest" and Manifest(root).files():
-        found.append(root)
-    elif recursive:
-        for dirpath, dirnames, _ in os.walk(root):
-            if Path(dirpath).name == "manifest":
-                found.append(Path(dirpath))
-                dirnames.clear()
-                continue
-            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and d[0] != ".")
-    elif (root / "manifest").is_dir():
-        found.append(root / "manifest")
+    if recursive:
+        sources = [(s.out_dir, s.manifest_dir) for s in find_sources(root)]
+    else:
+        sources = [(root, root / "manifest")]
     rows = []
-    for folder_ in found:
-        for row in Manifest(folder_).read().to_pylist():
+    for out_dir, manifest_dir in sources:
+        for row in Manifest(manifest_dir).read().to_pylist():
             row["vars"] = dict(row["vars"] or [])
-            row["_root"] = folder_.parent
+            row["_root"] = out_dir
             rows.append(row)
     if not rows:
-        raise UserError(f"no manifest rows under {str(root)!r} (looked for manifest/ folders)")
+        raise UserError(f"{str(root)!r}: no manifest rows (the manifest/ folder is empty)")
     return rows
 
 
@@ -103,9 +95,10 @@ def _number(v) -> float | None:
     if isinstance(v, bool):
         return None
     try:
-        return float(v)
+        n = float(v)
     except (TypeError, ValueError):
         return None
+    return n if math.isfinite(n) else None  # "nan"/"inf" as text, so sorting stays total
 
 
 def sort_key(v):
@@ -184,17 +177,18 @@ def pick_first(rows: list[dict]) -> dict:
 
 
 def varying(rows: list[dict], skip: Iterable[str]) -> dict[str, list]:
-    """Columns that decide the pixels and take several values among ``rows``."""
+    """Columns that decide the pixels and take several values among ``rows``.
+
+    The prompt is left out when a template variable varies (or is skipped): it follows from it.
+    """
     skip = set(skip)
-    names = ["prompt", "negative_prompt", "sampler", "steps", "cfg", "seed", "size", "model_hash"]
+    names = ["sampler", "steps", "cfg", "seed", "size", "model_hash"]
     names += [f"vars.{n}" for n in sorted({k for r in rows for k in r["vars"]})]
-    out = {}
-    for c in names:
-        if c in skip or (c == "prompt" and any(s.startswith("vars.") for s in skip)):
-            continue
-        vals = distinct(rows, c)
-        if len(vals) > 1:
-            out[c] = vals
+    out = {c: distinct(rows, c) for c in names + ["negative_prompt"] if c not in skip}
+    out = {c: v for c, v in out.items() if len(v) > 1}
+    if "prompt" not in skip and not any(c.startswith("vars.") for c in [*skip, *out]):
+        prompts = distinct(rows, "prompt")
+        out.update({"prompt": prompts} if len(prompts) > 1 else {})
     return out
 
 
@@ -226,18 +220,17 @@ def font_for(size: int):
     try:
         return ImageFont.truetype("DejaVuSans.ttf", size)
     except OSError:
-        return ImageFont.load_default(size=size)
+        try:
+            return ImageFont.load_default(size=size)
+        except TypeError:  # Pillow < 10.1: one small bitmap font
+            return ImageFont.load_default()
 
 
 def label_metrics(cell_w: int, cell_h: int) -> tuple[int, int, int, int]:
     """(font size, line height, padding, left band width) for a cell size; A1111's proportions."""
     font_size = max(12, (cell_w + cell_h) // 25)
-    return (
-        font_size,
-        font_size + font_size // 3,
-        font_size // 2,
-        max(cell_w * 3 // 4, font_size * 8),
-    )
+    left = max(cell_w * 3 // 4, font_size * 8)
+    return font_size, font_size + font_size // 3, font_size // 2, left
 
 
 def wrap(text: str, font, width: int) -> list[str]:
@@ -259,10 +252,12 @@ def wrap(text: str, font, width: int) -> list[str]:
 class Sheet:
     """One drawn grid: the picture, its infotext, and the z value it shows (if any)."""
 
-    image: object
+    image: object  # None once written (``path`` and ``size`` say where and how big)
     infotext: str
     z: object = None
     notes: list[str] = field(default_factory=list)
+    path: Path | None = None
+    size: tuple[int, int] = (0, 0)
 
 
 def _axis_params(axes: list[tuple[str, str, list]]) -> dict[str, str]:
@@ -293,14 +288,19 @@ def _sheet_infotext(rows: list[dict], first: dict | None, axes, z) -> str:
     return format_infotext(prompt, negative, params)
 
 
-def draw_grids(
+def draw_grids(*args, **kwargs) -> list[Sheet]:
+    """Every sheet in memory (tests, small grids); ``write_grids`` streams them to disk."""
+    return list(iter_grids(*args, **kwargs))
+
+
+def iter_grids(
     rows: list[dict],
     x: str,
     y: str | None = None,
     z: str | None = None,
     where: str | None = None,
     max_megapixels: float = 200,
-) -> list[Sheet]:
+):
     """One labelled sheet per z value: x across, y down, sorted values, placeholders for gaps."""
     from PIL import Image, ImageDraw
 
@@ -326,7 +326,6 @@ def draw_grids(
             f"--max-megapixels {max_megapixels:g}; narrow it with --where or raise the limit"
         )
     axes = [("X", x, xs)] + ([("Y", y, ys)] if y else []) + ([("Z", z, zs)] if z else [])
-    sheets = []
     for zv in zs:
         cells: dict[tuple[int, int], list[dict]] = {}
         xi, yi = {show(v): i for i, v in enumerate(xs)}, {show(v): i for i, v in enumerate(ys)}
@@ -369,30 +368,35 @@ def draw_grids(
             )
         first = next((pick_first(cells[k]) for k in sorted(cells, key=lambda k: k[::-1])), None)
         z_rows = [r for group in cells.values() for r in group] or rows
-        sheets.append(Sheet(sheet, _sheet_infotext(z_rows, first, axes, zv), zv, notes))
-    return sheets
+        yield Sheet(sheet, _sheet_infotext(z_rows, first, axes, zv), zv, notes, None, sheet.size)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.=+-]+", "_", text).strip("_") or "_"
 
 
-def grid_paths(out_dir: Path, x, y, z, sheets: list[Sheet], out: str | None) -> list[Path]:
+def grid_path(out_dir: Path, x: str, y: str | None, z: str | None, zv, out=None) -> Path:
     """``DIR/grids/grid-<x>-<y>[-<z>=<value>].png``; ``-o`` names the file (z value appended)."""
     if out:
-        base = Path(out)
-        stem, suffix = base.with_suffix(""), base.suffix or ".png"
+        stem, suffix = Path(out).with_suffix(""), Path(out).suffix or ".png"
     else:
         stem, suffix = out_dir / "grids" / _slug("-".join(["grid", x] + ([y] if y else []))), ".png"
-    if not z:
-        return [Path(f"{stem}{suffix}")]
-    return [Path(f"{stem}-{_slug(f'{z}={show(s.z)}')}{suffix}") for s in sheets]
+    return Path(f"{stem}-{_slug(f'{z}={show(zv)}')}{suffix}" if z else f"{stem}{suffix}")
 
 
-def save_sheets(sheets: list[Sheet], paths: list[Path]) -> None:
-    for sheet, path in zip(sheets, paths, strict=True):
+def write_grids(rows: list[dict], x: str, y=None, z=None, where=None, max_megapixels=200.0,
+                out_dir: str | os.PathLike = ".", out=None) -> list[Sheet]:  # fmt: skip
+    """Draw and save one sheet at a time (a 200-megapixel sheet is 600 MB in memory)."""
+    written: list[Sheet] = []
+    for sheet in iter_grids(rows, x, y, z, where, max_megapixels):
+        path = grid_path(Path(out_dir), x, y, z, sheet.z, out)
+        if any(path == s.path for s in written):  # two z values with the same file name
+            path = path.with_name(f"{path.stem}-{len(written) + 1}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
         sheet.image.save(path, format="PNG", pnginfo=png_info(sheet.infotext))
+        sheet.path, sheet.image = path, None
+        written.append(sheet)
+    return written
 
 
 GRID_KEYS = {"x", "y", "z", "where", "max_megapixels"}
@@ -422,9 +426,7 @@ def draw_recipe_grids(out_dir: str | os.PathLike, grids: list[dict]) -> list[Pat
     rows = load_rows(out_dir, recursive=False)
     written = []
     for spec in grids:
-        x, y, z = spec["x"], spec.get("y"), spec.get("z")
-        sheets = draw_grids(rows, x, y, z, spec.get("where"), spec.get("max_megapixels", 200))
-        paths = grid_paths(out_dir, x, y, z, sheets, None)
-        save_sheets(sheets, paths)
-        written += paths
+        x, y, z, where = spec["x"], spec.get("y"), spec.get("z"), spec.get("where")
+        limit = spec.get("max_megapixels", 200)
+        written += [s.path for s in write_grids(rows, x, y, z, where, limit, out_dir)]
     return written

@@ -149,8 +149,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def render_halving(render, jobs: tuple[Job, ...]) -> tuple[list, str | None]:
     """Render; on out-of-memory retry in halves down to one image. Returns (outputs, note)."""
+    outputs, size = _render_halving(render, jobs)
+    if size == len(jobs):
+        return outputs, None
+    return outputs, f"out of memory at batch size {len(jobs)}; rendered {size} at a time"
+
+
+def _render_halving(render, jobs: tuple[Job, ...]) -> tuple[list, int]:
     try:
-        return render(jobs), None
+        return render(jobs), len(jobs)
     except Exception as exc:
         if not is_out_of_memory(exc) or len(jobs) == 1:
             raise
@@ -158,9 +165,9 @@ def render_halving(render, jobs: tuple[Job, ...]) -> tuple[list, str | None]:
 
     free_accelerator_memory()
     half = (len(jobs) + 1) // 2
-    first, _ = render_halving(render, jobs[:half])
-    second, _ = render_halving(render, jobs[half:])
-    return first + second, f"out of memory at batch size {len(jobs)}; rendered in halves"
+    first, size_a = _render_halving(render, jobs[:half])
+    second, size_b = _render_halving(render, jobs[half:])
+    return first + second, min(size_a, size_b)
 
 
 def run_batch(render, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path, env: dict,
@@ -277,7 +284,8 @@ def _run_locked(plan, batches, jobs, run_cfg, out_dir, manifest, stop, context, 
     if failed_before:
         print(f"{len(failed_before)} jobs failed before; run.retry_failed=true retries them")
     if pending:
-        _render_all(pending, plan, run_cfg, out_dir, manifest, stop, context, summary, done)
+        _render_all(pending, plan, run_cfg, out_dir, manifest, stop, context, summary, done,
+                    len(jobs))  # fmt: skip
     summary.seconds = time.perf_counter() - t_start
     rate = summary.written / summary.seconds if summary.seconds else 0.0
     if summary.stopped:
@@ -293,7 +301,8 @@ def _run_locked(plan, batches, jobs, run_cfg, out_dir, manifest, stop, context, 
     return summary
 
 
-def _render_all(pending, plan, run_cfg, out_dir, manifest, stop, context, summary, done):
+def _render_all(pending, plan, run_cfg, out_dir, manifest, stop, context, summary, done,
+                n_jobs):  # fmt: skip
     from tqdm import tqdm
 
     from sdbatch.pipeline import Renderer
@@ -301,7 +310,7 @@ def _render_all(pending, plan, run_cfg, out_dir, manifest, stop, context, summar
     try:
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _output_error(out_dir, exc, len(done), len(done) + len(pending)) from None
+        raise _output_error(out_dir, exc, len(done), n_jobs) from None
     device, dtype = run_cfg.get("device", "auto"), run_cfg.get("dtype", "auto")
     faults = Faults.from_env()
     renderer = env = None
@@ -318,13 +327,13 @@ def _render_all(pending, plan, run_cfg, out_dir, manifest, stop, context, summar
                 renderer = None  # free the previous model first
                 renderer = Renderer.load(batch.jobs[0].model, device, dtype)
                 env = {**renderer.environment(), **(context or {})}
-                bar.write(f"model: {renderer.describe()}", file=sys.stderr)
+                bar.write(f"model: {renderer.describe()}", file=sys.stdout)
             try:
                 rows = run_batch(renderer.render, batch, todo, plan, out_dir, env, faults)
                 manifest.append(rows)
             except OSError as exc:
                 n_done = len(done) + summary.written
-                raise _output_error(out_dir, exc, n_done, n_done + total - bar.n) from None
+                raise _output_error(out_dir, exc, n_done, n_jobs) from None
             manifest.maybe_compact()
             summary.written += sum(r["status"] == "ok" for r in rows)
             summary.failed += sum(r["status"] != "ok" for r in rows)

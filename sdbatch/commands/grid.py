@@ -25,16 +25,14 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbatch.grid import draw_grids, grid_paths, load_rows, save_sheets
+    from sdbatch.grid import load_rows, write_grids
 
     rows = load_rows(args.dir)
-    sheets = draw_grids(rows, args.x, args.y, args.z, args.where, args.max_megapixels)
-    paths = grid_paths(Path(args.dir), args.x, args.y, args.z, sheets, args.out)
-    save_sheets(sheets, paths)
+    sheets = write_grids(
+        rows, args.x, args.y, args.z, args.where, args.max_megapixels, Path(args.dir), args.out
+    )
     for sheet in sheets:
         for note in sheet.notes:
             print(note, file=sys.stderr)
-    for sheet, path in zip(sheets, paths, strict=True):
-        w, h = sheet.image.size
-        print(f"{path} ({w}x{h})")
+        print(f"{sheet.path} ({sheet.size[0]}x{sheet.size[1]})")
     return 0

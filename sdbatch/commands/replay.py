@@ -1,0 +1,106 @@
+"""``sdbatch-tools replay IMAGE... [-o PATH] [--name NAME]``: a recipe per image, from its infotext.
+
+One recipe per image: a recipe's sweep axes multiply, so several images cannot share one
+recipe without making jobs nobody asked for. Like ``sdbatch`` itself, bad input writes nothing:
+every image is read and checked before the first file is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from sdbatch.errors import UserError
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "replay", help="write a recipe that regenerates an image from its A1111 infotext"
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG files (sdbatch's or A1111's)")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="RECIPE.yaml (one image) or a folder (NAME.yaml per image); default: print",
+    )
+    p.add_argument(
+        "--name",
+        help="recipe name (several images: NAME_1, NAME_2, ...); default: replay_<image stem>",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite existing recipe files")
+    p.set_defaults(func=run)
+
+
+def _names(args: argparse.Namespace, to_file: Path | None) -> list[str]:
+    """One recipe name per image, unique, usable as ``+recipe=NAME``."""
+    from sdbatch.replay import default_name
+
+    n = len(args.images)
+    if args.name:
+        names = [args.name] if n == 1 else [f"{args.name}_{i}" for i in range(1, n + 1)]
+    elif to_file is not None:
+        names = [to_file.stem]
+    else:
+        names, seen = [], set()
+        for image in args.images:
+            name = base = default_name(image)
+            k = 2
+            while name in seen:
+                name, k = f"{base}_{k}", k + 1
+            seen.add(name)
+            names.append(name)
+    for name in names:
+        if not _NAME.fullmatch(name):
+            raise UserError(f"--name: {name!r} is not allowed; letters, digits, '_' and '-'")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdbatch.replay import read_infotext_file, recipe_from_infotext
+
+    out = Path(args.output).expanduser() if args.output else None
+    to_file = out if out is not None and out.suffix in (".yaml", ".yml") else None
+    if to_file is not None and len(args.images) > 1:
+        raise UserError(f"-o: {args.output!r} is one file; give a folder for several images")
+    if to_file is not None and not _NAME.fullmatch(to_file.stem):
+        raise UserError(f"-o: {to_file.name!r} is not allowed; letters, digits, '_' and '-'.yaml")
+    if out is not None and to_file is None and out.exists() and not out.is_dir():
+        raise UserError(f"-o: {args.output!r} is not a folder; name a folder or a .yaml file")
+    names = _names(args, to_file)
+
+    recipes, errors = [], []
+    for image, name in zip(args.images, names, strict=True):
+        try:
+            text = read_infotext_file(image)
+            recipes.append(recipe_from_infotext(text, name, source=Path(image).name))
+        except UserError as exc:
+            errors.append(str(exc))
+    for err in errors:
+        print(f"error: {err}", file=sys.stderr)
+    if errors:
+        return 2
+
+    if out is None:
+        for i, (image, recipe) in enumerate(zip(args.images, recipes, strict=True)):
+            for warning in recipe.warnings:
+                print(f"warning: {image}: {warning}", file=sys.stderr)
+            print(("---\n" if i else "") + recipe.to_yaml(), end="")
+        return 0
+
+    paths = [to_file] if to_file is not None else [out / f"{r.name}.yaml" for r in recipes]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not args.force:
+        raise UserError(f"-o: {', '.join(existing)} exists; --force overwrites")
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    for image, recipe, path in zip(args.images, recipes, paths, strict=True):
+        for warning in recipe.warnings:
+            print(f"warning: {image}: {warning}", file=sys.stderr)
+        path.write_text(recipe.to_yaml(path.stem), encoding="utf-8")
+        print(f"wrote {path}; run: SDBATCH_RECIPES={path.parent} sdbatch +recipe={path.stem}")
+    return 0

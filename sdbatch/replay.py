@@ -1,0 +1,347 @@
+"""A1111 infotext -> an sdbatch recipe that plans the same job again (``sdbatch-tools replay``).
+
+Pure Python (no torch): it reads text and writes YAML. ``FIELDS`` is the one table saying what
+happens to each infotext key, so a field sdbatch learns to reproduce (hires fix, variation
+seeds, RNG, clip skip) moves from "comment" to "mapped" by flipping ``mapped`` on its line.
+Nothing is dropped silently: a field that is not reproduced becomes a YAML comment and a
+warning.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sdbatch.errors import RecipeError, UserError
+from sdbatch.infotext import (
+    Infotext,
+    format_params,
+    parse_infotext,
+    read_png_infotext,
+    sampler_name,
+)
+from sdbatch.infotext import parse_size as parse_infotext_size
+
+__all__ = [
+    "A1111_DEFAULT_SCHEDULE",
+    "FIELDS",
+    "Field",
+    "ReplayError",
+    "ReplayRecipe",
+    "a1111_sampler",
+    "default_name",
+    "read_infotext_file",
+    "recipe_from_infotext",
+]
+
+
+class ReplayError(UserError):
+    """An image sdbatch cannot replay; one line naming the file and the field."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """What becomes of one infotext key in a replayed recipe."""
+
+    target: str | None = None  # dotted recipe key, now or once sdbatch can reproduce it
+    mapped: bool = False  # True: written to `target`; False: a "not reproduced" comment + warning
+    convert: Callable[[str], Any] = str  # infotext text -> recipe value (when mapped)
+    default: str | None = None  # the value that means what sdbatch does anyway: no warning
+    info: bool = False  # does not change pixels: a plain comment, no warning
+    note: str = ""  # why it is not reproduced (ends the warning)
+
+
+def _number(text: str | float) -> int | float:
+    """``7`` -> 7 and ``7.5`` -> 7.5, so the YAML reads like the infotext."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def _int(text: str, lo: int = -(2**63), hi: int = 2**63) -> int:
+    value = float(text)
+    if not value.is_integer() or not lo <= value <= hi:
+        raise ValueError(text)
+    return int(value)
+
+
+_EXTRA_NETWORKS = "sdbatch reads the prompt's <lora:...> tags and embedding names as plain text"
+
+# Keys A1111 (1.5-1.10) and sdbatch write, in A1111's order. Sampler, Schedule type, Size and
+# Model have their own code below; every key not listed here is kept as a warned comment.
+FIELDS: dict[str, Field] = {
+    "Steps": Field("steps", True, _int),
+    "Sampler": Field("sampler", True),
+    "Schedule type": Field("sampler", True),  # folded into the sampler name
+    "CFG scale": Field("cfg", True, _number),
+    "Seed": Field("seeds", True, _int),
+    "Size": Field("size", True),
+    "Model hash": Field(info=True),  # checked against the model, written beside model.name
+    "Model": Field("model.name", True),
+    "VAE hash": Field(info=True),
+    "VAE": Field(note="set model.vae to this VAE's file to use it"),
+    "Variation seed": Field("subseed", False, _int),
+    "Variation seed strength": Field("subseed_strength", False, _number, default="0"),
+    "Seed resize from": Field(note="variation seed resizing"),
+    "Denoising strength": Field("hires.denoise", False, _number),
+    "Hires upscale": Field("hires.scale", False, _number),
+    "Hires resize": Field(note="hires fix to a fixed size"),
+    "Hires steps": Field("hires.steps", False, _int),
+    "Hires upscaler": Field("hires.upscaler"),
+    "Clip skip": Field("model.clip_skip", True, _int),
+    "RNG": Field("rng", False, str.lower, note="sdbatch has no choice of noise source yet"),
+    "ENSD": Field(default="0", note="eta noise seed delta"),
+    "Emphasis": Field(default="Original"),
+    "Lora hashes": Field(note=_EXTRA_NETWORKS),
+    "TI hashes": Field(note=_EXTRA_NETWORKS),
+    "Prompt S/R": Field(note="an X/Y/Z plot axis; this image's prompt is already replaced"),
+    "Version": Field(info=True),
+}
+# How users point sdbatch at the checkpoint an infotext names (A1111's "Model:" is its stem).
+MODEL_SETTING = "model.dir"
+MODEL_HINT = f"set {MODEL_SETTING} to the folder holding this checkpoint (or model.path to it)"
+_OWN_CODE = {"Sampler", "Schedule type", "Size", "Model", "Model hash"}
+_HIRES = {"Hires upscale", "Hires resize", "Hires steps", "Hires upscaler"}
+_REQUIRED = ("Steps", "Sampler", "CFG scale", "Seed", "Size")
+
+# A1111 1.9+ writes "Schedule type"; its "Automatic" means each sampler's own default schedule
+# (the 'scheduler' option in modules/sd_samplers_kdiffusion.py). Samplers not listed use the
+# model's uniform sigmas, which is what the plain names mean in sdbatch and in A1111 < 1.9.
+A1111_DEFAULT_SCHEDULE = {
+    "DPM++ 2M": "Karras",
+    "DPM++ SDE": "Karras",
+    "DPM++ 2S a": "Karras",
+    "DPM2": "Karras",
+    "DPM2 a": "Karras",
+    "Restart": "Karras",
+    "DPM++ 2M SDE": "Exponential",
+    "DPM++ 2M SDE Heun": "Exponential",
+    "DPM++ 3M SDE": "Exponential",
+}
+_UNIFORM = {"", "Automatic", "Uniform"}  # after resolving Automatic: no suffix on the name
+
+
+def a1111_sampler(params: Mapping[str, str]) -> str:
+    """The combined sampler name A1111 actually ran (``DPM++ 2M`` + Automatic -> Karras)."""
+    name = params.get("Sampler", "").strip()
+    schedule = params.get("Schedule type")
+    if schedule is None:  # A1111 < 1.9 and sdbatch: the name says it all
+        return name
+    schedule = schedule.strip()
+    if schedule == "Automatic":
+        schedule = A1111_DEFAULT_SCHEDULE.get(name, "Uniform")
+    if schedule in _UNIFORM:
+        return name
+    return sampler_name({"Sampler": name, "Schedule type": schedule})
+
+
+@dataclass
+class ReplayRecipe:
+    """A recipe for one image: values in write order, plus what could not be reproduced."""
+
+    name: str
+    values: dict[str, Any]
+    source: str = ""
+    model_note: str = ""  # comment beside model.name (the hash to look for)
+    comments: list[str] = field(default_factory=list)  # trailing "# ..." lines
+    warnings: list[str] = field(default_factory=list)  # one line each, for stderr
+
+    def to_yaml(self, recipe_id: str | None = None) -> str:
+        """The recipe file; ``recipe_id`` is the file's stem (what ``+recipe=`` names)."""
+        rid = recipe_id or self.name
+        lines = [
+            f"# Replayed from {self.source or 'infotext'} by sdbatch-tools replay.",
+            f"# Run: SDBATCH_RECIPES=<this folder> sdbatch +recipe={rid}",
+        ]
+        for key, value in self.values.items():
+            if isinstance(value, dict):
+                lines.append(f"{key}:")
+                for sub, v in value.items():
+                    beside = key == "model" and sub == "name" and self.model_note
+                    note = f"  # {self.model_note}" if beside else ""
+                    lines.append(f"  {sub}: {_scalar(v)}{note}")
+            else:
+                lines.append(f"{key}: {_scalar(value)}")
+        if self.model_note and "name" not in self.values.get("model", {}):
+            lines.append(f"# {self.model_note}")
+        lines.extend(f"# {c}" for c in self.comments)
+        return "\n".join(lines) + "\n"
+
+
+def _escape_interpolation(text: str) -> str:
+    """OmegaConf reads ``${...}`` as an interpolation; ``\\${`` (backslashes doubled) is literal."""
+    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+
+
+def _scalar(value: Any) -> str:
+    """One YAML scalar on one line: plain when YAML reads it back as the same string."""
+    if isinstance(value, str):
+        value = _escape_interpolation(value)
+        plain = yaml.safe_dump(value, allow_unicode=True, width=1 << 30).removesuffix("\n...\n")
+        if "\n" not in plain.strip() and not plain.startswith(("'", '"')):
+            return plain.strip()
+        style = '"'
+    else:
+        style = None
+    dumped = yaml.safe_dump(value, allow_unicode=True, width=1 << 30, default_style=style)
+    return dumped.removesuffix("\n...\n").strip()
+
+
+def _set(values: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        values = values.setdefault(p, {})
+    values[last] = value
+
+
+def _bad(source: str, key: str, value: str, allowed: str) -> ReplayError:
+    return ReplayError(f"{source}: {key}: {value!r} is not allowed; {allowed}")
+
+
+def _core(info: Infotext, source: str, out: ReplayRecipe) -> None:
+    """Steps, sampler, CFG, seed and size: validated as the planner will."""
+    from sdbatch.recipe import SEED_MAX, parse_cfg
+    from sdbatch.samplers import SAMPLERS, resolve_sampler
+
+    p = info.params
+    for key in _REQUIRED:
+        if key not in p:
+            raise ReplayError(f"{source}: the infotext has no {key}; cannot replay it")
+    try:
+        steps = _int(p["Steps"], 1, 1000)
+    except ValueError:
+        raise _bad(source, "Steps", p["Steps"], "an integer in 1..1000") from None
+    name = a1111_sampler(p)
+    try:
+        sampler = resolve_sampler(name).name
+    except RecipeError:  # no "closest match": a near name would make a different image
+        shown = p["Sampler"]
+        if "Schedule type" in p:
+            shown += f", Schedule type: {p['Schedule type']}"
+        known = ", ".join(SAMPLERS)
+        raise ReplayError(
+            f"{source}: Sampler: {shown} means {name!r}, which sdbatch does not have; "
+            f"known samplers: {known}"
+        ) from None
+    try:
+        cfg = parse_cfg(p["CFG scale"])
+    except RecipeError as exc:
+        raise _bad(source, "CFG scale", p["CFG scale"], exc.allowed) from None
+    try:
+        seed = _int(p["Seed"], 0, SEED_MAX)
+    except ValueError:
+        raise _bad(source, "Seed", p["Seed"], f"an integer in 0..{SEED_MAX}") from None
+    try:
+        width, height = parse_infotext_size(p["Size"])
+    except ValueError:
+        raise _bad(source, "Size", p["Size"], "WIDTHxHEIGHT like 512x768") from None
+    w8, h8 = width // 8 * 8, height // 8 * 8
+    if not (w8 and h8):
+        raise _bad(source, "Size", p["Size"], "at least 8x8")
+    if (w8, h8) != (width, height):
+        out.warnings.append(
+            f"Size: {p['Size']} is not a multiple of 8; A1111 sampled a {w8 // 8}x{h8 // 8} "
+            f"latent, so the recipe says {w8}x{h8}"
+        )
+    out.values.update(sampler=sampler, steps=steps, cfg=_number(cfg), seeds=seed, size=f"{w8}x{h8}")
+
+
+def _model(params: Mapping[str, str], out: ReplayRecipe) -> None:
+    """Our embedded model stays the default; any other model is named, with its hash."""
+    from sdbatch.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_PATH
+
+    name, want = params.get("Model"), params.get("Model hash")
+    if name is None:
+        out.warnings.append("Model: not in the infotext; the recipe uses the default model")
+        if want:
+            out.model_note = f"Model hash: {want}"
+        return
+    if name == EMBEDDED_MODEL_NAME:
+        from sdbatch.hashing import model_hash
+
+        have = model_hash(EMBEDDED_MODEL_PATH)
+        if want and want != have:
+            out.warnings.append(
+                f"Model hash: {want} is not the embedded {name}'s ({have}); the image came from "
+                "another build of it"
+            )
+        return
+    out.values["model"] = {"name": name}
+    hash_text = f"hash {want}" if want else "no hash given"
+    out.model_note = f"Model hash: {want}; " if want else ""
+    out.model_note += MODEL_HINT
+    out.warnings.append(
+        f"Model: {name} ({hash_text}): {MODEL_HINT}; without either sdbatch uses its embedded "
+        "tiny model"
+    )
+
+
+def _prompt_checks(info: Infotext, out: ReplayRecipe) -> None:
+    """A1111 reads prompts literally; sdbatch's ``prompt:`` also expands dynamic prompts."""
+    text = info.prompt
+    if "{" in text or "__" in text:
+        out.warnings.append(
+            "prompt: holds '{' or '__', which sdbatch expands as dynamic-prompts syntax "
+            "({a|b} variants, __wildcards__); the replayed prompt may differ"
+        )
+    for tag in dict.fromkeys(re.findall(r"<(lora|lyco|hypernet):", text + info.negative_prompt)):
+        out.warnings.append(f"prompt: <{tag}:...> tags are read as plain text by sdbatch")
+    if re.search(r"\sAND\s", text):
+        out.warnings.append("prompt: A1111 composes 'AND' prompts; sdbatch reads AND as text")
+
+
+def recipe_from_infotext(text: str, name: str, source: str = "") -> ReplayRecipe:
+    """The recipe that plans the infotext's job again, or a ReplayError naming the field."""
+    source = source or "infotext"
+    info = parse_infotext(text)
+    out = ReplayRecipe(name, {"name": name}, source)
+    out.values["prompt"] = info.prompt
+    out.values["negative_prompt"] = info.negative_prompt
+    _core(info, source, out)
+    _model(info.params, out)
+    _prompt_checks(info, out)
+    for key, value in info.params.items():
+        if key in _OWN_CODE or key in _REQUIRED:
+            continue
+        spec = FIELDS.get(key, Field(note="not an A1111 field sdbatch knows"))
+        shown = format_params({key: value})  # as the infotext wrote it: one line, quoted
+        if spec.mapped and spec.target:
+            try:
+                _set(out.values, spec.target, spec.convert(value))
+            except ValueError:
+                raise _bad(source, key, value, f"a value for {spec.target}") from None
+        elif spec.info:
+            out.comments.append(shown)
+        elif spec.default is not None and value == spec.default:
+            out.comments.append(f"{shown} (what sdbatch does)")
+        else:
+            out.comments.append(f"not reproduced: {shown}")
+            note = spec.note
+            if key == "Denoising strength" and not _HIRES & info.params.keys():
+                note = "img2img: sdbatch makes txt2img images only"
+            why = f" ({note})" if note else ""
+            out.warnings.append(f"not reproduced: {shown}{why}")
+    return out
+
+
+def read_infotext_file(path: str | Path) -> str:
+    """The A1111 infotext of an image file, or a one-line ReplayError naming the file."""
+    try:
+        text = read_png_infotext(path)
+    except FileNotFoundError:
+        raise ReplayError(f"{path}: no such file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ReplayError(f"{path}: cannot read it as an image ({exc})") from None
+    if not text or not text.strip():
+        raise ReplayError(f"{path}: no A1111 infotext (no 'parameters' text chunk)")
+    return text
+
+
+def default_name(path: str | Path) -> str:
+    """``replay_<file stem>``, with what Hydra's override grammar dislikes turned into ``_``."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem).strip("_") or "image"
+    return f"replay_{stem}"

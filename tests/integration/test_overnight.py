@@ -1,0 +1,192 @@
+"""Overnight behaviour with real processes: lock, deadline, signals, faults, sharding."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import BIN, ROOT, sdbatch_env
+
+SDBATCH = str(BIN / "sdbatch")
+QUICK = ["+recipe=quick", "steps=2", "run.device=cpu", "run.progress=false"]
+
+
+def sdbatch(*args: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([SDBATCH, *args], cwd=ROOT, env=sdbatch_env(**env),
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def rows(out: Path) -> list[dict]:
+    return pq.read_table(out / "manifest").to_pylist()
+
+
+def shas(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("images/*.png")}
+
+
+HOLD = (
+    "import sys, time; from sdbatch.control import OutputLock;"
+    " OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
+)
+
+
+def test_a_live_run_holding_the_folder_is_named_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = sdbatch(*QUICK, f"output.dir={out}")
+        assert res.returncode == 5, res.stderr
+        (line,) = res.stderr.strip().splitlines()
+        assert "is in use by another sdbatch run" in line
+        assert f"pid {holder.pid}" in line and socket.gethostname() in line
+        assert not (out / "images").exists()
+    finally:
+        holder.kill()  # SIGKILL: the lock file stays behind, naming a dead process
+        holder.wait()
+    assert (out / ".sdbatch.lock").exists()
+    res = sdbatch(*QUICK, f"output.dir={out}")
+    assert res.returncode == 0, res.stderr
+    assert len(rows(out)) == 4
+
+
+def test_sigterm_stops_after_the_batch_in_flight_and_the_rerun_completes(tmp_path):
+    out = tmp_path / "out"
+    args = ["+recipe=hair_styles", "steps=4", "run.device=cpu", "run.progress=false",
+            f"output.dir={out}"]  # fmt: skip
+    proc = subprocess.Popen([SDBATCH, *args], cwd=ROOT, env=sdbatch_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("images/*.png"))) < 8:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 4, stderr
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("stopped (SIGTERM): ") and last.endswith(
+        "of 60 done; run the same command to continue"
+    )
+    n_done = int(last.split(": ")[1].split(" of ")[0])
+    table = rows(out)
+    assert len(table) == n_done == len(list(out.glob("images/*.png"))) < 60
+    assert not list(out.glob("images/.*.tmp"))
+    res = sdbatch(*args)
+    assert res.returncode == 0 and f"{n_done} done" in res.stdout
+    assert len(rows(out)) == 60
+
+
+def test_second_ctrl_c_aborts(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [SDBATCH, "+recipe=hair_styles", "steps=20", "run.progress=false", f"output.dir={out}"],
+        cwd=ROOT, env=sdbatch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("images/*.png")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "aborted: finished batches are saved" in stderr and "Traceback" not in stderr
+    table = rows(out)
+    assert len(table) == len(list(out.glob("images/*.png")))
+
+
+def test_deadline_stops_cleanly_and_says_how_to_continue(tmp_path):
+    out = tmp_path / "out"
+    res = sdbatch(*QUICK, f"output.dir={out}", "run.deadline=0s")
+    assert res.returncode == 4
+    assert (
+        res.stdout.strip()
+        .splitlines()[-1]
+        .endswith("0 of 4 done; run the same command to continue")
+    )
+    bad = sdbatch(*QUICK, f"output.dir={tmp_path / 'bad'}", "run.deadline=tomorrow")
+    assert bad.returncode == 2 and "run.deadline: 'tomorrow'" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_out_of_memory_retries_in_halves_and_records_it(tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "oom"
+    assert sdbatch(*QUICK, f"output.dir={ref}", "batch_size=1").returncode == 0
+    res = sdbatch(*QUICK, f"output.dir={out}", SDBATCH_TEST_FAULTS="oom@0")
+    assert res.returncode == 0, res.stderr
+    table = rows(out)
+    assert {r["status"] for r in table} == {"ok"} and len(table) == 4
+    # the injected OOM hits every batch of more than one image: 4 -> 2 -> 1
+    assert {r["note"] for r in table} == {"out of memory at batch size 4; rendered 1 at a time"}
+    assert shas(out) == shas(ref)  # rendered one at a time: the batch_size=1 pixels
+
+
+def test_nan_and_errors_are_recorded_per_job_and_the_run_goes_on(tmp_path):
+    out = tmp_path / "out"
+    res = sdbatch(*QUICK, f"output.dir={out}", "batch_size=2", SDBATCH_TEST_FAULTS="nan@1,error@1")
+    assert res.returncode == 3, res.stderr
+    status = sorted((r["status"], r["error"] or "") for r in rows(out))
+    assert status == [
+        ("failed", "RuntimeError: injected fault in batch 1"),
+        ("failed", "RuntimeError: injected fault in batch 1"),
+        ("nan", "NaN in the image"),
+        ("ok", ""),
+    ]
+    assert "done: 1 written, 0 skipped, 3 failed" in res.stdout
+    again = sdbatch(*QUICK, f"output.dir={out}", "batch_size=2")
+    assert again.returncode == 3 and "3 jobs failed before" in again.stdout
+    retry = sdbatch(*QUICK, f"output.dir={out}", "batch_size=2", "run.retry_failed=true")
+    assert retry.returncode == 0 and "done: 3 written, 1 skipped, 0 failed" in retry.stdout
+    assert {r["status"] for r in rows(out)} == {"ok"} and len(rows(out)) == 4
+
+
+def test_disk_full_is_one_clear_line_and_the_manifest_stays_readable(tmp_path):
+    out = tmp_path / "out"
+    res = sdbatch(*QUICK, f"output.dir={out}", "batch_size=2", SDBATCH_TEST_FAULTS="enospc@1")
+    assert res.returncode == 6
+    (line,) = res.stderr.strip().splitlines()
+    assert "No space left on device" in line and "2 of 4 done" in line
+    assert len(rows(out)) == 2 and not list(out.glob("images/.*"))
+
+
+def test_an_output_folder_that_cannot_exist_is_one_clear_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    res = sdbatch(*QUICK, f"output.dir={tmp_path / 'file' / 'out'}")
+    assert res.returncode == 6
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith("error: output.dir: cannot write")
+
+
+def test_shards_are_disjoint_whole_batches_whose_union_is_the_unsharded_run(tmp_path):
+    common = [*QUICK, "seeds={start: 1, count: 3}", "batch_size=2"]  # 6 jobs, 3 batches
+    full = tmp_path / "full"
+    assert sdbatch(*common, f"output.dir={full}").returncode == 0
+    parts = []
+    for i in range(2):
+        out = tmp_path / f"shard{i}"
+        res = sdbatch(*common, f"output.dir={out}", f"shard.index={i}", "shard.count=2")
+        assert res.returncode == 0, res.stderr
+        assert f"shard {i} of 2" in res.stdout
+        parts.append(out)
+    ids = [{r["job_id"] for r in rows(p)} for p in parts]
+    assert not ids[0] & ids[1]
+    assert ids[0] | ids[1] == {r["job_id"] for r in rows(full)}
+    assert {**shas(parts[0]), **shas(parts[1])} == shas(full)
+    bad = sdbatch(*common, f"output.dir={tmp_path / 'x'}", "shard.index=2", "shard.count=2")
+    assert bad.returncode == 2 and "shard.index: 2" in bad.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals and flock are POSIX")
+def test_lock_is_released_after_a_normal_run(tmp_path):
+    out = tmp_path / "out"
+    assert sdbatch(*QUICK, f"output.dir={out}").returncode == 0
+    assert (out / ".sdbatch.lock").read_text() == ""

@@ -1,0 +1,211 @@
+"""Replay end to end: sdbatch's PNGs -> recipes -> the same files again; ``sdbatch-tools infotext``.
+
+Byte identity holds when the original image was made alone (batch of one). An image made in a
+batch can differ from its replay by 1/255 in a few pixels: the UNet and VAE kernels round
+differently for a batch of 4 than for 1 (README, "Jobs, batches and reproducibility"), and a
+replayed recipe plans one job, so its batch is always 1. The tests pin both facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdbatch.infotext import png_info, read_png_infotext
+from tests.conftest import BIN, sdbatch_env
+
+SAMPLES_FILE = Path(__file__).resolve().parents[1] / "data" / "a1111-infotext-samples.txt"
+
+
+def run(cmd: str, *args: str, cwd: Path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / cmd), *args], cwd=cwd, env=sdbatch_env(**env), capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+def chunks(path: Path) -> list[tuple[bytes, bytes]]:
+    """(type, data) of every PNG chunk but IDAT, to show what beside pixels differs."""
+    data, pos, out = path.read_bytes(), 8, []
+    while pos < len(data):
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        if kind != b"IDAT":
+            out.append((kind, data[pos + 8 : pos + 8 + n]))
+        pos += 12 + n
+    return out
+
+
+@pytest.fixture(scope="module")
+def roundtrip(tmp_path_factory) -> dict:
+    """quick as is (batches of 4); two of its images replayed, and quick with batch_size=1.
+
+    The second run is one Hydra multirun (one process, to spare CPU): the two replayed recipes
+    and quick itself, all with batch_size=1. Each job writes to outputs/<name>/multirun/...
+    """
+    root = tmp_path_factory.mktemp("replay")
+    env = {"SDBATCH_CACHE": str(root / "cache"), "SDBATCH_RECIPES": ""}
+    cpu = ["steps=2", "run.device=cpu", "run.progress=false"]
+    res = run("sdbatch", "+recipe=quick", *cpu, f"output.dir={root / 'a'}", cwd=root, **env)
+    assert res.returncode == 0, res.stderr
+    originals = sorted((root / "a" / "images").glob("*.png"))
+    assert len(originals) == 4
+    picked = [originals[0], originals[-1]]
+    res = run("sdbatch-tools", "replay", *map(str, picked), "-o", str(root / "recipes"), cwd=root)
+    assert res.returncode == 0, res.stderr
+    names = [f"replay_{p.stem}" for p in picked]
+    assert sorted(p.stem for p in (root / "recipes").glob("*.yaml")) == names
+    env["SDBATCH_RECIPES"] = str(root / "recipes")
+    recipes = "+recipe=" + ",".join([*names, "quick"])
+    res = run("sdbatch", "-m", recipes, "batch_size=1", *cpu, cwd=root, **env)
+    assert res.returncode == 0, res.stderr
+    return {"root": root, "picked": picked, "stdout": res.stdout}
+
+
+def outputs(root: Path, name: str) -> Path:
+    (images,) = (root / "outputs" / name).rglob("images")
+    return images
+
+
+def replayed(root: Path, original: Path) -> Path:
+    again = outputs(root, f"replay_{original.stem}") / original.name
+    assert again.is_file(), f"{original.name}: the replay planned another job id"
+    return again
+
+
+@pytest.mark.slow
+def test_replay_plans_the_same_job_id_and_writes_the_same_infotext(roundtrip):
+    assert "1 jobs = 1 prompts x 1 sampler x 1 cfg x 1 seeds" in roundtrip["stdout"]
+    for original in roundtrip["picked"]:
+        again = replayed(roundtrip["root"], original)
+        assert read_png_infotext(again) == read_png_infotext(original)
+        assert chunks(again) == chunks(original)  # everything but the pixel data
+
+
+@pytest.mark.slow
+def test_replay_is_byte_identical_to_the_same_job_made_alone(roundtrip):
+    root = roundtrip["root"]
+    for original in roundtrip["picked"]:
+        alone = outputs(root, "quick") / original.name
+        assert sha(replayed(root, original)) == sha(alone), original.name
+
+
+@pytest.mark.slow
+def test_replay_of_a_batched_image_differs_at_most_by_batch_rounding(roundtrip):
+    """Byte-identical unless batch-of-4 rounding flipped a pixel; then by 1/255 at most."""
+    root = roundtrip["root"]
+    for original in roundtrip["picked"]:
+        again = replayed(root, original)
+        diff = np.abs(pixels(again) - pixels(original))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, original.name
+        assert (sha(again) == sha(original)) == (diff.max() == 0)
+
+
+# sdbatch-tools infotext: on A1111's own infotext (written into PNGs here) and on ours.
+
+
+def a1111_samples() -> list[str]:
+    lines = SAMPLES_FILE.read_text(encoding="utf-8").splitlines()
+    return "\n".join(line for line in lines if not line.startswith("#")).split("\n----\n")
+
+
+@pytest.fixture
+def a1111_pngs(tmp_path) -> list[Path]:
+    paths = []
+    for i, text in enumerate(a1111_samples(), 1):
+        path = tmp_path / f"a1111_{i}.png"
+        Image.new("RGB", (8, 8)).save(path, pnginfo=png_info(text))
+        paths.append(path)
+    return paths
+
+
+def test_infotext_prints_prompt_negative_and_every_key_in_order(a1111_pngs, tmp_path):
+    res = run("sdbatch-tools", "infotext", str(a1111_pngs[3]), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "prompt: masterpiece, best quality, 1girl, <lora:add_detail:0.6>, easynegative",
+        "negative prompt: easynegative, (worst quality:1.4)",
+        "Steps: 30",
+        "Sampler: DPM++ 2M SDE Karras",
+        "CFG scale: 6",
+        "Seed: 987654321",
+        "Size: 768x512",
+        "Model hash: 1fe6c7ec54",
+        "Model: anything-v5",
+        "VAE hash: 735e4c3a44",
+        "VAE: kl-f8-anime2.ckpt",
+        "Lora hashes: add_detail: 7c6bad76eb54",
+        "TI hashes: easynegative: c74b4e810b03",
+        "Emphasis: No norm",
+        "Version: v1.9.4",
+    ]
+
+
+def test_infotext_json_is_an_object_for_one_image_and_a_list_for_several(a1111_pngs, tmp_path):
+    one = run("sdbatch-tools", "infotext", "--json", str(a1111_pngs[4]), cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert json.loads(one.stdout) == {
+        "file": str(a1111_pngs[4]),
+        "prompt": "검은 머리, 긴 머리, (드레드락:1.2), 미소\na second prompt line",
+        "negative_prompt": "저화질, (나쁜 손:1.3)",
+        "params": {
+            "Steps": "28", "Sampler": "DDIM", "CFG scale": "11", "Seed": "0", "Size": "512x828",
+            "Model hash": "7f96a1a9ca", "Model": "AnythingV5V3_v5PrtRE", "RNG": "CPU",
+        },
+    }  # fmt: skip
+    many = run("sdbatch-tools", "infotext", "--json", *map(str, a1111_pngs), cwd=tmp_path)
+    parsed = json.loads(many.stdout)
+    assert [p["file"] for p in parsed] == [str(p) for p in a1111_pngs]
+    assert list(parsed[1]["params"])[:3] == ["Steps", "Sampler", "Schedule type"]
+
+
+@pytest.mark.slow
+def test_infotext_on_our_own_png(roundtrip, tmp_path):
+    original = roundtrip["picked"][0]
+    res = run("sdbatch-tools", "infotext", str(original), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[1] == "negative prompt: blurry" and "Model: sdbatch-tiny" in lines
+    assert lines[-1] == "Version: sdbatch 0.1.0"
+
+
+def test_a_file_without_infotext_is_one_error_line_and_exit_2(a1111_pngs, tmp_path):
+    bare = tmp_path / "bare.png"
+    Image.new("RGB", (8, 8)).save(bare)
+    res = run("sdbatch-tools", "infotext", str(a1111_pngs[0]), str(bare), cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr == f"error: {bare}: no A1111 infotext (no 'parameters' text chunk)\n"
+    assert res.stdout.startswith(f"== {a1111_pngs[0]} ==\nprompt: (best quality)")  # still shown
+
+
+def test_replay_of_a1111_pngs_warns_and_writes_nothing_on_error(a1111_pngs, tmp_path):
+    res = run("sdbatch-tools", "replay", str(a1111_pngs[1]), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "sampler: DPM++ 2M Karras\n" in res.stdout
+    assert "# not reproduced: Hires upscale: 2\n" in res.stdout
+    assert f"warning: {a1111_pngs[1]}: not reproduced: Hires upscale: 2\n" in res.stderr
+    bare = tmp_path / "bare.png"
+    Image.new("RGB", (8, 8)).save(bare)
+    out = tmp_path / "recipes"
+    res = run(
+        "sdbatch-tools", "replay", str(a1111_pngs[0]), str(bare), "-o", str(out), cwd=tmp_path
+    )
+    assert res.returncode == 2 and not out.exists()
+    assert res.stderr.strip().splitlines() == [
+        f"error: {bare}: no A1111 infotext (no 'parameters' text chunk)"
+    ]

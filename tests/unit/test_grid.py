@@ -1,0 +1,287 @@
+"""Grids, animations and the gallery's data, on synthetic runs of solid-colour PNGs (no torch)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sdbatch import animate as anim
+from sdbatch import grid
+from sdbatch.errors import UserError
+from sdbatch.gallery import gallery_data, script_json
+from sdbatch.infotext import format_infotext, parse_infotext, read_png_infotext
+from sdbatch.manifest import SCHEMA, Manifest
+from sdbatch.tools import main
+
+NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
+STYLES = ["a", "b", "c"]
+CFGS = [5.0, 7.0]
+COLOURS = {
+    ("a", 5.0): (255, 0, 0), ("b", 5.0): (0, 255, 0), ("c", 5.0): (0, 0, 255),
+    ("a", 7.0): (255, 255, 0), ("b", 7.0): (0, 255, 255), ("c", 7.0): (255, 0, 255),
+}  # fmt: skip
+
+
+def make_run(root: Path, specs: list[dict], size: int = 64) -> Path:
+    """An output folder: images/<job>.png in each spec's ``colour`` plus manifest rows."""
+    rows = []
+    for i, spec in enumerate(specs):
+        spec = dict(spec)
+        colour = spec.pop("colour", None)
+        style = spec.pop("style", "a")
+        job = spec.pop("job_id", f"{i:016x}")
+        row = {f.name: None for f in SCHEMA}
+        row.update(
+            job_id=job, recipe="r", prompt=f"a cat, {style}", negative_prompt="blurry",
+            template="a cat, {style}", vars=[("style", style)], sampler="Euler a", steps=20,
+            cfg=7.0, seed=1, width=size, height=size, status="ok", started=NOW, finished=NOW,
+        )  # fmt: skip
+        row.update(spec)
+        if row["status"] == "ok" and colour is not None:
+            row["image"] = f"images/{job}.png"
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (size, size), colour).save(root / row["image"])
+        params = {"Steps": row["steps"], "Sampler": row["sampler"], "CFG scale": row["cfg"]}
+        params |= {"Seed": row["seed"], "Size": f"{size}x{size}", "Model": "sdbatch-tiny"}
+        row["infotext"] = format_infotext(row["prompt"], row["negative_prompt"], params)
+        rows.append(row)
+    Manifest(root / "manifest").append(rows)
+    return root
+
+
+@pytest.fixture
+def run6(tmp_path) -> Path:
+    """3 styles x 2 CFG values, one colour each."""
+    specs = [dict(style=s, cfg=c, colour=COLOURS[s, c]) for c in CFGS for s in STYLES]
+    return make_run(tmp_path / "out", specs)
+
+
+def cell_centre(left: int, top: int, i: int, j: int, size: int = 64) -> tuple[int, int]:
+    return left + i * size + size // 2, top + j * size + size // 2
+
+
+def dark_pixels(image: Image.Image, box: tuple[int, int, int, int]) -> int:
+    return sum(image.crop(box).convert("L").histogram()[:128])
+
+
+def test_labels_are_a1111_infotext_names():
+    assert grid.label("cfg", 7.0) == "CFG scale: 7"
+    assert grid.label("cfg", 7.5) == "CFG scale: 7.5"
+    assert grid.label("sampler", "Euler a") == "Sampler: Euler a"
+    assert grid.label("steps", 20) == "Steps: 20"
+    assert grid.label("seed", 1) == "Seed: 1"
+    assert grid.label("vars.style", "bob") == "style: bob"
+
+
+def test_sheet_size_cells_and_labels(run6):
+    (sheet,) = grid.draw_grids(grid.load_rows(run6), "vars.style", "cfg")
+    font_size, line_h, pad, left = grid.label_metrics(64, 64)
+    assert (font_size, line_h, pad, left) == (12, 16, 6, 96)
+    top = 2 * pad + line_h  # one line of column labels
+    assert sheet.image.size == (left + 3 * 64, top + 2 * 64) == (288, 156)
+    for j, c in enumerate(CFGS):
+        for i, s in enumerate(STYLES):
+            x0, y0 = left + i * 64, top + j * 64
+            for dx, dy in ((0, 0), (63, 63), (32, 32)):  # corners and centre: the exact colour
+                assert sheet.image.getpixel((x0 + dx, y0 + dy)) == COLOURS[s, c]
+    assert dark_pixels(sheet.image, (left, 0, left + 64, top)) > 10  # "style: a" was drawn
+    assert dark_pixels(sheet.image, (0, top, left, top + 64)) > 10  # "CFG scale: 5"
+    assert dark_pixels(sheet.image, (0, 0, left, top)) == 0  # no z: an empty corner
+    assert sheet.notes == []
+
+
+def test_sheet_infotext_describes_the_axes(run6, tmp_path):
+    sheets = grid.write_grids(grid.load_rows(run6), "vars.style", "cfg", out_dir=run6)
+    paths = [s.path for s in sheets]
+    assert paths == [run6 / "grids" / "grid-vars.style-cfg.png"]
+    assert sheets[0].image is None and sheets[0].size == (288, 156)
+    info = parse_infotext(read_png_infotext(paths[0]))
+    assert info.prompt == "a cat, {style}"  # prompts differ: the shared template
+    assert info.negative_prompt == "blurry"
+    assert info.params["X Type"] == "style" and info.params["X Values"] == "a, b, c"
+    assert info.params["Y Type"] == "CFG scale" and info.params["Y Values"] == "5, 7"
+    assert info.params["Sampler"] == "Euler a" and info.params["CFG scale"] == "5"
+    assert 'X Values: "a, b, c"' in read_png_infotext(paths[0])
+
+
+def test_values_sort_numerically(tmp_path):
+    specs = [dict(cfg=c, style=s, colour=(10 * i, 0, 0)) for i, c in enumerate([10, 9, 7.5])
+             for s in ["10", "9", "x"]]  # fmt: skip
+    rows = grid.load_rows(make_run(tmp_path, specs))
+    assert grid.distinct(rows, "cfg") == [7.5, 9, 10]
+    assert grid.distinct(rows, "vars.style") == ["9", "10", "x"]
+    assert sorted(["nan", "2", None, "b", "10"], key=grid.sort_key) == ["2", "10", "b", "nan", None]
+    (sheet,) = grid.draw_grids(rows, "cfg", "vars.style")
+    info = parse_infotext(sheet.infotext).params
+    assert info["X Values"] == "7.5, 9, 10" and info["Y Values"] == "9, 10, x"
+
+
+def test_failed_nan_and_empty_cells_are_placeholders(tmp_path):
+    specs = [
+        dict(style="a", cfg=5.0, colour=(255, 0, 0)),
+        dict(style="b", cfg=5.0, status="failed", error="CUDA out of memory"),
+        dict(style="a", cfg=7.0, status="nan", error="NaN in the image"),
+        # (b, 7) has no row at all
+    ]
+    (sheet,) = grid.draw_grids(grid.load_rows(make_run(tmp_path, specs)), "vars.style", "cfg")
+    _, line_h, pad, left = grid.label_metrics(64, 64)
+    top = 2 * pad + line_h
+    assert sheet.image.size == (left + 2 * 64, top + 2 * 64)
+    assert sheet.image.getpixel((left + 64 + 1, top + 1)) == grid.COLOURS["failed"]
+    assert sheet.image.getpixel((left + 1, top + 64 + 1)) == grid.COLOURS["nan"]
+    assert sheet.image.getpixel((left + 64 + 1, top + 64 + 1)) == grid.COLOURS["empty"]
+    failed_cell = (left + 64, top, left + 128, top + 64)
+    assert len(sheet.image.crop(failed_cell).getcolors()) > 1  # "failed" written on it
+
+
+def test_megapixel_cap(run6):
+    with pytest.raises(UserError) as exc:
+        grid.draw_grids(grid.load_rows(run6), "vars.style", "cfg", max_megapixels=0.01)
+    msg = str(exc.value)
+    assert "288x156" in msg and "0.0 megapixels" in msg and "--max-megapixels 0.01" in msg
+    assert "\n" not in msg
+
+
+def test_where_filters_and_rejects_bad_input(run6):
+    rows = grid.load_rows(run6)
+    assert len(grid.filter_rows(rows, "cfg == 7")) == 3
+    assert len(grid.filter_rows(rows, "cfg > 5 and vars.style != 'b'")) == 2
+    assert len(grid.filter_rows(rows, "cfg <= 7 and cfg >= 5")) == 6
+    assert len(grid.filter_rows(rows, "sampler == Euler a")) == 6
+    assert grid.parse_where("sampler == 'x and y' and seed < 3") == [
+        ("sampler", "==", "x and y"),
+        ("seed", "<", "3"),
+    ]
+    (sheet,) = grid.draw_grids(rows, "vars.style", "cfg", where="cfg == 7")
+    assert sheet.image.size == (288, 28 + 64)
+    with pytest.raises(UserError, match="no rows match"):
+        grid.filter_rows(rows, "seed == 99")
+    with pytest.raises(UserError, match="unknown column 'colour'.*vars.style"):
+        grid.filter_rows(rows, "colour == red")
+    with pytest.raises(UserError, match="cannot read"):
+        grid.filter_rows(rows, "cfg = 7")
+    with pytest.raises(UserError, match="cannot read"):
+        grid.filter_rows(rows, "__import__('os') == 1")
+
+
+def test_crowded_cells_take_the_lowest_seed_with_a_note(tmp_path):
+    specs = [dict(style="a", seed=s, colour=(s * 50, 0, 0)) for s in (3, 1, 2)]
+    (sheet,) = grid.draw_grids(grid.load_rows(make_run(tmp_path, specs)), "vars.style")
+    assert sheet.image.getpixel((32, sheet.image.height - 32)) == (50, 0, 0)  # seed 1
+    assert len(sheet.notes) == 1 and "seed varies" in sheet.notes[0]
+
+
+def test_cli_z_sheets_notes_and_errors(tmp_path, capsys):
+    specs = [dict(style=s, cfg=c, sampler=m, colour=(0, 0, 0)) for s in STYLES for c in CFGS
+             for m in ["Euler a", "DPM++ 2M Karras"]]  # fmt: skip
+    out = make_run(tmp_path / "run", specs)
+    with pytest.raises(SystemExit) as exc:
+        main(["grid", str(out), "--x", "vars.style", "--y", "cfg", "--z", "sampler"])
+    assert exc.value.code == 0
+    names = sorted(p.name for p in (out / "grids").iterdir())
+    assert names == [
+        "grid-vars.style-cfg-sampler=DPM++_2M_Karras.png",
+        "grid-vars.style-cfg-sampler=Euler_a.png",
+    ]
+    info = parse_infotext(read_png_infotext(out / "grids" / names[1])).params
+    assert info["Z Type"] == "Sampler" and info["Z Value"] == "Euler a"
+    with Image.open(out / "grids" / names[1]) as im:  # z label in the corner
+        assert dark_pixels(im, (0, 0, 96, 28)) > 10
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["grid", str(out), "--x", "vars.nope"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: --x: unknown column 'vars.nope'")
+    assert err.count("\n") == 1
+    main_out = tmp_path / "one.png"
+    with pytest.raises(SystemExit):
+        main(["grid", str(tmp_path), "--x", "cfg", "--where", "seed == 1", "-o", str(main_out)])
+    assert "note: 2 cells match several images" in capsys.readouterr().err
+    assert main_out.is_file()
+
+
+def test_draw_recipe_grids(run6):
+    paths = grid.draw_recipe_grids(run6, [{"x": "vars.style", "y": "cfg"}, {"x": "cfg"}])
+    assert [p.name for p in paths] == ["grid-vars.style-cfg.png", "grid-cfg.png"]
+    assert all(p.is_file() for p in paths)
+    assert grid.draw_recipe_grids(run6, []) == []
+    with pytest.raises(UserError, match=r"grids\[0\]: unknown key 'colour'"):
+        grid.draw_recipe_grids(run6, [{"x": "cfg", "colour": "red"}])
+    with pytest.raises(UserError, match=r"grids\[1\]"):
+        grid.validate_grid_specs([{"x": "cfg"}, {"y": "cfg"}])
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".gif"])
+def test_animation_frames_order_and_duration(tmp_path, suffix):
+    colours = {9.0: (0, 0, 255), 5.0: (255, 0, 0), 7.0: (0, 255, 0)}
+    specs = [dict(cfg=c, colour=col) for c, col in colours.items()]
+    specs.append(dict(cfg=11.0, status="failed", error="boom"))
+    out = tmp_path / f"anim{suffix}"
+    notes = anim.animate(grid.load_rows(make_run(tmp_path, specs)), "cfg", out, duration_ms=120)
+    assert notes == []
+    with Image.open(out) as im:
+        assert im.n_frames == 4
+        seen = []
+        for k in range(im.n_frames):
+            im.seek(k)
+            seen.append(im.convert("RGB").getpixel((2, 2)))  # loads the frame and its info
+            assert im.info["duration"] == 120
+    expected = [(255, 0, 0), (0, 255, 0), (0, 0, 255), grid.COLOURS["failed"]]
+    for got, want in zip(seen, expected, strict=True):
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 8, (got, want)
+
+
+def test_animation_refuses_incomparable_frames(tmp_path):
+    specs = [dict(cfg=c, seed=s, colour=(int(c), s, 0)) for c in (5.0, 7.0) for s in (1, 2)]
+    rows = grid.load_rows(make_run(tmp_path, specs))
+    msg = r"not be comparable: seed has 2 values \(1, 2\); pin them, e.g. --where \"seed == 1\"$"
+    with pytest.raises(UserError, match=msg):
+        anim.animate(rows, "cfg", tmp_path / "a.gif")
+    anim.animate(rows, "cfg", tmp_path / "a.gif", where="seed == 1")
+    with Image.open(tmp_path / "a.gif") as im:
+        assert im.n_frames == 2
+    with pytest.raises(UserError, match="must end in .webp or .gif"):
+        anim.animate(rows, "cfg", tmp_path / "a.mp4", where="seed == 1")
+
+
+def test_animation_hint_names_the_variable_not_the_prompt(tmp_path):
+    specs = [dict(cfg=c, style=s, colour=(int(c), len(s), 0)) for c in (5.0, 7.0)
+             for s in ("bob cut", "braids")]  # fmt: skip
+    rows = grid.load_rows(make_run(tmp_path, specs))
+    with pytest.raises(UserError) as exc:
+        anim.animate(rows, "cfg", tmp_path / "a.gif")
+    assert "prompt" not in str(exc.value)
+    assert str(exc.value).endswith("""e.g. --where "vars.style == 'bob cut'\"""")
+    anim.animate(rows, "cfg", tmp_path / "a.gif", where="vars.style == 'bob cut'")
+
+
+def test_animation_notes_identical_frames_and_caption_keeps_them(tmp_path):
+    specs = [dict(cfg=c, colour=(9, 9, 9)) for c in (5.0, 7.0)]
+    rows = grid.load_rows(make_run(tmp_path, specs))
+    notes = anim.animate(rows, "cfg", tmp_path / "a.webp")
+    assert notes == [
+        "note: CFG scale: 5 and 7 look identical; the file shows them as one longer frame "
+        "(--caption keeps them apart)"
+    ]
+    assert anim.animate(rows, "cfg", tmp_path / "b.webp", caption=True) == []
+    with Image.open(tmp_path / "b.webp") as im:
+        _, line_h, pad, _ = grid.label_metrics(64, 64)
+        assert (im.n_frames, im.size) == (2, (64, 64 + line_h + 2 * pad))
+
+
+def test_gallery_data_and_script_escaping(tmp_path):
+    evil = "<img src=x onerror=alert(1)></script><!--"
+    specs = [dict(prompt=evil, colour=(1, 2, 3)), dict(status="nan", seed=2)]
+    out = make_run(tmp_path / "g", specs)
+    data = gallery_data(grid.load_rows(out), out)
+    cols = data["cols"]
+    rows = [dict(zip(cols, r, strict=True)) for r in data["rows"]]
+    assert rows[0]["src"] == "images/0000000000000000.png" and rows[1]["src"] is None
+    assert rows[1]["status"] == "nan" and rows[0]["prompt"] == evil
+    text = script_json(data)
+    assert "<" not in text and ">" not in text and json.loads(text) == data
+    assert {f["col"] for f in data["filters"]} >= {"status", "seed"}

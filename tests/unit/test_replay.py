@@ -1,0 +1,381 @@
+"""Replay: A1111 infotext -> a recipe that Hydra composes into exactly that one job. No torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+import sdbatch.config as config
+from sdbatch.infotext import format_infotext, parse_infotext
+from sdbatch.recipe import build_plan
+from sdbatch.replay import (
+    FIELDS,
+    ReplayError,
+    a1111_sampler,
+    default_name,
+    recipe_from_infotext,
+)
+from sdbatch.samplers import SAMPLERS
+from tests.conftest import ROOT
+
+SAMPLES_FILE = Path(__file__).resolve().parents[1] / "data" / "a1111-infotext-samples.txt"
+
+
+def load_samples() -> list[str]:
+    """Samples are separated by a "----" line; leading "#" lines are a header comment."""
+    lines = SAMPLES_FILE.read_text(encoding="utf-8").splitlines()
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    return "\n".join(lines).split("\n----\n")
+
+
+SAMPLES = load_samples()
+NEG_1 = "lowres, ((bad anatomy)), ((bad hands)), text, missing finger"  # sample 1's start
+
+# Per sample: the recipe values replay must write, and the fields it must flag.
+EXPECTED = [
+    (
+        {
+            "sampler": "DPM++ SDE Karras",
+            "steps": 20,
+            "cfg": 7,
+            "seeds": 3120790884,
+            "size": "512x512",
+            "model": {"name": "AnythingV5V3_v5PrtRE"},
+        },
+        [],
+    ),
+    (
+        {
+            "prompt": "1girl, solo, black hair, long hair, dreadlocks, looking at viewer",
+            "negative_prompt": "lowres, bad anatomy",
+            "sampler": "DPM++ 2M Karras",  # 1.9+ layout: Sampler + Schedule type
+            "steps": 25,
+            "cfg": 7.5,
+            "seeds": 1234567890,
+            "size": "512x768",
+            "model": {"name": "v1-5-pruned-emaonly"},
+        },
+        ["Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler"],
+    ),
+    (
+        {
+            "prompt": "a cat sitting on a windowsill, golden hour",
+            "negative_prompt": "",
+            "sampler": "Euler a",
+            "steps": 20,
+            "cfg": 7,
+            "seeds": 42,
+            "size": "512x512",
+            "model": {"name": "v1-5-pruned-emaonly", "clip_skip": 2},
+        },
+        ["Variation seed", "Variation seed strength", "ENSD"],
+    ),
+    (
+        {
+            "prompt": "masterpiece, best quality, 1girl, <lora:add_detail:0.6>, easynegative",
+            "negative_prompt": "easynegative, (worst quality:1.4)",
+            "sampler": "DPM++ 2M SDE Karras",
+            "steps": 30,
+            "cfg": 6,
+            "seeds": 987654321,
+            "size": "768x512",
+            "model": {"name": "anything-v5"},
+        },
+        ["VAE", "Lora hashes", "TI hashes", "Emphasis"],
+    ),
+    (
+        {
+            "prompt": "검은 머리, 긴 머리, (드레드락:1.2), 미소\na second prompt line",
+            "negative_prompt": "저화질, (나쁜 손:1.3)",
+            "sampler": "DDIM",
+            "steps": 28,
+            "cfg": 11,
+            "seeds": 0,
+            "size": "512x824",  # 828 is no multiple of 8: A1111's latent is 828 // 8 = 103 high
+            "model": {"name": "AnythingV5V3_v5PrtRE"},
+        },
+        ["RNG"],
+    ),
+    (
+        {
+            "prompt": "a photo of an astronaut riding a horse",
+            "sampler": "UniPC",
+            "steps": 50,
+            "cfg": 1,
+            "seeds": 4294967295,
+            "size": "1024x1024",
+            "model": {"name": "sd_xl_base_1.0"},
+        },
+        ["Prompt S/R"],
+    ),
+]
+CASES = list(range(len(EXPECTED)))
+
+
+def replay(index: int):
+    return recipe_from_infotext(SAMPLES[index], f"sample_{index + 1}", f"s{index + 1}.png")
+
+
+@pytest.fixture
+def recipes_dir(tmp_path, monkeypatch):
+    """A user recipe folder in SDBATCH_RECIPES, registered in the ConfigStore, removed after."""
+    monkeypatch.setenv(config.RECIPES_ENV, str(tmp_path))
+    yield tmp_path
+    store = ConfigStore.instance().repo.get("recipe", {})
+    for path in tmp_path.glob("*.yaml"):
+        store.pop(path.name, None)
+
+
+def compose_recipe(folder: Path, name: str) -> dict:
+    config.register_configs()  # recipes are registered at import time; ours came later
+    with initialize_config_module("sdbatch.conf", version_base="1.3"):
+        cfg = compose("sdbatch", overrides=[f"+recipe={name}"])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_every_sample_has_expectations():
+    assert len(SAMPLES) == len(EXPECTED)
+
+
+@pytest.mark.parametrize("index", CASES)
+def test_sample_becomes_a_recipe_with_the_right_values(index):
+    values, _ = EXPECTED[index]
+    recipe = replay(index)
+    assert recipe.values["name"] == f"sample_{index + 1}"
+    for key, value in values.items():
+        assert recipe.values[key] == value, key
+        assert type(recipe.values[key]) is type(value), key  # 7 stays 7, 7.5 stays 7.5
+    if "model" not in values:
+        assert "model" not in recipe.values
+    assert recipe.values["negative_prompt"].startswith(
+        values.get("negative_prompt", NEG_1 if index == 0 else "")
+    )
+
+
+@pytest.mark.parametrize("index", CASES)
+def test_recipe_yaml_reads_back_as_the_same_values(index, tmp_path):
+    recipe = replay(index)
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe.to_yaml(), encoding="utf-8")
+    assert OmegaConf.to_container(OmegaConf.load(path), resolve=True) == recipe.values
+
+
+@pytest.mark.parametrize("index", CASES)
+def test_recipe_composes_with_hydra_and_plans_exactly_that_job(index, recipes_dir):
+    recipe = replay(index)
+    (recipes_dir / f"{recipe.name}.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    cfg = compose_recipe(recipes_dir, recipe.name)
+    plan = build_plan(cfg, recipe_dirs=[recipes_dir])
+    assert len(plan.jobs) == 1
+    job, v = plan.jobs[0], recipe.values
+    assert (job.prompt, job.negative_prompt) == (v["prompt"], v["negative_prompt"])
+    assert (job.sampler, job.steps, job.cfg) == (v["sampler"], v["steps"], v["cfg"])
+    assert job.seed == v["seeds"]
+    assert f"{job.width}x{job.height}" == v["size"]
+    assert job.model.name == v.get("model", {}).get("name", "sdbatch-tiny")
+    assert job.model.clip_skip == v.get("model", {}).get("clip_skip", 1)
+
+
+@pytest.mark.parametrize("index", CASES)
+def test_fields_not_reproduced_are_comments_and_warnings(index):
+    _, flagged = EXPECTED[index]
+    recipe = replay(index)
+    text = recipe.to_yaml()
+    for key in flagged:
+        assert [c for c in recipe.comments if c.startswith(f"not reproduced: {key}:")], key
+        assert len([w for w in recipe.warnings if w.startswith(f"not reproduced: {key}:")]) == 1
+        assert f"\n# not reproduced: {key}:" in text
+    noted = [w for w in recipe.warnings if w.startswith("not reproduced")]
+    assert len(noted) == len(flagged)
+
+
+def test_comments_show_values_as_the_infotext_wrote_them():
+    text = replay(3).to_yaml()
+    assert '# not reproduced: Lora hashes: "add_detail: 7c6bad76eb54"' in text
+    assert "# VAE hash: 735e4c3a44" in text and "# Version: v1.9.4" in text
+    assert "  name: anything-v5  # Model hash: 1fe6c7ec54; set model.dir to the folder" in text
+
+
+def test_size_that_is_no_multiple_of_8_is_rounded_down_with_a_warning():
+    warnings = replay(4).warnings
+    assert any(w.startswith("Size: 512x828 is not a multiple of 8") for w in warnings)
+
+
+def test_foreign_model_is_named_and_warned_about():
+    recipe = replay(1)
+    assert any(
+        w.startswith("Model: v1-5-pruned-emaonly (hash 6ce0161689)") for w in recipe.warnings
+    )
+
+
+def our_infotext(**params) -> str:
+    base = {"Steps": 2, "Sampler": "Euler a", "CFG scale": 7, "Seed": 1, "Size": "64x64"}
+    base.update({"Model hash": "7799073572", "Model": "sdbatch-tiny", "Version": "sdbatch 0.1.0"})
+    base.update(params)
+    return format_infotext("a red circle", "blurry", {k: v for k, v in base.items() if v != ""})
+
+
+def test_clip_skip_goes_into_the_model_and_its_job_id():
+    recipe = recipe_from_infotext(our_infotext(**{"Clip skip": 2}), "x")
+    assert recipe.values["model"] == {"clip_skip": 2} and recipe.warnings == []
+    assert "model:\n  clip_skip: 2\n" in recipe.to_yaml()
+
+
+def test_our_embedded_model_leaves_the_model_unset():
+    from sdbatch.hashing import model_hash
+    from sdbatch.models import EMBEDDED_MODEL_PATH
+
+    recipe = recipe_from_infotext(
+        our_infotext(**{"Model hash": model_hash(EMBEDDED_MODEL_PATH)}), "x"
+    )
+    assert "model" not in recipe.values and recipe.warnings == []
+    other = recipe_from_infotext(our_infotext(**{"Model hash": "0000000000"}), "x")
+    assert "model" not in other.values
+    assert any("not the embedded sdbatch-tiny's" in w for w in other.warnings)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "line"),
+    [("7", "cfg: 7\n"), ("7.0", "cfg: 7\n"), ("7.5", "cfg: 7.5\n"), ("0", "cfg: 0\n")],
+)
+def test_cfg_is_written_like_the_infotext(cfg, line):
+    assert line in recipe_from_infotext(our_infotext(**{"CFG scale": cfg}), "x").to_yaml()
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"Sampler": "Euler a"}, "Euler a"),
+        ({"Sampler": "DPM++ 2M Karras"}, "DPM++ 2M Karras"),  # A1111 < 1.9
+        ({"Sampler": "DPM++ 2M"}, "DPM++ 2M"),  # A1111 < 1.9: uniform
+        ({"Sampler": "DPM++ 2M", "Schedule type": "Karras"}, "DPM++ 2M Karras"),
+        ({"Sampler": "DPM++ 2M", "Schedule type": "Automatic"}, "DPM++ 2M Karras"),
+        ({"Sampler": "DPM++ 2M", "Schedule type": "Uniform"}, "DPM++ 2M"),
+        ({"Sampler": "DPM++ SDE", "Schedule type": "Automatic"}, "DPM++ SDE Karras"),
+        ({"Sampler": "DPM2 a", "Schedule type": "Automatic"}, "DPM2 a Karras"),
+        ({"Sampler": "Euler a", "Schedule type": "Automatic"}, "Euler a"),
+        ({"Sampler": "DPM++ 2M SDE", "Schedule type": "Automatic"}, "DPM++ 2M SDE Exponential"),
+        ({"Sampler": "LMS", "Schedule type": "Karras"}, "LMS Karras"),
+        ({"Sampler": "DPM++ 2M Karras", "Schedule type": "Karras"}, "DPM++ 2M Karras"),
+    ],
+)
+def test_a1111_sampler_follows_schedule_type_and_its_automatic_default(params, name):
+    assert a1111_sampler(params) == name
+
+
+def test_unsupported_sampler_is_one_line_naming_it_and_the_known_ones():
+    text = our_infotext(Sampler="DPM++ 2M SDE", **{"Schedule type": "Automatic"})
+    with pytest.raises(ReplayError) as err:
+        recipe_from_infotext(text, "x", "a.png")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("a.png: Sampler: DPM++ 2M SDE, Schedule type: Auto")
+    assert "'DPM++ 2M SDE Exponential'" in msg and "known samplers: " + ", ".join(SAMPLERS) in msg
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"Seed": ""}, "the infotext has no Seed"),
+        ({"Seed": "-1"}, "Seed: '-1' is not allowed"),
+        ({"Steps": "2.5"}, "Steps: '2.5' is not allowed"),
+        ({"CFG scale": "abc"}, "CFG scale: 'abc' is not allowed"),
+        ({"Size": "big"}, "Size: 'big' is not allowed"),
+    ],
+)
+def test_bad_or_missing_core_fields_are_one_line_errors(params, fragment):
+    with pytest.raises(ReplayError, match=fragment):
+        recipe_from_infotext(our_infotext(**params), "x", "a.png")
+
+
+def test_unknown_fields_and_flags_are_kept_as_comments_and_warnings():
+    text = our_infotext() + ", Face restoration: CodeFormer, Tiling"
+    recipe = recipe_from_infotext(text, "x")
+    assert "not reproduced: Face restoration: CodeFormer" in recipe.comments
+    assert "not reproduced: Tiling" in recipe.comments
+    assert len(recipe.warnings) == 2
+
+
+def test_defaults_that_sdbatch_matches_are_comments_without_warnings():
+    recipe = recipe_from_infotext(our_infotext(**{"ENSD": 0, "Emphasis": "Original"}), "x")
+    assert recipe.warnings == []
+    assert set(recipe.comments) == {
+        "ENSD: 0 (what sdbatch does)",
+        "Emphasis: Original (what sdbatch does)",
+        "Version: sdbatch 0.1.0",
+    }
+
+
+def test_denoising_strength_without_hires_is_called_img2img():
+    recipe = recipe_from_infotext(our_infotext(**{"Denoising strength": 0.75}), "x")
+    assert recipe.warnings == [
+        "not reproduced: Denoising strength: 0.75 (img2img: sdbatch makes txt2img images only)"
+    ]
+
+
+def test_prompt_hazards_are_warned_about():
+    params = {"Steps": 2, "Sampler": "Euler a", "CFG scale": 7, "Seed": 1, "Size": "64x64"}
+    text = format_infotext("a {red|blue} cat AND a dog", "", params)
+    warnings = recipe_from_infotext(text, "x").warnings
+    assert any("dynamic-prompts" in w for w in warnings) and any("AND" in w for w in warnings)
+
+
+TRICKY = [
+    "${name} and \\${x} and ${oc.env:HOME}",
+    "- a list? no",
+    "#hashtag: yes, 'quoted' \"double\"",
+    "  leading and trailing spaces  ",
+    "null",
+    "123",
+    "[a] (b:1.2) \\(c\\)",
+    "tab\there",
+    "",
+]
+
+
+@pytest.mark.parametrize("prompt", TRICKY)
+def test_prompts_survive_yaml_and_omegaconf_exactly(prompt, recipes_dir):
+    params = {"Steps": 2, "Sampler": "Euler a", "CFG scale": 7, "Seed": 1, "Size": "64x64"}
+    text = format_infotext(prompt, prompt, params)
+    recipe = recipe_from_infotext(text, "tricky")
+    info = parse_infotext(text)  # infotext strips its outer whitespace, as A1111 does
+    assert (recipe.values["prompt"], recipe.values["negative_prompt"]) == (
+        info.prompt,
+        info.negative_prompt,
+    )
+    (recipes_dir / "tricky.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    cfg = compose_recipe(recipes_dir, "tricky")
+    assert cfg["prompt"] == recipe.values["prompt"]
+    assert cfg["negative_prompt"] == recipe.values["negative_prompt"]
+
+
+def test_mapped_fields_target_keys_the_schema_has():
+    schema = OmegaConf.structured(config.SdbatchConfig)
+    for key, spec in FIELDS.items():
+        if spec.mapped and spec.target:
+            node = schema
+            for part in spec.target.split("."):
+                assert part in node, f"{key} -> {spec.target}"
+                node = node[part]
+
+
+def test_default_name_is_a_usable_recipe_name():
+    assert default_name("out/images/1-38b99e15c2187e02.png") == "replay_1-38b99e15c2187e02"
+    assert default_name("my image (2).png") == "replay_my_image_2"
+
+
+def test_replay_imports_no_torch():
+    code = (
+        "import sys, sdbatch.replay, sdbatch.commands.replay, sdbatch.commands.infotext\n"
+        "from sdbatch.replay import recipe_from_infotext\n"
+        f"recipe_from_infotext({SAMPLES[1]!r}, 'x')\n"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
