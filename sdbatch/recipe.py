@@ -13,10 +13,11 @@ import itertools
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdbatch.axes import expand_axis
 from sdbatch.checkpoints import Model, resolve_models
 from sdbatch.errors import RecipeError
 from sdbatch.prompts import PromptSyntaxError, parse_attention
@@ -63,6 +64,7 @@ class Plan:
     batches: list[Batch]
     axes: dict[str, int]  # axis -> number of values, for the plan line
     batch_size: int
+    values: dict[str, list[str]] = field(default_factory=dict)  # swept axis -> shown values
 
     def describe(self) -> str:
         """``60 jobs = 5 prompts x 1 sampler x 3 cfg x 4 seeds``."""
@@ -119,7 +121,7 @@ def parse_seeds(value: Any) -> list[int]:
         if start + count - 1 > SEED_MAX:
             raise RecipeError("seeds", value, f"the range must end at or below {SEED_MAX}")
         return list(range(start, start + count))
-    seeds = [_int("seeds", s, 0, SEED_MAX, allowed) for s in as_list(value)]
+    seeds = [_int("seeds", s, 0, SEED_MAX, allowed) for s in expand_axis("seeds", value, True)]
     if not seeds:
         raise RecipeError("seeds", value, "at least one seed")
     return seeds
@@ -204,10 +206,15 @@ def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
         recipe_dirs = default_dirs()
     items = _prompt_items(cfg, recipe_dirs)
     models = resolve_models(cfg.get("model") or {})
-    sizes = list(dict.fromkeys(parse_size(s) for s in as_list(cfg.get("size"))))
-    samplers = list(dict.fromkeys(resolve_sampler(str(s)) for s in as_list(cfg.get("sampler"))))
-    steps = [_int("steps", s, 1, 1000, "an integer in 1..1000") for s in as_list(cfg.get("steps"))]
-    cfgs = [parse_cfg(c) for c in as_list(cfg.get("cfg"))]
+    sizes = list(dict.fromkeys(parse_size(s) for s in expand_axis("size", cfg.get("size"))))
+    samplers = list(
+        dict.fromkeys(resolve_sampler(str(s)) for s in expand_axis("sampler", cfg.get("sampler")))
+    )
+    steps = [
+        _int("steps", s, 1, 1000, "an integer in 1..1000")
+        for s in expand_axis("steps", cfg.get("steps"), integer=True)
+    ]
+    cfgs = [parse_cfg(c) for c in expand_axis("cfg", cfg.get("cfg"))]
     seeds = parse_seeds(cfg.get("seeds"))
     for axis, values in (("size", sizes), ("sampler", samplers), ("steps", steps), ("cfg", cfgs)):
         if not values:
@@ -219,9 +226,7 @@ def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
     product = itertools.product(models, sizes, samplers, steps, cfgs, items, seeds)
     for model, (w, h), sampler, n_steps, scale, item, seed in product:
         spec = scheduler_spec(sampler)
-        jid = job_id(
-            model.hash, item.text, negative, sampler.name, spec, n_steps, scale, seed, w, h
-        )
+        jid = job_id(model.key, item.text, negative, sampler.name, spec, n_steps, scale, seed, w, h)
         jobs.append(
             Job(
                 jid,
@@ -249,7 +254,17 @@ def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
         "sizes": len(sizes),
         "seeds": len(seeds),
     }
-    return Plan(str(cfg.get("name")), jobs, make_batches(jobs, batch_size), axes, batch_size)
+    values = {
+        "model": [m.name for m in models],
+        "size": [f"{w}x{h}" for w, h in sizes],
+        "sampler": [s.name for s in samplers],
+        "steps": [str(n) for n in steps],
+        "cfg": [f"{c:g}" for c in cfgs],
+        "seeds": [str(x) for x in seeds],
+    }
+    swept = {k: v for k, v in values.items() if len(v) > 1}
+    batches = make_batches(jobs, batch_size)
+    return Plan(str(cfg.get("name")), jobs, batches, axes, batch_size, swept)
 
 
 def _batch_key(job: Job) -> tuple:

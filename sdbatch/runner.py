@@ -113,6 +113,13 @@ def encode_png(pixels, infotext: str) -> bytes:
     return buf.getvalue()
 
 
+def _short(values: list[str], limit: int = 12) -> str:
+    """``5, 7, 9`` or ``1, 2, 3, ... (100 values)``."""
+    if len(values) <= limit:
+        return ", ".join(values)
+    return ", ".join(values[: limit - 1]) + f", ... ({len(values)} values)"
+
+
 def _row(job: Job, plan: Plan, batch: Batch, env: dict, **fields) -> dict:
     row = {
         "job_id": job.job_id,
@@ -237,6 +244,11 @@ def execute(cfg: dict, out_dir: Path, context: dict | None = None) -> Summary:
     t_start = time.perf_counter()
     # 1. plan: everything is validated before anything is written
     plan = build_plan(cfg)
+    grids = list(cfg.get("grids") or [])
+    if grids:
+        from sdbatch.grid import validate_grid_specs
+
+        validate_grid_specs(grids)
     shard = cfg.get("shard") or {}
     batches = select_shard(plan, shard.get("index", 0), shard.get("count", 1))
     jobs = [j for b in batches for j in b.jobs]
@@ -249,6 +261,8 @@ def execute(cfg: dict, out_dir: Path, context: dict | None = None) -> Summary:
         done = done_jobs(jobs, out_dir, manifest, run_cfg.get("verify", "hash"))
         print(f"{plan.name}: {plan.describe()}; {len(done)} done; batch size {plan.batch_size}"
               f"{shard_note}")  # fmt: skip
+        for axis, shown in plan.values.items():
+            print(f"  {axis}: {_short(shown)}")
         show = int(run_cfg.get("show_jobs", 5))
         for line in iter_preview(jobs, show):
             print(line)
@@ -261,10 +275,24 @@ def execute(cfg: dict, out_dir: Path, context: dict | None = None) -> Summary:
     except OSError as exc:
         raise _output_error(out_dir, exc, 0, len(jobs)) from None
     try:
-        return _run_locked(plan, batches, jobs, run_cfg, out_dir, manifest, stop, context,
-                           shard_note, t_start)  # fmt: skip
+        summary = _run_locked(plan, batches, jobs, run_cfg, out_dir, manifest, stop, context,
+                              shard_note, t_start)  # fmt: skip
+        if grids and not summary.stopped:
+            draw_grids(out_dir, grids)
+        return summary
     finally:
         lock.release()
+
+
+def draw_grids(out_dir: Path, grids: list[dict]) -> None:
+    """The recipe's ``grids:``; a grid problem is a warning, never a failed run."""
+    from sdbatch.grid import draw_recipe_grids
+
+    try:
+        for path in draw_recipe_grids(out_dir, grids):
+            print(f"grid: {path}")
+    except (UserError, OSError) as exc:
+        print(f"warning: grids not drawn: {exc}", file=sys.stderr)
 
 
 def _run_locked(plan, batches, jobs, run_cfg, out_dir, manifest, stop, context, shard_note,
@@ -277,6 +305,8 @@ def _run_locked(plan, batches, jobs, run_cfg, out_dir, manifest, stop, context, 
         failed_before = set()
     print(f"{plan.name}: {plan.describe()}; {len(done)} done; batch size {plan.batch_size}"
           f"{shard_note}", flush=True)  # fmt: skip
+    for axis, shown in plan.values.items():
+        print(f"  {axis}: {_short(shown)}")
     skip = done | failed_before
     pending = [(b, [j for j in b.jobs if j.job_id not in skip]) for b in batches]
     pending = [(b, todo) for b, todo in pending if todo]
