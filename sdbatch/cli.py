@@ -8,18 +8,22 @@ cannot be written (disk full, not a folder); 130 aborted by a second Ctrl-C.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import sdbatch.config as config  # registers the schema and the recipes
+from sdbatch import gpus
 from sdbatch.errors import UserError
 
 EXIT_BAD_INPUT = 2
@@ -34,9 +38,35 @@ def output_dir(cfg: DictConfig) -> Path:
     except ValueError:  # not under Hydra (tests call run() directly)
         return out
     if hc.mode == RunMode.MULTIRUN:
-        keep = [o for o in hc.overrides.task if not o.lstrip("+~").startswith(("recipe=", "run."))]
-        out = out / "multirun" / (",".join(keep).replace("/", "_") or str(hc.job.num))
+        out = out / "multirun" / job_folder(hc.overrides.task, hc.job.num)
     return out
+
+
+def job_folder(overrides: list[str], job_num: int) -> str:
+    """A multirun job's folder name: its overrides, sorted like Hydra's ``override_dirname`` so
+    that the order on the command line does not matter (re-running resumes). ``+recipe``,
+    ``run.*`` and ``output.*`` (the folder itself) are left out; a name too long for a file
+    system keeps its start and gets a hash of the whole."""
+    skip = ("recipe=", "run.", "output.")
+    keep = sorted(o for o in overrides if not o.lstrip("+~").startswith(skip))
+    name = ",".join(keep).replace("/", "_") or str(job_num)
+    if len(name.encode()) > 200:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        name = name.encode()[:160].decode(errors="ignore") + "-" + digest
+    return name
+
+
+def pick_gpu(cfg: DictConfig) -> None:
+    """A multirun job with ``run.device=auto`` on a machine with several visible GPUs takes one
+    of them (GPU ``hydra.job.num % N``; sdbatch/gpus.py) before torch initialises CUDA."""
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return
+    if hc.mode == RunMode.MULTIRUN and str(cfg.run.device) == "auto":
+        note = gpus.pin(hc.job.num)
+        if note:
+            print(note, flush=True)
 
 
 def run_context() -> dict:
@@ -53,8 +83,35 @@ def run(cfg: DictConfig) -> int:
     """Compose -> plain dict -> runner. Returns the exit code."""
     from sdbatch.runner import execute
 
+    pick_gpu(cfg)
     plain = OmegaConf.to_container(cfg, resolve=True)
-    return execute(plain, output_dir(cfg), run_context()).exit_code
+    out = output_dir(cfg)
+    code = execute(plain, out, run_context()).exit_code
+    if run_context()["hydra_job"] is not None and out.is_dir():
+        (out / EXIT_FILE).write_text(f"{code}\n")  # read by MultirunExitCode in the parent
+    return code
+
+
+EXIT_FILE = ".sdbatch-exit"
+_multirun_exit = 0
+
+
+class MultirunExitCode(Callback):
+    """Hydra's launchers swallow job return values; the sweep's exit code is the worst of its
+    jobs' codes, read back from each job folder (launchers may run jobs in other processes)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.time() - 1
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        global _multirun_exit
+        sweep = Path(str(config.hydra.sweep.dir))
+        for path in sweep.glob(f"*/{EXIT_FILE}"):
+            try:
+                if path.stat().st_mtime >= getattr(self, "started", 0):
+                    _multirun_exit = max(_multirun_exit, int(path.read_text().strip() or 0))
+            except (OSError, ValueError):
+                continue
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sdbatch")
@@ -97,6 +154,8 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
     try:
         _hydra_main()
+        if _multirun_exit:
+            sys.exit(_multirun_exit)
     except KeyboardInterrupt:  # a second Ctrl-C: the first one asked for a clean stop
         print("aborted: finished batches are saved; run the same command to continue",
               file=sys.stderr)  # fmt: skip

@@ -190,3 +190,11 @@ def test_lock_is_released_after_a_normal_run(tmp_path):
     out = tmp_path / "out"
     assert sdbatch(*QUICK, f"output.dir={out}").returncode == 0
     assert (out / ".sdbatch.lock").read_text() == ""
+
+
+def test_a_multirun_exits_with_the_worst_code_of_its_jobs(tmp_path):
+    out = tmp_path / "sweep"
+    res = sdbatch("-m", *QUICK, "cfg=5,7", f"output.dir={out}", SDBATCH_TEST_FAULTS="error@0")
+    assert res.returncode == 3, res.stderr
+    ok = sdbatch("-m", *QUICK, "cfg=5,7", f"output.dir={tmp_path / 'ok'}")
+    assert ok.returncode == 0, ok.stderr
