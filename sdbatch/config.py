@@ -27,8 +27,12 @@ RECIPES_ENV = "SDBATCH_RECIPES"
 
 @dataclass
 class ModelConfig:
-    path: str | None = None  # diffusers folder; None = the embedded tiny model
-    name: str | None = None  # A1111's "Model:" in infotext; default: folder name
+    path: str | None = None  # checkpoint file or diffusers folder; None (and no dir) = tiny model
+    dir: str | None = None  # folder of checkpoints like A1111's models/Stable-diffusion
+    name: Any = None  # with dir: file stem(s), a list sweeps models; else infotext "Model:"
+    vae: str | None = None  # VAE override: .safetensors file or diffusers VAE folder
+    clip_skip: int = 1  # A1111 numbering: 1 = last CLIP layer, 2 = penultimate (SD 1.x)
+    allow_pickle: bool = False  # load .ckpt/.pt/.bin pickles, which can run code when loaded
 
 
 @dataclass
@@ -71,6 +75,7 @@ class SdbatchConfig:
     run: RunConfig = field(default_factory=RunConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    grids: list[Any] = field(default_factory=list)  # [{x: vars.style, y: cfg}] drawn at the end
 
 
 def recipe_dirs() -> list[Path]:

@@ -1,17 +1,33 @@
-"""Load a diffusers pipeline for a `Model`, offline. Imports torch and diffusers."""
+"""Load a diffusers pipeline for a `Model`, offline. Imports torch and diffusers.
+
+A diffusers folder loads with ``from_pretrained(local_files_only=True)``. A single LDM-layout
+file loads with ``from_single_file(config=<local config folder>, local_files_only=True)``:
+without ``config`` diffusers 0.42 asks the hub for one even with ``local_files_only``, and
+``original_config`` still fetches the CLIP tokenizer. The config folder is ``Model.config``:
+a ``<stem>.config/`` folder beside the checkpoint, or the family's config-only folder shipped
+in ``sdbatch/models/configs/`` (SD 1.5's and SDXL base's real configs, no weights). The shipped
+folders hold no ``vocab.json``/``merges.txt``: they are the same CLIP BPE files as the embedded
+tiny model's, so the tokenizers are built from those (one copy in the package).
+"""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
+from pathlib import Path
 
 import torch
 
 from sdbatch.checkpoints import Model
 
+PIPELINES = {"sd1": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+TOKENIZERS = ("tokenizer", "tokenizer_2")
+BPE_FILES = ("vocab.json", "merges.txt")
 
-def load_pipeline(model: Model, device: torch.device, dtype: torch.dtype):
-    """A local diffusers folder, offline (``local_files_only``), without a safety checker."""
-    from diffusers import StableDiffusionPipeline
+
+def _quiet() -> None:
+    """Progress bars and advisory logs while loading would bury sdbatch's own lines."""
     from diffusers.utils import logging as dlogging
     from transformers.utils import logging as tlogging
 
@@ -19,14 +35,64 @@ def load_pipeline(model: Model, device: torch.device, dtype: torch.dtype):
     dlogging.set_verbosity_error()
     tlogging.disable_progress_bar()
     tlogging.set_verbosity_error()
+
+
+def load_tokenizer(folder: str | Path):
+    """A CLIPTokenizer from a folder that may lack the BPE files (the shipped configs):
+    they are taken from the embedded tiny model, in a temporary copy of the folder."""
+    from transformers import CLIPTokenizer
+
+    from sdbatch.models import EMBEDDED_MODEL_PATH
+
+    folder = Path(folder)
+    if all((folder / f).is_file() for f in BPE_FILES):
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    with tempfile.TemporaryDirectory(prefix="sdbatch-tokenizer-") as tmp:
+        for f in folder.iterdir():
+            shutil.copy(f, tmp)
+        for name in BPE_FILES:
+            shutil.copy(EMBEDDED_MODEL_PATH / "tokenizer" / name, tmp)
+        return CLIPTokenizer.from_pretrained(tmp, local_files_only=True)
+
+
+def load_vae(vae: str | Path, config: str | Path, dtype: torch.dtype):
+    """``model.vae``: a diffusers VAE folder, or a single file in LDM or diffusers layout read
+    against ``<config>/vae/config.json`` (the model's own VAE config: scaling factor included)."""
+    from diffusers import AutoencoderKL
+
+    p = Path(vae)
+    if p.is_dir():
+        sub = None if (p / "config.json").is_file() else "vae"
+        return AutoencoderKL.from_pretrained(
+            p, subfolder=sub, torch_dtype=dtype, local_files_only=True
+        )
+    return AutoencoderKL.from_single_file(
+        str(p), config=str(config), subfolder="vae", torch_dtype=dtype, local_files_only=True
+    )
+
+
+def load_pipeline(model: Model, device: torch.device, dtype: torch.dtype):
+    """The model's pipeline class, offline, with the VAE override, without a safety checker."""
+    import diffusers
+
+    _quiet()
+    cls = getattr(diffusers, PIPELINES[model.family])
+    kwargs: dict = {"torch_dtype": dtype, "local_files_only": True}
+    if model.family == "sdxl":
+        kwargs["add_watermarker"] = False  # A1111 does not watermark
+    else:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    config = model.config or model.path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype rename
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model.path,
-            torch_dtype=dtype,
-            local_files_only=True,
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
+        if model.vae:
+            kwargs["vae"] = load_vae(model.vae, config, dtype)
+        if Path(model.path).is_dir():
+            pipe = cls.from_pretrained(model.path, **kwargs)
+        else:
+            for name in TOKENIZERS:
+                if (Path(config) / name).is_dir():
+                    kwargs[name] = load_tokenizer(Path(config) / name)
+            pipe = cls.from_single_file(model.path, config=str(config), **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -33,6 +33,13 @@ warnings.filterwarnings("ignore", message="Should have ta>=t0", module="torchsde
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Renderer.embeddings() tuples, position by position, as pipeline arguments
+EMBED_ARGS = (
+    "prompt_embeds",
+    "negative_prompt_embeds",
+    "pooled_prompt_embeds",
+    "negative_pooled_prompt_embeds",
+)
 
 
 def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
@@ -88,15 +95,24 @@ class Renderer:
             "diffusers_version": diffusers.__version__,
         }
 
-    def embeddings(self, prompt: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cond, uncond), each (1, 77*k, hidden); cached per (prompt, negative) pair."""
+    def embeddings(self, prompt: str, negative: str) -> tuple[torch.Tensor, ...]:
+        """(cond, uncond), each (1, 77*k, hidden); cached per (prompt, negative) pair.
+
+        SDXL adds (pooled, uncond pooled) and uses diffusers' own ``encode_prompt``: no A1111
+        emphasis and a 77-token limit there (sdbatch.encode handles SD 1.x only).
+        """
         key = (prompt, negative)
         if key not in self._embeds:
             with torch.inference_mode():
-                self._embeds[key] = encode_prompt_pair(
-                    self.pipe.tokenizer, self.pipe.text_encoder, prompt, negative,
-                    device=self.device, dtype=self.dtype,
-                )  # fmt: skip
+                if self.model.family == "sdxl":
+                    self._embeds[key] = self.pipe.encode_prompt(
+                        prompt, device=self.device, negative_prompt=negative
+                    )
+                else:
+                    self._embeds[key] = encode_prompt_pair(
+                        self.pipe.tokenizer, self.pipe.text_encoder, prompt, negative,
+                        clip_skip=self.model.clip_skip, device=self.device, dtype=self.dtype,
+                    )  # fmt: skip
         return self._embeds[key]
 
     def render(self, jobs: Sequence[Job]) -> list[tuple[np.ndarray, bool]]:
@@ -123,9 +139,11 @@ class Renderer:
         )
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         with torch.inference_mode():
+            # (B, 77k, hidden) cond and uncond; SDXL adds its pooled pair
+            stacked = [torch.cat(parts) for parts in zip(*embeds, strict=True)]
+            tensors = dict(zip(EMBED_ARGS, stacked, strict=False))
             result = self.pipe(
-                prompt_embeds=torch.cat([c for c, _ in embeds]),  # (B, 77k, hidden)
-                negative_prompt_embeds=torch.cat([u for _, u in embeds]),
+                **tensors,
                 num_inference_steps=first.steps,
                 guidance_scale=first.cfg,
                 width=first.width,
