@@ -36,6 +36,14 @@ class ModelConfig:
 
 
 @dataclass
+class HiresConfig:
+    scale: float = 1.0  # 1 = off; 2 = render at size, upscale 2x, img2img at the target size
+    upscaler: str = "latent"  # latent (A1111's "Latent") | lanczos (decode, resize, re-encode)
+    steps: int = 0  # second-pass steps; 0 = the same as `steps`
+    denoise: float = 0.7  # img2img strength of the second pass (A1111's default 0.7)
+
+
+@dataclass
 class RunConfig:
     dry_run: bool = False  # print the plan and the first jobs, write nothing
     device: str = "auto"  # auto | cpu | cuda | cuda:N  (auto: CUDA when present)
@@ -71,6 +79,10 @@ class SdbatchConfig:
     cfg: Any = 7.0  # classifier-free guidance scale(s); 0 and 1 turn guidance off
     size: Any = "512x512"  # WIDTHxHEIGHT, each a multiple of 8
     seeds: Any = 0  # a seed, a list, or {start: S, count: N}
+    subseed: Any = None  # A1111's variation seed (used when subseed_strength > 0)
+    subseed_strength: float = 0.0  # 0..1; with it every image keeps the first seed (A1111)
+    rng: str = "cpu"  # noise source: cpu (same image on any device) | gpu (A1111's default)
+    hires: HiresConfig = field(default_factory=HiresConfig)
     batch_size: int = 4  # images per forward pass (jobs sharing model/size/sampler/steps/cfg)
     run: RunConfig = field(default_factory=RunConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -35,10 +35,14 @@ SCHEMA = pa.schema(
         ("steps", pa.int32()),
         ("cfg", pa.float64()),
         ("seed", pa.int64()),
-        ("width", pa.int32()),
+        ("width", pa.int32()),  # base size (A1111's "Size"); hires multiplies it
         ("height", pa.int32()),
         ("model", pa.string()),
         ("model_hash", pa.string()),
+        ("subseed", pa.int64()),  # A1111's variation seed (null when not used)
+        ("subseed_strength", pa.float64()),
+        ("rng", pa.string()),  # cpu | gpu: where the noise was drawn
+        ("hires", pa.string()),  # hires fix, e.g. "2x Latent, 10 steps, denoise 0.5"; null = off
         ("image", pa.string()),  # path relative to the output folder
         ("image_sha256", pa.string()),
         ("status", pa.string()),  # ok | failed | nan

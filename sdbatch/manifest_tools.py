@@ -9,6 +9,7 @@ Everything is columnar, so a million rows take seconds; only ``verify`` touches 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sdbatch.errors import UserError
-from sdbatch.hashing import sha256_file
 from sdbatch.manifest import SCHEMA, Manifest
 
 OUTPUT = "output"  # the added column: the output folder a row came from
@@ -178,13 +178,14 @@ class Summary:
         return {
             "manifests": self.manifests, "jobs": self.jobs, "status": self.status,
             "images": self.images, "started": iso(self.started), "finished": iso(self.finished),
-            "span_s": self.span_s, "images_per_s": _rate(self.images, self.span_s),
-            "busy_s": self.busy_s, "images_per_busy_s": _rate(self.images, self.busy_s),
-            "by": self.by, "groups": self.groups,
+            "span_s": self.span_s, "images_per_s": rate(self.images, self.span_s),
+            "busy_s": self.busy_s, "images_per_busy_s": rate(self.images, self.busy_s),
+            "by": self.by, "groups": [{k: iso(v) if isinstance(v, datetime) else v
+                                       for k, v in g.items()} for g in self.groups],
         }  # fmt: skip
 
 
-def _rate(n: int, seconds: float) -> float | None:
+def rate(n: int, seconds: float) -> float | None:
     return n / seconds if seconds > 0 else None
 
 
@@ -230,51 +231,6 @@ def _sort_key(v):
     return (0, v, "") if isinstance(v, int | float) else (1, 0, str(v))
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, datetime):
-        return v.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
-    return str(v)
-
-
-def _duration(seconds: float) -> str:
-    s = int(round(seconds))
-    if s < 60:
-        return f"{seconds:.1f}s"
-    h, rem = divmod(s, 3600)
-    return f"{h}h{rem // 60:02d}m{rem % 60:02d}s" if h else f"{rem // 60}m{rem % 60:02d}s"
-
-
-def format_summary(s: Summary) -> str:
-    """Plain aligned text."""
-    where = s.manifests[0] if len(s.manifests) == 1 else f"{len(s.manifests)} output folders"
-    lines = [f"{where}: {s.jobs} jobs; " + ", ".join(f"{k} {v}" for k, v in s.status.items())]
-    lines.append(f"images: {s.images}")
-    if s.started is not None and s.finished is not None:
-        span_rate, busy_rate = _rate(s.images, s.span_s), _rate(s.images, s.busy_s)
-        lines.append(f"span: {_fmt(s.started)} to {_fmt(s.finished)} ({_duration(s.span_s)})")
-        rate = f"rate: {span_rate:.3g} images/s over the span" if span_rate else "rate: -"
-        if busy_rate:
-            rate += f", {busy_rate:.3g} images/s while generating ({_duration(s.busy_s)})"
-        lines.append(rate)
-    if s.groups:
-        header = list(s.groups[0])
-        cells = [[_fmt(g[h]) for h in header] for g in s.groups]
-        width = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-        numeric = [all(isinstance(g[h], int | float) for g in s.groups) for h in header]
-
-        def line(row):
-            parts = [c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, width, numeric,
-                                                                       strict=True)]  # fmt: skip
-            return "  ".join(parts).rstrip()
-
-        lines += ["", line(header), *(line(r) for r in cells)]
-    return "\n".join(lines)
-
-
 # --- merge -----------------------------------------------------------------------------------
 
 
@@ -303,8 +259,7 @@ def one_row_per_job(table: pa.Table) -> pa.Table:
     ids = order["job_id"].combine_chunks()
     first = pc.not_equal(ids.slice(1), ids.slice(0, n - 1))
     keep = pa.concat_arrays([pa.array([True]), first.fill_null(True)])
-    idx = pc.sort_indices(order["i"].combine_chunks().filter(keep))
-    return table.take(order["i"].combine_chunks().filter(keep).take(idx))
+    return table.take(order["i"].combine_chunks().filter(keep).sort())  # in read order
 
 
 def _raise_conflict(table: pa.Table, job_id: str) -> None:
@@ -356,15 +311,31 @@ class Merged:
 
 
 def merge(sources: list[Source], out: str | os.PathLike) -> Merged:
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"-o: {str(out)!r} is a folder; give a file name such as all.parquet")
     table = read_sources(sources)
     merged = plain_output(one_row_per_job(table), keep=len(sources) > 1)
-    write_atomic(merged, Path(out))
+    write_atomic(merged, out)
     return Merged(merged.num_rows, table.num_rows - merged.num_rows, len(sources))
 
 
 # --- verify ----------------------------------------------------------------------------------
 
 CHUNK = 2048  # rows per thread-pool task: a million futures would cost more than the hashing
+READ = 1 << 18
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file with plain os.read calls: no file object, ~2x faster on tiny files."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while block := os.read(fd, READ):
+            h.update(block)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
 
 
 def _check(out_dir: Path, job_ids: list, images: list, shas: list) -> list[str]:
@@ -375,7 +346,7 @@ def _check(out_dir: Path, job_ids: list, images: list, shas: list) -> list[str]:
             continue
         path = out_dir / image
         try:
-            actual = sha256_file(path)
+            actual = sha256_path(path)
         except FileNotFoundError:
             problems.append(f"missing: {path} (job {job})")
             continue

@@ -73,6 +73,7 @@ class Renderer:
     device: torch.device
     dtype: torch.dtype
     _embeds: dict = field(default_factory=dict)
+    _img2img_pipe: object = None
 
     @classmethod
     def load(cls, model: Model, device: str = "auto", dtype: str = "auto") -> Renderer:
@@ -131,13 +132,38 @@ class Renderer:
                 out[i] = img
         return out  # type: ignore[return-value]
 
+    def _generators(self, jobs: Sequence[Job]) -> list[torch.Generator]:
+        """One generator per image, on the CPU (``rng: cpu``) or the render device (``gpu``)."""
+        device = self.device if jobs[0].extras.rng == "gpu" else torch.device("cpu")
+        return [torch.Generator(device).manual_seed(j.seed) for j in jobs]
+
+    def _latents(self, jobs: Sequence[Job], width: int, height: int) -> torch.Tensor | None:
+        """Initial noise blended with variation seeds; None lets diffusers draw plain noise."""
+        ex = jobs[0].extras
+        if not ex.subseed_strength:
+            return None
+        from sdbatch.noise import variation_noise
+
+        f = self.pipe.vae_scale_factor
+        shape = (self.pipe.unet.config.in_channels, height // f, width // f)
+        device = self.device if ex.rng == "gpu" else torch.device("cpu")
+        noise = [
+            variation_noise(j.seed, j.extras.subseed, j.extras.subseed_strength, shape, device)
+            for j in jobs
+        ]
+        return torch.stack(noise).to(self.device, self.dtype)  # (B, C, h, w)
+
+    def _scheduler(self, jobs: Sequence[Job]):
+        return build_scheduler(
+            resolve_sampler(jobs[0].sampler),
+            self.pipe.scheduler.config,
+            seeds=[j.seed for j in jobs],
+        )
+
     def _call(self, jobs: Sequence[Job], embeds) -> list[tuple[np.ndarray, bool]]:
         first = jobs[0]
-        seeds = [j.seed for j in jobs]
-        self.pipe.scheduler = build_scheduler(
-            resolve_sampler(first.sampler), self.pipe.scheduler.config, seeds=seeds
-        )
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        hires = first.extras.hires
+        self.pipe.scheduler = self._scheduler(jobs)
         with torch.inference_mode():
             # (B, 77k, hidden) cond and uncond; SDXL adds its pooled pair
             stacked = [torch.cat(parts) for parts in zip(*embeds, strict=True)]
@@ -148,12 +174,59 @@ class Renderer:
                 guidance_scale=first.cfg,
                 width=first.width,
                 height=first.height,
-                generator=generators,
-                output_type="np",
+                generator=self._generators(jobs),
+                latents=self._latents(jobs, first.width, first.height),
+                output_type="latent" if hires else "np",
             )
-        images = []
-        for img in result.images:  # (H, W, 3) floats in [0, 1]
+            images = result.images
+            if hires:
+                images = self._hires(jobs, tensors, images)
+        out = []
+        for img in images:  # (H, W, 3) floats in [0, 1]
             nan = bool(np.isnan(img).any())
             pixels = (np.nan_to_num(img) * 255).round().clip(0, 255).astype(np.uint8)
-            images.append((pixels, nan))
-        return images
+            out.append((pixels, nan))
+        return out
+
+    def _hires(self, jobs: Sequence[Job], tensors: dict, latents: torch.Tensor):
+        """A1111's hires fix: upscale the first pass, then img2img at the target size with the
+        same components, the same prompts and fresh per-image generators (A1111 reseeds)."""
+        first = jobs[0]
+        hires = first.extras.hires
+        width, height = hires.target(first.width, first.height)
+        f = self.pipe.vae_scale_factor
+        if hires.upscaler == "latent":  # A1111's "Latent": bilinear, no antialiasing
+            image = torch.nn.functional.interpolate(
+                latents, size=(height // f, width // f), mode="bilinear", antialias=False
+            )
+        else:  # decode, Lanczos-resize the pictures, let img2img encode them again
+            from PIL import Image
+
+            decoded = self.pipe.vae.decode(
+                latents / self.pipe.vae.config.scaling_factor, return_dict=False
+            )[0]
+            pil = self.pipe.image_processor.postprocess(decoded, output_type="pil")
+            image = [im.resize((width, height), Image.LANCZOS) for im in pil]
+        img2img = self._img2img()
+        img2img.scheduler = self._scheduler(jobs)
+        result = img2img(
+            **tensors,
+            image=image,
+            strength=hires.denoise,
+            num_inference_steps=hires.steps or first.steps,
+            guidance_scale=first.cfg,
+            generator=self._generators(jobs),
+            output_type="np",
+        )
+        return result.images
+
+    def _img2img(self):
+        """The img2img pipeline over the same components (no second copy of the weights)."""
+        if self._img2img_pipe is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            with warnings.catch_warnings():  # the swapped-in scheduler's config notices
+                warnings.simplefilter("ignore", FutureWarning)
+                self._img2img_pipe = AutoPipelineForImage2Image.from_pipe(self.pipe)
+            self._img2img_pipe.set_progress_bar_config(disable=True)
+        return self._img2img_pipe

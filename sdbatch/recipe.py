@@ -20,6 +20,7 @@ from typing import Any
 from sdbatch.axes import expand_axis
 from sdbatch.checkpoints import Model, resolve_models
 from sdbatch.errors import RecipeError
+from sdbatch.generation import Extras, parse_hires, parse_rng, parse_subseed_strength
 from sdbatch.prompts import PromptSyntaxError, parse_attention
 from sdbatch.samplers import resolve_sampler, scheduler_spec
 from sdbatch.templates import PromptItem, prompt_set, wildcard_files
@@ -45,6 +46,7 @@ class Job:
     seed: int
     width: int
     height: int
+    extras: Extras = Extras()  # hires fix, variation seed, noise source
 
     @property
     def image_name(self) -> str:
@@ -148,28 +150,29 @@ def job_id(
     seed: int,
     width: int,
     height: int,
+    extras: str = "",
 ) -> str:
     """Stable id of everything that determines the image: 16 hex chars of a sha256.
 
     The A1111 sampler name is included beside the scheduler spec: two names can map to one
-    diffusers scheduler, and their PNGs differ in the infotext.
+    diffusers scheduler, and their PNGs differ in the infotext. ``extras`` (hires fix,
+    variation seed, RNG) is only hashed when set, so plain jobs keep their ids.
     """
-    key = json.dumps(
-        [
-            model_key,
-            prompt,
-            negative,
-            sampler,
-            scheduler,
-            steps,
-            repr(float(cfg)),
-            seed,
-            width,
-            height,
-        ],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    fields = [
+        model_key,
+        prompt,
+        negative,
+        sampler,
+        scheduler,
+        steps,
+        repr(float(cfg)),
+        seed,
+        width,
+        height,
+    ]
+    if extras:
+        fields.append(extras)
+    key = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -221,12 +224,14 @@ def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
             raise RecipeError(axis, cfg.get(axis), "at least one value")
     batch_size = _int("batch_size", cfg.get("batch_size", 4), 1, 4096, "an integer >= 1")
     negative = str(cfg.get("negative_prompt") or "")
+    variations = _variations(cfg, seeds)
 
     jobs: list[Job] = []
-    product = itertools.product(models, sizes, samplers, steps, cfgs, items, seeds)
-    for model, (w, h), sampler, n_steps, scale, item, seed in product:
+    product = itertools.product(models, sizes, samplers, steps, cfgs, items, variations)
+    for model, (w, h), sampler, n_steps, scale, item, (seed, extras) in product:
         spec = scheduler_spec(sampler)
-        jid = job_id(model.key, item.text, negative, sampler.name, spec, n_steps, scale, seed, w, h)
+        jid = job_id(model.key, item.text, negative, sampler.name, spec, n_steps, scale, seed, w,
+                     h, extras.key())  # fmt: skip
         jobs.append(
             Job(
                 jid,
@@ -243,6 +248,7 @@ def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
                 seed,
                 w,
                 h,
+                extras,
             )  # fmt: skip
         )
     axes = {
@@ -268,7 +274,26 @@ def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
 
 
 def _batch_key(job: Job) -> tuple:
-    return (job.model.key, job.width, job.height, job.scheduler, job.steps, job.cfg)
+    return (job.model.key, job.width, job.height, job.scheduler, job.steps, job.cfg,
+            job.extras.batch_key())  # fmt: skip
+
+
+def _variations(cfg: dict, seeds: list[int]) -> list[tuple[int, Extras]]:
+    """(seed, extras) per seed of the axis. With a variation strength, A1111's rule: every
+    image keeps the first seed and the variation seed steps instead (subseed, subseed+1, ...)."""
+    hires = parse_hires(cfg.get("hires"))
+    rng = parse_rng(cfg.get("rng"))
+    strength = parse_subseed_strength(cfg.get("subseed_strength"))
+    if strength == 0:
+        return [(seed, Extras(rng=rng, hires=hires)) for seed in seeds]
+    if cfg.get("subseed") in (None, ""):
+        raise RecipeError(
+            "subseed", None, "a variation seed in 0..4294967295 when subseed_strength > 0"
+        )
+    sub = _int("subseed", cfg.get("subseed"), 0, SEED_MAX, f"an integer in 0..{SEED_MAX}")
+    if sub + len(seeds) - 1 > SEED_MAX:
+        raise RecipeError("subseed", sub, f"subseed + number of seeds - 1 <= {SEED_MAX}")
+    return [(seeds[0], Extras(sub + i, strength, rng, hires)) for i in range(len(seeds))]
 
 
 def make_batches(jobs: list[Job], batch_size: int) -> list[Batch]:

@@ -55,6 +55,13 @@ class Summary:
         return EXIT_FAILED if self.failed else EXIT_OK
 
 
+INFOTEXT_ORDER = (
+    "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE hash", "VAE",
+    "Variation seed", "Variation seed strength", "Denoising strength", "Clip skip", "RNG",
+    "Hires upscale", "Hires steps", "Hires upscaler", "Version",
+)  # fmt: skip
+
+
 def infotext_for(job: Job) -> str:
     """A1111's infotext for a job, in A1111's key order."""
     params = {
@@ -64,9 +71,12 @@ def infotext_for(job: Job) -> str:
         "Seed": job.seed,
         "Size": f"{job.width}x{job.height}",
         **job.model.infotext(),
+        **job.extras.infotext(),
         "Version": f"sdbatch {__version__}",
     }
-    return format_infotext(job.prompt, job.negative_prompt, params)
+    rank = {k: i for i, k in enumerate(INFOTEXT_ORDER)}
+    ordered = dict(sorted(params.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+    return format_infotext(job.prompt, job.negative_prompt, ordered)
 
 
 def done_jobs(jobs: list[Job], out_dir: Path, manifest: Manifest, verify: str = "hash") -> set[str]:
@@ -137,6 +147,10 @@ def _row(job: Job, plan: Plan, batch: Batch, env: dict, **fields) -> dict:
         "height": job.height,
         "model": job.model.name,
         "model_hash": job.model.hash,
+        "subseed": job.extras.subseed if job.extras.subseed_strength > 0 else None,
+        "subseed_strength": job.extras.subseed_strength or None,
+        "rng": job.extras.rng,
+        "hires": job.extras.hires.describe() if job.extras.hires else None,
         "batch": batch.index,
         "image": None,
         "image_sha256": None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime
 
 DIR_HELP = "output folder, manifest folder, or a folder above several (a multirun sweep)"
 
@@ -39,8 +40,56 @@ def register(sub) -> None:
     v.set_defaults(func=run_verify)
 
 
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    return str(v)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{seconds:.1f}s"
+    h, rem = divmod(s, 3600)
+    return f"{h}h{rem // 60:02d}m{rem % 60:02d}s" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def format_summary(s) -> str:
+    """A ``manifest_tools.Summary`` as plain aligned text."""
+    from sdbatch.manifest_tools import rate
+
+    where = s.manifests[0] if len(s.manifests) == 1 else f"{len(s.manifests)} output folders"
+    counts = ", ".join(f"{k} {v}" for k, v in s.status.items())
+    lines = [f"{where}: {s.jobs} jobs" + (f"; {counts}" if counts else "")]
+    lines.append(f"images: {s.images}")
+    if s.started is not None and s.finished is not None:
+        span_rate, busy_rate = rate(s.images, s.span_s), rate(s.images, s.busy_s)
+        lines.append(f"span: {_fmt(s.started)} to {_fmt(s.finished)} ({_duration(s.span_s)})")
+        speed = f"rate: {span_rate:.3g} images/s over the span" if span_rate else "rate: -"
+        if busy_rate:
+            speed += f", {busy_rate:.3g} images/s while generating ({_duration(s.busy_s)})"
+        lines.append(speed)
+    if s.groups:
+        header = list(s.groups[0])
+        cells = [[_fmt(g[h]) for h in header] for g in s.groups]
+        width = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+        numeric = [all(isinstance(g[h], int | float) for g in s.groups) for h in header]
+
+        def line(row):
+            parts = [c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, width, numeric,
+                                                                       strict=True)]  # fmt: skip
+            return "  ".join(parts).rstrip()
+
+        lines += ["", line(header), *(line(r) for r in cells)]
+    return "\n".join(lines)
+
+
 def run_summary(args: argparse.Namespace) -> int:
-    from sdbatch.manifest_tools import all_sources, format_summary, summarize
+    from sdbatch.manifest_tools import all_sources, summarize
 
     summary = summarize(all_sources(args.dirs), args.by)
     if args.json:

@@ -1,0 +1,113 @@
+"""A1111 generation options beyond the sweep axes: hires fix, variation seeds, noise source.
+
+Pure: parsing, validation, job-id keys and infotext fields. The pixels are made in
+``sdbatch.pipeline`` (hires fix) and ``sdbatch.noise`` (variation seeds, RNG).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdbatch.errors import RecipeError
+
+UPSCALERS = {"latent": "Latent", "lanczos": "Lanczos"}  # our name -> A1111's infotext name
+
+
+@dataclass(frozen=True, slots=True)
+class Hires:
+    """A1111's hires fix: render at the base size, upscale, then img2img at the target size."""
+
+    scale: float  # target = base size x scale (rounded down to a multiple of 8)
+    upscaler: str  # latent | lanczos
+    steps: int  # second-pass steps; 0 = the same as the first pass (A1111's rule)
+    denoise: float  # img2img strength of the second pass
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        return int(width * self.scale) // 8 * 8, int(height * self.scale) // 8 * 8
+
+    def describe(self) -> str:
+        steps = f"{self.steps} steps" if self.steps else "same steps"
+        return f"{self.scale:g}x {UPSCALERS[self.upscaler]}, {steps}, denoise {self.denoise:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class Extras:
+    """Per-job options that change pixels but are not sweep axes of the plan line."""
+
+    subseed: int | None = None  # A1111's variation seed
+    subseed_strength: float = 0.0  # 0 = off; noise = slerp(strength, seed noise, subseed noise)
+    rng: str = "cpu"  # cpu: same image on any device; gpu: A1111's default on NVIDIA cards
+    hires: Hires | None = None
+
+    def key(self) -> str:
+        """The job-id part; empty for the defaults so plain jobs keep their ids."""
+        parts = []
+        if self.subseed_strength > 0:
+            parts.append(f"subseed={self.subseed}@{self.subseed_strength!r}")
+        if self.rng != "cpu":
+            parts.append(f"rng={self.rng}")
+        if self.hires:
+            h = self.hires
+            parts.append(f"hires={h.scale!r},{h.upscaler},{h.steps},{h.denoise!r}")
+        return ";".join(parts)
+
+    def batch_key(self) -> tuple:
+        """What must be equal for jobs to share a forward pass (the hires pass shape)."""
+        return (self.hires,)
+
+    def infotext(self) -> dict[str, object]:
+        """The fields A1111 writes, keyed by A1111's names (ordered by the caller)."""
+        out: dict[str, object] = {}
+        if self.subseed_strength > 0:
+            out["Variation seed"] = self.subseed
+            out["Variation seed strength"] = self.subseed_strength
+        if self.hires:
+            out["Denoising strength"] = self.hires.denoise
+        if self.rng == "cpu":
+            out["RNG"] = "CPU"  # A1111's default is GPU: it writes RNG only when it differs
+        if self.hires:
+            out["Hires upscale"] = self.hires.scale
+            if self.hires.steps:
+                out["Hires steps"] = self.hires.steps
+            out["Hires upscaler"] = UPSCALERS[self.hires.upscaler]
+        return out
+
+
+def _number(field: str, value, lo: float, hi: float | None, allowed: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RecipeError(field, value, allowed) from None
+    if isinstance(value, bool) or number < lo or (hi is not None and number > hi):
+        raise RecipeError(field, value, allowed)
+    return number
+
+
+def parse_hires(cfg: dict | None) -> Hires | None:
+    """``hires: {scale: 2, upscaler: latent, steps: 10, denoise: 0.5}``; scale 1 (or none) = off."""
+    if not cfg:
+        return None
+    scale = _number("hires.scale", cfg.get("scale", 1), 1, 8, "a number in 1..8 (1 = off)")
+    if scale == 1:
+        return None
+    upscaler = str(cfg.get("upscaler", "latent")).lower()
+    if upscaler not in UPSCALERS:
+        raise RecipeError("hires.upscaler", cfg.get("upscaler"), "latent or lanczos")
+    steps = _number("hires.steps", cfg.get("steps", 0), 0, 1000, "an integer in 0..1000")
+    if not float(steps).is_integer():
+        raise RecipeError("hires.steps", cfg.get("steps"), "an integer in 0..1000")
+    denoise = _number("hires.denoise", cfg.get("denoise", 0.7), 0, 1, "a number in 0..1")
+    if denoise == 0:
+        raise RecipeError("hires.denoise", cfg.get("denoise"), "a number in (0, 1]")
+    return Hires(scale, upscaler, int(steps), denoise)
+
+
+def parse_rng(value) -> str:
+    rng = str(value or "cpu").lower()
+    if rng not in ("cpu", "gpu"):
+        raise RecipeError("rng", value, "cpu (the same image on any device) or gpu")
+    return rng
+
+
+def parse_subseed_strength(value) -> float:
+    return _number("subseed_strength", value or 0, 0, 1, "a number in 0..1 (0 = off)")
