@@ -1,10 +1,9 @@
 """A1111 infotext -> an sdbatch recipe that plans the same job again (``sdbatch-tools replay``).
 
 Pure Python (no torch): it reads text and writes YAML. ``FIELDS`` is the one table saying what
-happens to each infotext key, so a field sdbatch learns to reproduce (hires fix, variation
-seeds, RNG, clip skip) moves from "comment" to "mapped" by flipping ``mapped`` on its line.
-Nothing is dropped silently: a field that is not reproduced becomes a YAML comment and a
-warning.
+happens to each infotext key, so a field sdbatch learns to reproduce moves from "comment" to
+"mapped" by flipping ``mapped`` on its line. Nothing is dropped silently: a field (or a value,
+such as an ESRGAN upscaler) that is not reproduced becomes a YAML comment and a warning.
 """
 
 from __future__ import annotations
@@ -69,7 +68,25 @@ def _int(text: str, lo: int = -(2**63), hi: int = 2**63) -> int:
     return int(value)
 
 
+def _unit(text: str) -> int | float:
+    """A strength in 0..1 (variation seed strength, denoising strength)."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise ValueError(text)
+    return value
+
+
+def _lower(text: str) -> str:
+    return text.strip().lower()
+
+
+# Values sdbatch has for fields whose other values stay warned comments (ESRGAN, NV noise).
+_CHOICES = {"hires.upscaler": ("latent", "lanczos"), "rng": ("cpu", "gpu")}
 _EXTRA_NETWORKS = "sdbatch reads the prompt's <lora:...> tags and embedding names as plain text"
+_NV = (
+    "sdbatch has no CPU copy of NVIDIA's generator; the recipe says rng: gpu, which draws the "
+    "same noise on an NVIDIA GPU"
+)
 
 # Keys A1111 (1.5-1.10) and sdbatch write, in A1111's order. Sampler, Schedule type, Size and
 # Model have their own code below; every key not listed here is kept as a warned comment.
@@ -84,16 +101,21 @@ FIELDS: dict[str, Field] = {
     "Model": Field("model.name", True),
     "VAE hash": Field(info=True),
     "VAE": Field(note="set model.vae to this VAE's file to use it"),
-    "Variation seed": Field("subseed", False, _int),
-    "Variation seed strength": Field("subseed_strength", False, _number, default="0"),
+    "Variation seed": Field("subseed", True, lambda t: _int(t, 0, 2**32 - 1)),
+    "Variation seed strength": Field("subseed_strength", True, _unit),
     "Seed resize from": Field(note="variation seed resizing"),
-    "Denoising strength": Field("hires.denoise", False, _number),
-    "Hires upscale": Field("hires.scale", False, _number),
+    "Denoising strength": Field("hires.denoise", True, _unit),  # only beside Hires upscale
+    "Hires upscale": Field("hires.scale", True, _number),
     "Hires resize": Field(note="hires fix to a fixed size"),
-    "Hires steps": Field("hires.steps", False, _int),
-    "Hires upscaler": Field("hires.upscaler"),
+    "Hires steps": Field("hires.steps", True, lambda t: _int(t, 0, 1000)),
+    "Hires upscaler": Field(
+        "hires.upscaler",
+        True,
+        _lower,
+        note="sdbatch has Latent and Lanczos; the recipe uses latent",
+    ),
     "Clip skip": Field("model.clip_skip", True, _int),
-    "RNG": Field("rng", False, str.lower, note="sdbatch has no choice of noise source yet"),
+    "RNG": Field("rng", True, _lower, note=_NV),  # A1111: GPU (not written), CPU or NV
     "ENSD": Field(default="0", note="eta noise seed delta"),
     "Emphasis": Field(default="Original"),
     "Lora hashes": Field(note=_EXTRA_NETWORKS),
@@ -105,7 +127,7 @@ FIELDS: dict[str, Field] = {
 MODEL_SETTING = "model.dir"
 MODEL_HINT = f"set {MODEL_SETTING} to the folder holding this checkpoint (or model.path to it)"
 _OWN_CODE = {"Sampler", "Schedule type", "Size", "Model", "Model hash"}
-_HIRES = {"Hires upscale", "Hires resize", "Hires steps", "Hires upscaler"}
+_HIRES_PASS = {"Denoising strength", "Hires steps", "Hires upscaler"}  # need Hires upscale
 _REQUIRED = ("Steps", "Sampler", "CFG scale", "Seed", "Size")
 
 # A1111 1.9+ writes "Schedule type"; its "Automatic" means each sampler's own default schedule
@@ -309,7 +331,10 @@ def recipe_from_infotext(text: str, name: str, source: str = "") -> ReplayRecipe
             continue
         spec = FIELDS.get(key, Field(note="not an A1111 field sdbatch knows"))
         shown = format_params({key: value})  # as the infotext wrote it: one line, quoted
-        if spec.mapped and spec.target:
+        if key in _HIRES_PASS and "Hires upscale" not in info.params:
+            spec = Field(note=_no_hires(key, info.params))
+        choices = _CHOICES.get(spec.target or "")
+        if spec.mapped and spec.target and (not choices or spec.convert(value) in choices):
             try:
                 _set(out.values, spec.target, spec.convert(value))
             except ValueError:
@@ -320,12 +345,23 @@ def recipe_from_infotext(text: str, name: str, source: str = "") -> ReplayRecipe
             out.comments.append(f"{shown} (what sdbatch does)")
         else:
             out.comments.append(f"not reproduced: {shown}")
-            note = spec.note
-            if key == "Denoising strength" and not _HIRES & info.params.keys():
-                note = "img2img: sdbatch makes txt2img images only"
-            why = f" ({note})" if note else ""
+            why = f" ({spec.note})" if spec.note else ""
             out.warnings.append(f"not reproduced: {shown}{why}")
+            if key == "RNG" and value.strip() == "NV":  # NV reproduces CUDA's torch.randn
+                out.values["rng"] = "gpu"
+    if "RNG" not in info.params:  # A1111 writes RNG only when it is not its default, the GPU
+        out.values["rng"] = "gpu"
+        out.comments.append("no RNG field: A1111's default noise source, the GPU")
     return out
+
+
+def _no_hires(key: str, params: Mapping[str, str]) -> str:
+    """Why a hires-pass field is not reproduced when the infotext has no ``Hires upscale``."""
+    if "Hires resize" in params:
+        return "the hires fix ran to a fixed size (Hires resize), which sdbatch lacks"
+    if key == "Denoising strength":
+        return "img2img: sdbatch makes txt2img images only"
+    return "no Hires upscale: the hires fix did not run"
 
 
 def read_infotext_file(path: str | Path) -> str:

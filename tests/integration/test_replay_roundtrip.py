@@ -3,7 +3,9 @@
 Byte identity holds when the original image was made alone (batch of one). An image made in a
 batch can differ from its replay by 1/255 in a few pixels: the UNet and VAE kernels round
 differently for a batch of 4 than for 1 (README, "Jobs, batches and reproducibility"), and a
-replayed recipe plans one job, so its batch is always 1. The tests pin both facts.
+replayed recipe plans one job, so its batch is always 1. The tests pin both facts, and that a
+hires-fix image and a variation-seed image (both made with batch_size=1) come back byte for
+byte.
 """
 
 from __future__ import annotations
@@ -15,12 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
-from sdbatch.infotext import png_info, read_png_infotext
-from tests.conftest import BIN, sdbatch_env
+from sdbatch.infotext import parse_infotext, png_info, read_png_infotext
+from tests.conftest import BIN, ROOT, sdbatch_env
 
 SAMPLES_FILE = Path(__file__).resolve().parents[1] / "data" / "a1111-infotext-samples.txt"
+ONE = {"prompt": "a red circle on a white background", "batch_size": 1}
+# quick with the README's extras, as ``+recipe=quick batch_size=1 hires.scale=2 ...`` would
+# compose it; as recipes they share one multirun with quick itself (one process start).
+EXTRAS = {
+    "quick_hires": {**ONE, "seeds": 1, "hires": {"scale": 2, "steps": 2, "denoise": 0.5}},
+    "quick_subseed": {**ONE, "subseed": 100, "subseed_strength": 0.3},  # seeds 1, 2 -> 100, 101
+}
 
 
 def run(cmd: str, *args: str, cwd: Path, **env) -> subprocess.CompletedProcess:
@@ -53,28 +63,41 @@ def chunks(path: Path) -> list[tuple[bytes, bytes]]:
 
 @pytest.fixture(scope="module")
 def roundtrip(tmp_path_factory) -> dict:
-    """quick as is (batches of 4); two of its images replayed, and quick with batch_size=1.
+    """Originals: quick as is (batches of 4), a hires image and a variation-seed image; four of
+    them replayed; the replays and quick with batch_size=1 rendered again.
 
-    The second run is one Hydra multirun (one process, to spare CPU): the two replayed recipes
-    and quick itself, all with batch_size=1. Each job writes to outputs/<name>/multirun/...
+    Each sdbatch run is one Hydra multirun (one process, to spare CPU); each job writes to
+    outputs/<name>/multirun/... under its run's folder.
     """
     root = tmp_path_factory.mktemp("replay")
-    env = {"SDBATCH_CACHE": str(root / "cache"), "SDBATCH_RECIPES": ""}
+    quick = OmegaConf.to_container(OmegaConf.load(ROOT / "recipes" / "quick.yaml"))
+    (root / "extras").mkdir()
+    for name, extra in EXTRAS.items():
+        recipe = OmegaConf.create({**quick, "name": name, **extra})
+        OmegaConf.save(recipe, root / "extras" / f"{name}.yaml")
+    env = {"SDBATCH_CACHE": str(root / "cache"), "SDBATCH_RECIPES": str(root / "extras")}
     cpu = ["steps=2", "run.device=cpu", "run.progress=false"]
-    res = run("sdbatch", "+recipe=quick", *cpu, f"output.dir={root / 'a'}", cwd=root, **env)
+    (root / "a").mkdir()
+    recipes = "+recipe=" + ",".join(["quick", *EXTRAS])
+    res = run("sdbatch", "-m", recipes, *cpu, cwd=root / "a", **env)
     assert res.returncode == 0, res.stderr
-    originals = sorted((root / "a" / "images").glob("*.png"))
+    originals = sorted(outputs(root / "a", "quick").glob("*.png"))
     assert len(originals) == 4
+    (hires,) = outputs(root / "a", "quick_hires").glob("*.png")
+    (subseed,) = [p for p in outputs(root / "a", "quick_subseed").glob("*.png")
+                  if "Variation seed: 101," in read_png_infotext(p)]  # fmt: skip
     picked = [originals[0], originals[-1]]
-    res = run("sdbatch-tools", "replay", *map(str, picked), "-o", str(root / "recipes"), cwd=root)
-    assert res.returncode == 0, res.stderr
-    names = [f"replay_{p.stem}" for p in picked]
-    assert sorted(p.stem for p in (root / "recipes").glob("*.yaml")) == names
+    alone = [hires, subseed]  # made with batch_size=1
+    images = [*picked, *alone]
+    res = run("sdbatch-tools", "replay", *map(str, images), "-o", str(root / "recipes"), cwd=root)
+    assert res.returncode == 0 and "warning" not in res.stderr, res.stderr  # all reproduced
+    names = [f"replay_{p.stem}" for p in images]
+    assert sorted(p.stem for p in (root / "recipes").glob("*.yaml")) == sorted(names)
     env["SDBATCH_RECIPES"] = str(root / "recipes")
     recipes = "+recipe=" + ",".join([*names, "quick"])
     res = run("sdbatch", "-m", recipes, "batch_size=1", *cpu, cwd=root, **env)
     assert res.returncode == 0, res.stderr
-    return {"root": root, "picked": picked, "stdout": res.stdout}
+    return {"root": root, "picked": picked, "alone": alone, "stdout": res.stdout}
 
 
 def outputs(root: Path, name: str) -> Path:
@@ -91,10 +114,33 @@ def replayed(root: Path, original: Path) -> Path:
 @pytest.mark.slow
 def test_replay_plans_the_same_job_id_and_writes_the_same_infotext(roundtrip):
     assert "1 jobs = 1 prompts x 1 sampler x 1 cfg x 1 seeds" in roundtrip["stdout"]
-    for original in roundtrip["picked"]:
+    for original in [*roundtrip["picked"], *roundtrip["alone"]]:
         again = replayed(roundtrip["root"], original)
         assert read_png_infotext(again) == read_png_infotext(original)
         assert chunks(again) == chunks(original)  # everything but the pixel data
+
+
+@pytest.mark.slow
+def test_replayed_recipes_carry_rng_hires_and_variation_seed(roundtrip):
+    root, (hires, subseed) = roundtrip["root"], roundtrip["alone"]
+    params = parse_infotext(read_png_infotext(hires)).params
+    assert params["RNG"] == "CPU" and params["Size"] == "64x64"  # A1111: the first-pass size
+    assert (params["Hires upscale"], params["Hires steps"], params["Hires upscaler"]) == (
+        "2", "2", "Latent",
+    )  # fmt: skip
+    with Image.open(hires) as im:
+        assert im.size == (128, 128)
+    text = (root / "recipes" / f"replay_{hires.stem}.yaml").read_text(encoding="utf-8")
+    assert "\nrng: cpu\n" in text and "\nhires:\n  denoise: 0.5\n  scale: 2\n" in text
+    assert "not reproduced" not in text and "no RNG field" not in text
+    text = (root / "recipes" / f"replay_{subseed.stem}.yaml").read_text(encoding="utf-8")
+    assert "\nseeds: 1\nsize: 64x64\nsubseed: 101\nsubseed_strength: 0.3\nrng: cpu\n" in text
+
+
+@pytest.mark.slow
+def test_hires_and_variation_seed_images_made_alone_replay_byte_identical(roundtrip):
+    for original in roundtrip["alone"]:
+        assert sha(replayed(roundtrip["root"], original)) == sha(original), original.name
 
 
 @pytest.mark.slow
@@ -181,7 +227,7 @@ def test_infotext_on_our_own_png(roundtrip, tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[1] == "negative prompt: blurry" and "Model: sdbatch-tiny" in lines
-    assert lines[-1] == "Version: sdbatch 0.1.0"
+    assert lines[-2:] == ["RNG: CPU", "Version: sdbatch 0.1.0"]  # A1111's default is GPU
 
 
 def test_a_file_without_infotext_is_one_error_line_and_exit_2(a1111_pngs, tmp_path):
@@ -194,11 +240,18 @@ def test_a_file_without_infotext_is_one_error_line_and_exit_2(a1111_pngs, tmp_pa
 
 
 def test_replay_of_a1111_pngs_warns_and_writes_nothing_on_error(a1111_pngs, tmp_path):
-    res = run("sdbatch-tools", "replay", str(a1111_pngs[1]), cwd=tmp_path)
+    res = run("sdbatch-tools", "replay", str(a1111_pngs[1]), str(a1111_pngs[2]), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "sampler: DPM++ 2M Karras\n" in res.stdout
-    assert "# not reproduced: Hires upscale: 2\n" in res.stdout
-    assert f"warning: {a1111_pngs[1]}: not reproduced: Hires upscale: 2\n" in res.stderr
+    first, second = res.stdout.split("\n---\n")
+    assert "sampler: DPM++ 2M Karras\n" in first
+    assert "hires:\n  denoise: 0.5\n  scale: 2\n  steps: 10\n  upscaler: latent\n" in first
+    assert "rng: gpu\n" in first and "# no RNG field: A1111's default noise source" in first
+    assert "subseed: 43\nsubseed_strength: 0.1\n" in second
+    assert "# not reproduced: ENSD: 31337\n" in second
+    warned = [line for line in res.stderr.splitlines() if "not reproduced" in line]
+    assert warned == [
+        f"warning: {a1111_pngs[2]}: not reproduced: ENSD: 31337 (eta noise seed delta)"
+    ]
     bare = tmp_path / "bare.png"
     Image.new("RGB", (8, 8)).save(bare)
     out = tmp_path / "recipes"

@@ -12,6 +12,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 import sdbatch.config as config
+from sdbatch.generation import Hires
 from sdbatch.infotext import format_infotext, parse_infotext
 from sdbatch.recipe import build_plan
 from sdbatch.replay import (
@@ -21,8 +22,9 @@ from sdbatch.replay import (
     default_name,
     recipe_from_infotext,
 )
+from sdbatch.runner import infotext_for
 from sdbatch.samplers import SAMPLERS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, quick_cfg
 
 SAMPLES_FILE = Path(__file__).resolve().parents[1] / "data" / "a1111-infotext-samples.txt"
 
@@ -37,6 +39,7 @@ def load_samples() -> list[str]:
 
 SAMPLES = load_samples()
 NEG_1 = "lowres, ((bad anatomy)), ((bad hands)), text, missing finger"  # sample 1's start
+NO_RNG = "no RNG field: A1111's default noise source, the GPU"  # A1111 omits RNG: GPU
 
 # Per sample: the recipe values replay must write, and the fields it must flag.
 EXPECTED = [
@@ -48,6 +51,7 @@ EXPECTED = [
             "seeds": 3120790884,
             "size": "512x512",
             "model": {"name": "AnythingV5V3_v5PrtRE"},
+            "rng": "gpu",  # no RNG field
         },
         [],
     ),
@@ -61,8 +65,10 @@ EXPECTED = [
             "seeds": 1234567890,
             "size": "512x768",
             "model": {"name": "v1-5-pruned-emaonly"},
+            "hires": {"scale": 2, "steps": 10, "upscaler": "latent", "denoise": 0.5},
+            "rng": "gpu",
         },
-        ["Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler"],
+        [],
     ),
     (
         {
@@ -74,8 +80,11 @@ EXPECTED = [
             "seeds": 42,
             "size": "512x512",
             "model": {"name": "v1-5-pruned-emaonly", "clip_skip": 2},
+            "subseed": 43,
+            "subseed_strength": 0.1,
+            "rng": "gpu",
         },
-        ["Variation seed", "Variation seed strength", "ENSD"],
+        ["ENSD"],
     ),
     (
         {
@@ -87,6 +96,7 @@ EXPECTED = [
             "seeds": 987654321,
             "size": "768x512",
             "model": {"name": "anything-v5"},
+            "rng": "gpu",
         },
         ["VAE", "Lora hashes", "TI hashes", "Emphasis"],
     ),
@@ -100,8 +110,9 @@ EXPECTED = [
             "seeds": 0,
             "size": "512x824",  # 828 is no multiple of 8: A1111's latent is 828 // 8 = 103 high
             "model": {"name": "AnythingV5V3_v5PrtRE"},
+            "rng": "cpu",  # RNG: CPU
         },
-        ["RNG"],
+        [],
     ),
     (
         {
@@ -112,6 +123,7 @@ EXPECTED = [
             "seeds": 4294967295,
             "size": "1024x1024",
             "model": {"name": "sd_xl_base_1.0"},
+            "rng": "gpu",
         },
         ["Prompt S/R"],
     ),
@@ -121,6 +133,12 @@ CASES = list(range(len(EXPECTED)))
 
 def replay(index: int):
     return recipe_from_infotext(SAMPLES[index], f"sample_{index + 1}", f"s{index + 1}.png")
+
+
+def same_types(a, b) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_types(a[k], b[k]) for k in a)
+    return type(a) is type(b)
 
 
 @pytest.fixture
@@ -140,6 +158,20 @@ def compose_recipe(folder: Path, name: str) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def plan_recipe(recipe, folder: Path):
+    """Write the recipe, compose it as ``sdbatch +recipe=NAME`` would, and plan it."""
+    (folder / f"{recipe.name}.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    return build_plan(compose_recipe(folder, recipe.name), recipe_dirs=[folder])
+
+
+def expected_hires(values: dict) -> Hires | None:
+    """The Hires a recipe's ``hires:`` block must plan (HiresConfig's defaults filled in)."""
+    h = values.get("hires")
+    if not h:
+        return None
+    return Hires(float(h["scale"]), h.get("upscaler", "latent"), h.get("steps", 0), h["denoise"])
+
+
 def test_every_sample_has_expectations():
     assert len(SAMPLES) == len(EXPECTED)
 
@@ -151,9 +183,9 @@ def test_sample_becomes_a_recipe_with_the_right_values(index):
     assert recipe.values["name"] == f"sample_{index + 1}"
     for key, value in values.items():
         assert recipe.values[key] == value, key
-        assert type(recipe.values[key]) is type(value), key  # 7 stays 7, 7.5 stays 7.5
-    if "model" not in values:
-        assert "model" not in recipe.values
+        assert same_types(recipe.values[key], value), key  # 7 stays 7, 7.5 stays 7.5
+    for key in ("model", "hires", "subseed", "subseed_strength"):
+        assert (key in recipe.values) == (key in values), key
     assert recipe.values["negative_prompt"].startswith(
         values.get("negative_prompt", NEG_1 if index == 0 else "")
     )
@@ -170,9 +202,7 @@ def test_recipe_yaml_reads_back_as_the_same_values(index, tmp_path):
 @pytest.mark.parametrize("index", CASES)
 def test_recipe_composes_with_hydra_and_plans_exactly_that_job(index, recipes_dir):
     recipe = replay(index)
-    (recipes_dir / f"{recipe.name}.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-    cfg = compose_recipe(recipes_dir, recipe.name)
-    plan = build_plan(cfg, recipe_dirs=[recipes_dir])
+    plan = plan_recipe(recipe, recipes_dir)
     assert len(plan.jobs) == 1
     job, v = plan.jobs[0], recipe.values
     assert (job.prompt, job.negative_prompt) == (v["prompt"], v["negative_prompt"])
@@ -181,6 +211,10 @@ def test_recipe_composes_with_hydra_and_plans_exactly_that_job(index, recipes_di
     assert f"{job.width}x{job.height}" == v["size"]
     assert job.model.name == v.get("model", {}).get("name", "sdbatch-tiny")
     assert job.model.clip_skip == v.get("model", {}).get("clip_skip", 1)
+    ex = job.extras  # hires fix, variation seed, noise source
+    assert ex.hires == expected_hires(v)
+    assert (ex.subseed, ex.subseed_strength) == (v.get("subseed"), v.get("subseed_strength", 0))
+    assert ex.rng == v["rng"]
 
 
 @pytest.mark.parametrize("index", CASES)
@@ -194,6 +228,23 @@ def test_fields_not_reproduced_are_comments_and_warnings(index):
         assert f"\n# not reproduced: {key}:" in text
     noted = [w for w in recipe.warnings if w.startswith("not reproduced")]
     assert len(noted) == len(flagged)
+
+
+@pytest.mark.parametrize("index", CASES)
+def test_a_missing_rng_field_means_a1111s_default_the_gpu(index):
+    recipe = replay(index)
+    has_rng = "RNG" in parse_infotext(SAMPLES[index]).params
+    assert (NO_RNG in recipe.comments) is not has_rng
+    assert f"\n# {NO_RNG}\n" in recipe.to_yaml() or has_rng
+    assert not [w for w in recipe.warnings if "RNG" in w]  # CPU and GPU are both reproduced
+
+
+def test_hires_and_variation_seed_are_written_as_yaml_blocks():
+    hires = replay(1).to_yaml()
+    assert "hires:\n  denoise: 0.5\n  scale: 2\n  steps: 10\n  upscaler: latent\n" in hires
+    assert "rng: gpu\n" in hires
+    seed = replay(2).to_yaml()
+    assert "subseed: 43\nsubseed_strength: 0.1\n" in seed
 
 
 def test_comments_show_values_as_the_infotext_wrote_them():
@@ -216,9 +267,10 @@ def test_foreign_model_is_named_and_warned_about():
 
 
 def our_infotext(**params) -> str:
+    """Infotext like sdbatch writes (``RNG: CPU`` included); a value "" drops that key."""
     base = {"Steps": 2, "Sampler": "Euler a", "CFG scale": 7, "Seed": 1, "Size": "64x64"}
-    base.update({"Model hash": "7799073572", "Model": "sdbatch-tiny", "Version": "sdbatch 0.1.0"})
-    base.update(params)
+    base.update({"Model hash": "7799073572", "Model": "sdbatch-tiny", "RNG": "CPU"})
+    base.update({"Version": "sdbatch 0.1.0"}, **params)
     return format_infotext("a red circle", "blurry", {k: v for k, v in base.items() if v != ""})
 
 
@@ -317,6 +369,101 @@ def test_denoising_strength_without_hires_is_called_img2img():
     assert recipe.warnings == [
         "not reproduced: Denoising strength: 0.75 (img2img: sdbatch makes txt2img images only)"
     ]
+    assert "hires" not in recipe.values
+
+
+HIRES_FIELDS = {"Denoising strength": 0.5, "Hires upscale": 1.5, "Hires upscaler": "Lanczos"}
+
+
+def test_hires_fix_is_mapped_with_any_upscaler_sdbatch_has(recipes_dir):
+    recipe = recipe_from_infotext(our_infotext(**HIRES_FIELDS, **{"Hires steps": 3}), "x")
+    assert recipe.values["hires"] == {
+        "denoise": 0.5,
+        "scale": 1.5,
+        "upscaler": "lanczos",
+        "steps": 3,
+    }
+    assert recipe.warnings == [] and recipe.comments == ["Version: sdbatch 0.1.0"]
+    (job,) = plan_recipe(recipe, recipes_dir).jobs
+    assert job.extras.hires == Hires(1.5, "lanczos", 3, 0.5)
+
+
+@pytest.mark.parametrize("upscaler", ["R-ESRGAN 4x+", "Latent (nearest-exact)", "4x-UltraSharp"])
+def test_an_upscaler_sdbatch_lacks_is_a_warned_comment_and_latent_is_used(upscaler, recipes_dir):
+    text = our_infotext(**{**HIRES_FIELDS, "Hires upscaler": upscaler})
+    recipe = recipe_from_infotext(text, "x")
+    assert recipe.values["hires"] == {"denoise": 0.5, "scale": 1.5}  # the hires fix still runs
+    assert f"not reproduced: Hires upscaler: {upscaler}" in recipe.comments
+    assert recipe.warnings == [
+        f"not reproduced: Hires upscaler: {upscaler} "
+        "(sdbatch has Latent and Lanczos; the recipe uses latent)"
+    ]
+    (job,) = plan_recipe(recipe, recipes_dir).jobs
+    assert job.extras.hires == Hires(1.5, "latent", 0, 0.5)
+
+
+def test_hires_resize_turns_the_whole_hires_fix_into_warned_comments():
+    fields = {"Denoising strength": 0.5, "Hires resize": "1024x1024", "Hires upscaler": "Latent"}
+    recipe = recipe_from_infotext(our_infotext(**fields), "x")
+    assert "hires" not in recipe.values  # no half-set hires block that would not run
+    assert [w.split(":")[0] for w in recipe.warnings] == ["not reproduced"] * 3
+    assert all("Hires resize" in w for w in recipe.warnings)
+
+
+@pytest.mark.parametrize(("rng", "value"), [("CPU", "cpu"), ("GPU", "gpu"), ("", "gpu")])
+def test_rng_cpu_and_gpu_are_mapped(rng, value, recipes_dir):
+    recipe = recipe_from_infotext(our_infotext(RNG=rng), "x")
+    assert recipe.values["rng"] == value and recipe.warnings == []
+    assert (NO_RNG in recipe.comments) == (rng == "")
+    (job,) = plan_recipe(recipe, recipes_dir).jobs
+    assert job.extras.rng == value
+
+
+def test_rng_nv_is_a_warned_comment_and_uses_the_gpu(recipes_dir):
+    recipe = recipe_from_infotext(our_infotext(RNG="NV"), "x")
+    assert "not reproduced: RNG: NV" in recipe.comments and NO_RNG not in recipe.comments
+    assert len(recipe.warnings) == 1
+    assert recipe.warnings[0].startswith("not reproduced: RNG: NV (sdbatch has no CPU copy")
+    assert recipe.values["rng"] == "gpu"  # NV reproduces NVIDIA's GPU noise; cpu would not
+    (job,) = plan_recipe(recipe, recipes_dir).jobs
+    assert job.extras.rng == "gpu"
+
+
+@pytest.mark.parametrize(
+    ("params", "bad"),
+    [
+        ({"Variation seed": 7, "Variation seed strength": 1.5}, "Variation seed strength"),
+        ({"Variation seed": -1, "Variation seed strength": 0.5}, "Variation seed"),
+        ({**HIRES_FIELDS, "Denoising strength": 2}, "Denoising strength"),
+        ({**HIRES_FIELDS, "Hires steps": 2.5}, "Hires steps"),
+    ],
+)
+def test_bad_extra_values_are_one_line_errors(params, bad):
+    with pytest.raises(ReplayError, match=f"^a.png: {bad}: '.*' is not allowed"):
+        recipe_from_infotext(our_infotext(**params), "x", "a.png")
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},
+        {"rng": "gpu"},
+        {"hires": {"scale": 2, "steps": 2, "denoise": 0.5}},
+        {"hires": {"scale": 1.5, "upscaler": "lanczos", "denoise": 0.35}, "rng": "gpu"},
+        {"seeds": [5, 6], "subseed": 100, "subseed_strength": 0.3},
+        {"subseed": 7, "subseed_strength": 1, "hires": {"scale": 2, "denoise": 0.7}},
+    ],
+    ids=["plain", "gpu", "hires", "lanczos-gpu", "subseed", "subseed-hires"],
+)
+def test_our_own_infotext_replays_to_the_same_job_id(cfg, recipes_dir):
+    """sdbatch's infotext -> recipe -> the same job id and the same infotext, for every extra."""
+    original = build_plan(quick_cfg(**{"prompt": "a red circle", "seeds": [1], **cfg})).jobs[-1]
+    recipe = recipe_from_infotext(infotext_for(original), "again")
+    assert recipe.warnings == []
+    (job,) = plan_recipe(recipe, recipes_dir).jobs
+    assert job.extras == original.extras
+    assert job.job_id == original.job_id
+    assert infotext_for(job) == infotext_for(original)
 
 
 def test_prompt_hazards_are_warned_about():
