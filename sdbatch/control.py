@@ -132,6 +132,8 @@ class StopSignal:
         if signum == signal.SIGINT and self.reason == "Ctrl-C":
             raise KeyboardInterrupt
         self.reason = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        again = "; Ctrl-C again aborts" if signum == signal.SIGINT else ""
+        os.write(2, f"\nstopping after the batch in flight ({self.reason}){again}\n".encode())
 
     def should_stop(self) -> bool:
         if self.reason is None and self.deadline is not None:

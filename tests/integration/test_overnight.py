@@ -62,8 +62,8 @@ def test_a_live_run_holding_the_folder_is_named_and_a_dead_ones_lock_is_taken_ov
 
 def test_sigterm_stops_after_the_batch_in_flight_and_the_rerun_completes(tmp_path):
     out = tmp_path / "out"
-    args = ["+recipe=hair_styles", "steps=4", "run.device=cpu", "run.progress=false",
-            f"output.dir={out}"]  # fmt: skip
+    args = ["+recipe=hair_styles", "steps=3", "sampler=Euler a", "grids=[]", "run.device=cpu",
+            "run.progress=false", f"output.dir={out}"]  # fmt: skip
     proc = subprocess.Popen([SDBATCH, *args], cwd=ROOT, env=sdbatch_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 300
@@ -95,13 +95,18 @@ def test_second_ctrl_c_aborts(tmp_path):
     while time.time() < deadline and not list(out.glob("images/*.png")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    # the first Ctrl-C is acknowledged before the second is sent (two signals that arrive
+    # during one long torch call would reach Python as one)
+    first = proc.stderr.readline()
+    while first.strip() == "":
+        first = proc.stderr.readline()
+    assert first.strip() == "stopping after the batch in flight (Ctrl-C); Ctrl-C again aborts"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr
     assert "aborted: finished batches are saved" in stderr and "Traceback" not in stderr
     table = rows(out)
-    assert len(table) == len(list(out.glob("images/*.png")))
+    assert 0 < len(table) == len(list(out.glob("images/*.png"))) < 60
 
 
 def test_deadline_stops_cleanly_and_says_how_to_continue(tmp_path):
