@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sdbatch.atomic import atomic_file
 from sdbatch.errors import UserError
 from sdbatch.manifest_tools import (
     DataError,
@@ -111,24 +111,16 @@ def _json_value(v):
 
 def _write_metadata(table: pa.Table, names: list[str], path: Path) -> None:
     """One JSON object a line, written to a temp file, fsynced and renamed."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     var_cols = [f"var_{n}" for n in names]
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for batch in table.to_batches(max_chunksize=10_000):
-                cols = batch.to_pydict()
-                keys = list(cols)
-                for values in zip(*cols.values(), strict=True):
-                    row = {k: _json_value(v) for k, v in zip(keys, values, strict=True)}
-                    if "vars" in row:
-                        row["vars"] = {n: row[c] for n, c in zip(names, var_cols, strict=True)}
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        for batch in table.to_batches(max_chunksize=10_000):
+            cols = batch.to_pydict()
+            keys = list(cols)
+            for values in zip(*cols.values(), strict=True):
+                row = {k: _json_value(v) for k, v in zip(keys, values, strict=True)}
+                if "vars" in row:
+                    row["vars"] = {n: row[c] for n, c in zip(names, var_cols, strict=True)}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def export_imagefolder(

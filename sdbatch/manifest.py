@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from sdbatch.atomic import atomic_file, fsync_dir
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -64,26 +65,10 @@ SCHEMA = pa.schema(
 COMPACT_AFTER = 64  # parts; merged into one segment when more pile up during a run
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(table: pa.Table, path: Path) -> None:
     """Write, fsync, rename: the file appears whole or not at all."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         pq.write_table(table, f, compression="zstd")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class Manifest:
@@ -132,7 +117,7 @@ class Manifest:
         _write_atomic(table, path)
         for p in files:
             p.unlink(missing_ok=True)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def maybe_compact(self) -> None:
         if sum(p.name.startswith("part-") for p in self.files()) >= COMPACT_AFTER:

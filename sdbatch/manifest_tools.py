@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sdbatch.atomic import atomic_file
 from sdbatch.errors import UserError
 from sdbatch.manifest import SCHEMA, Manifest
 
@@ -286,21 +286,8 @@ def plain_output(table: pa.Table, keep: bool) -> pa.Table:
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Temp file, fsync, rename, fsync the folder: the file appears whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd", row_group_size=128 * 1024)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic_file(path) as f:
+        pq.write_table(table, f, compression="zstd", row_group_size=128 * 1024)
 
 
 @dataclass

@@ -16,13 +16,13 @@ import os
 import sys
 import time
 import traceback
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sdbatch import __version__
+from sdbatch.atomic import fsync_dir, write_bytes_atomic
 from sdbatch.control import EXIT_STOPPED, OutputLock, StopSignal, parse_deadline
 from sdbatch.errors import UserError
 from sdbatch.faults import Faults
@@ -99,19 +99,6 @@ def done_jobs(jobs: list[Job], out_dir: Path, manifest: Manifest, verify: str = 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
         flags = list(pool.map(intact, rows))
     return {r["job_id"] for r, ok in zip(rows, flags, strict=True) if ok}
-
-
-def write_file_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def encode_png(pixels, infotext: str) -> bytes:
@@ -223,7 +210,7 @@ def run_batch(render, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path, 
             continue
         data = encode_png(pixels, infotext_for(job))
         rel = f"images/{job.image_name}"
-        write_file_atomic(out_dir / rel, data)
+        write_bytes_atomic(out_dir / rel, data, sync_dir=False)
         rows.append(
             _row(
                 job,
@@ -236,6 +223,8 @@ def run_batch(render, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path, 
                 **times,
             )  # fmt: skip
         )
+    if any(r["status"] == "ok" for r in rows):
+        fsync_dir(out_dir / "images")  # the renames are durable before the rows are written
     return rows
 
 

@@ -1,0 +1,50 @@
+"""Crash-safe file writes: a file appears whole under its name, or not at all.
+
+Write to a hidden temporary name beside the target, flush and fsync, rename over the target,
+then (optionally) fsync the folder so the rename itself survives a power cut. On any error the
+temporary file is removed. Readers skip hidden files, so they never see a partial one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make renames inside ``path`` durable (best effort where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb", sync_dir: bool = True,
+                **open_kwargs) -> Iterator:  # fmt: skip
+    """``with atomic_file(p) as f: f.write(...)`` -- ``p`` gets all of it or nothing."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, sync_dir: bool = True) -> None:
+    with atomic_file(path, "wb", sync_dir=sync_dir) as f:
+        f.write(data)
