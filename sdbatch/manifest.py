@@ -63,6 +63,7 @@ SCHEMA = pa.schema(
     ]
 )
 COMPACT_AFTER = 64  # parts; merged into one segment when more pile up during a run
+MAX_SEGMENTS = 16  # beyond this many segments a compaction rewrites everything into one
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
@@ -107,16 +108,28 @@ class Manifest:
         table = _dedup_last(table)
         return table if columns is None else table.select(columns)
 
-    def compact(self) -> None:
-        """Merge every file into one segment; the old files go once the new one is durable."""
+    def compact(self, full: bool = False) -> None:
+        """Merge the part files into one new segment (O(parts), not O(manifest)); the old
+        files go once the new one is durable. ``full`` (or many segments) merges everything,
+        dropping rows that newer ones replaced."""
         files = self.files()
-        if len(files) <= 1:
+        parts = [p for p in files if p.name.startswith("part-")]
+        segments = len(files) - len(parts)
+        full = full or segments >= MAX_SEGMENTS
+        merge = files if full else parts
+        if len(merge) <= 1:
             return
-        table = self.read()
-        path = self.dir / f"seg-{time.time_ns():020d}-{os.getpid()}.parquet"
+        if full:
+            table = self.read()
+        else:
+            table = _dedup_last(pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in merge]))
+        # named after the newest file it holds, so the write order of rows is kept
+        stamp = merge[-1].name.split("-")[1]
+        path = self.dir / f"seg-{stamp}-{os.getpid()}.parquet"
         _write_atomic(table, path)
-        for p in files:
-            p.unlink(missing_ok=True)
+        for p in merge:
+            if p != path:
+                p.unlink(missing_ok=True)
         fsync_dir(self.dir)
 
     def maybe_compact(self) -> None:

@@ -176,6 +176,16 @@ def job_id(
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def _json_prefix(model_key, prompt, negative, sampler, scheduler, steps, cfg) -> str:
+    """job_id's JSON up to the seed: ``[model,prompt,...,"cfg",`` (same bytes as job_id)."""
+    head = [model_key, prompt, negative, sampler, scheduler, steps, repr(float(cfg))]
+    return json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1] + ","
+
+
+def _json_tail(extras: str) -> str:
+    return "," + json.dumps(extras, ensure_ascii=False) if extras else ""
+
+
 def _prompt_items(cfg: dict, recipe_dirs: list[Path]) -> list[PromptItem]:
     prompts = [str(p) for p in as_list(cfg.get("prompt"))]
     templates = [str(t) for t in as_list(cfg.get("template"))]
@@ -227,30 +237,43 @@ def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
     variations = _variations(cfg, seeds)
 
     jobs: list[Job] = []
-    product = itertools.product(models, sizes, samplers, steps, cfgs, items, variations)
-    for model, (w, h), sampler, n_steps, scale, item, (seed, extras) in product:
-        spec = scheduler_spec(sampler)
-        jid = job_id(model.key, item.text, negative, sampler.name, spec, n_steps, scale, seed, w,
-                     h, extras.key())  # fmt: skip
-        jobs.append(
-            Job(
-                jid,
-                len(jobs),
-                model,
-                item.text,
-                negative,
-                item.template,
-                item.vars,
-                sampler.name,
-                spec,
-                n_steps,
-                scale,
-                seed,
-                w,
-                h,
-                extras,
-            )  # fmt: skip
-        )
+    # Per-job work is only what varies per job: everything else is hoisted to its loop level,
+    # and the id's JSON is built once per (model, size, sampler, steps, cfg, prompt) as a prefix.
+    var_keys = [(seed, extras, _json_tail(extras.key())) for seed, extras in variations]
+    for model in models:
+        mkey = model.key
+        for w, h in sizes:
+            size_tail = f",{w},{h}"
+            for sampler in samplers:
+                spec = scheduler_spec(sampler)
+                for n_steps in steps:
+                    for scale in cfgs:
+                        for item in items:
+                            prefix = _json_prefix(
+                                mkey, item.text, negative, sampler.name, spec, n_steps, scale
+                            )
+                            for seed, extras, tail in var_keys:
+                                key = f"{prefix}{seed}{size_tail}{tail}]"
+                                jid = hashlib.sha256(key.encode()).hexdigest()[:16]
+                                jobs.append(
+                                    Job(
+                                        jid,
+                                        len(jobs),
+                                        model,
+                                        item.text,
+                                        negative,
+                                        item.template,
+                                        item.vars,
+                                        sampler.name,
+                                        spec,
+                                        n_steps,
+                                        scale,
+                                        seed,
+                                        w,
+                                        h,
+                                        extras,
+                                    )
+                                )
     axes = {
         "models": len(models),
         "prompts": len(items),
@@ -299,7 +322,23 @@ def _variations(cfg: dict, seeds: list[int]) -> list[tuple[int, Extras]]:
 def make_batches(jobs: list[Job], batch_size: int) -> list[Batch]:
     """Consecutive jobs sharing model, size, sampler, steps and cfg, up to batch_size each."""
     batches: list[Batch] = []
-    for _, group in itertools.groupby(jobs, key=_batch_key):
+    model_keys: dict[int, str] = {}
+
+    def batch_key(job: Job) -> tuple:
+        mkey = model_keys.get(id(job.model))
+        if mkey is None:
+            mkey = model_keys[id(job.model)] = job.model.key
+        return (
+            mkey,
+            job.width,
+            job.height,
+            job.scheduler,
+            job.steps,
+            job.cfg,
+            job.extras.batch_key(),
+        )
+
+    for _, group in itertools.groupby(jobs, key=batch_key):
         group_jobs = list(group)
         for start in range(0, len(group_jobs), batch_size):
             chunk = tuple(group_jobs[start : start + batch_size])

@@ -142,3 +142,16 @@ def test_pure_modules_import_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_plan_ids_equal_job_id_of_each_jobs_fields():
+    """build_plan builds ids from a shared JSON prefix for speed; it must match job_id()."""
+    plan = build_plan(quick_cfg(cfg=[5, 7.5], hires={"scale": 2}, subseed=9, subseed_strength=0.2))
+    for j in plan.jobs:
+        assert j.job_id == job_id(j.model.key, j.prompt, j.negative_prompt, j.sampler,
+                                  j.scheduler, j.steps, j.cfg, j.seed, j.width, j.height,
+                                  j.extras.key())  # fmt: skip
+    plain = build_plan(quick_cfg()).jobs[0]
+    assert plain.job_id == job_id(plain.model.key, plain.prompt, plain.negative_prompt,
+                                  plain.sampler, plain.scheduler, plain.steps, plain.cfg,
+                                  plain.seed, plain.width, plain.height)  # fmt: skip

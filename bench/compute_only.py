@@ -1,0 +1,81 @@
+"""Way (c): the limit. The denoising + VAE decode that sdbatch runs, and nothing else.
+
+Same forward passes as sdbatch: batches of consecutive jobs sharing (sampler, cfg), up to
+batch_size, one CPU generator per image, each prompt pair encoded once (diffusers'
+``encode_prompt``, bit-identical to sdbatch's encoder for plain prompts), ``output_type="np"``
+and sdbatch's float -> uint8 rounding. No PNG encoding, no file I/O, no manifest, no Hydra.
+
+It prints, as its last stdout line, JSON with the ready / first-batch moments (epoch seconds)
+and a 16-hex sha256 of every image's uint8 pixels: the harness compares them with sdbatch's
+PNGs, which proves this really is sdbatch's compute (hashing 12 KiB per image costs ~10 us).
+
+    python bench/compute_only.py JOBS.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from workloads import batches  # bench/ is sys.path[0] when run as a script
+
+from sdbatch.models import EMBEDDED_MODEL_PATH
+from sdbatch.samplers import build_scheduler, resolve_sampler
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    jobs, batch_size = spec["jobs"], spec["batch_size"]
+    pipe = StableDiffusionPipeline.from_pretrained(
+        EMBEDDED_MODEL_PATH, local_files_only=True, safety_checker=None
+    )
+    pipe.set_progress_bar_config(disable=True)
+    ready, first = time.time(), None
+    digests: dict[int, str] = {}
+    embeds: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+    with torch.inference_mode():
+        for job in jobs:  # once per distinct (prompt, negative) pair
+            key = (job["prompt"], job["negative_prompt"])
+            if key not in embeds:
+                embeds[key] = pipe.encode_prompt(job["prompt"], pipe.device, 1, True, key[1])
+        for batch in batches(jobs, batch_size):
+            job, seeds = batch[0], [j["seed"] for j in batch]
+            pipe.scheduler = build_scheduler(
+                resolve_sampler(job["sampler"]), pipe.scheduler.config, seeds=seeds
+            )
+            pairs = [embeds[(j["prompt"], j["negative_prompt"])] for j in batch]
+            images = pipe(
+                prompt_embeds=torch.cat([p[0] for p in pairs]),
+                negative_prompt_embeds=torch.cat([p[1] for p in pairs]),
+                num_inference_steps=job["steps"],
+                guidance_scale=job["cfg"],
+                width=job["width"],
+                height=job["height"],
+                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                output_type="np",
+            ).images
+            for j, img in zip(batch, images, strict=True):
+                pixels = (np.nan_to_num(img) * 255).round().clip(0, 255).astype(np.uint8)
+                digests[j["i"]] = hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
+            first = first or time.time()
+    print(
+        json.dumps(
+            {
+                "ready": ready,
+                "first": first,
+                "images": len(jobs),
+                "digests": digests,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

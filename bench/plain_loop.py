@@ -1,0 +1,84 @@
+"""Way (a): the loop a user would write with plain diffusers; (a') with --by-seed.
+
+(a) one ``pipe(prompt, ...)`` call per image, its own CPU generator, ``image.save(path)``.
+(a') the same loop hand-batched by seed: one call per (prompt, sampler, cfg) with
+``num_images_per_prompt=len(seeds)`` and one generator per seed.
+
+The scheduler comes from ``sdbatch.samplers.build_scheduler`` so "Euler a" is the same
+scheduler as in sdbatch (a pure module: it costs no extra imports). Progress bars are off, as in
+sdbatch's timed run. Jobs come from the JSON the harness wrote, so every way renders the same
+set; images are named ``<index>.png``. The last stdout line is JSON with the moment the model
+was ready and the first image was saved (epoch seconds), for the harness.
+
+    python bench/plain_loop.py JOBS.json OUT_DIR [--by-seed]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from sdbatch.models import EMBEDDED_MODEL_PATH
+from sdbatch.samplers import build_scheduler, resolve_sampler
+
+
+def main() -> None:
+    jobs_file, out = Path(sys.argv[1]), Path(sys.argv[2])
+    by_seed = "--by-seed" in sys.argv[3:]
+    jobs = json.loads(jobs_file.read_text())["jobs"]
+    out.mkdir(parents=True, exist_ok=True)
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        EMBEDDED_MODEL_PATH, local_files_only=True, safety_checker=None
+    )
+    pipe.set_progress_bar_config(disable=True)
+    ready, first = time.time(), None
+
+    if by_seed:  # one call per (prompt, sampler, cfg): all its seeds at once
+        groups = [
+            list(g)
+            for _, g in itertools.groupby(
+                jobs, key=lambda j: (j["prompt"], j["sampler"], j["cfg"], j["steps"])
+            )
+        ]
+    else:
+        groups = [[job] for job in jobs]
+    for group in groups:
+        job, seeds = group[0], [j["seed"] for j in group]
+        sampler = resolve_sampler(job["sampler"])
+        pipe.scheduler = build_scheduler(sampler, pipe.scheduler.config, seeds=seeds)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        images = pipe(
+            job["prompt"],
+            negative_prompt=job["negative_prompt"],
+            num_inference_steps=job["steps"],
+            guidance_scale=job["cfg"],
+            width=job["width"],
+            height=job["height"],
+            num_images_per_prompt=len(group),
+            generator=generators if by_seed else generators[0],
+        ).images
+        for j, image in zip(group, images, strict=True):
+            image.save(out / f"{j['i']:04d}.png")
+        first = first or time.time()
+
+    print(
+        json.dumps(
+            {
+                "ready": ready,
+                "first": first,
+                "images": len(jobs),
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
