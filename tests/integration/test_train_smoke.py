@@ -1,0 +1,142 @@
+"""The shapes-model trainer end to end on tiny settings (a few seconds on one CPU thread):
+both phases, checkpoints, an interrupted run that resumes to the very same weights, and an
+output folder that diffusers and sdbatch's evaluator load and render."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from sdbatch.models import eval_tiny, shapes_model  # noqa: E402
+from sdbatch.models.train_tiny import TrainConfig, Trainer, lr_factor  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """The trainer sets torch's thread count; other tests keep theirs."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(root, **overrides) -> TrainConfig:
+    cfg = dict(
+        out=root / "model",
+        work=root / "work",
+        batch=4,
+        vae_steps=3,
+        unet_steps=4,
+        warmup=2,
+        ckpt_every=2,
+        threads="1",
+        progress=False,
+    )
+    cfg.update(overrides)
+    return TrainConfig(**cfg)
+
+
+def test_train_interrupt_resume_export_and_render(tmp_path):
+    straight = Trainer(tiny(tmp_path / "a"))
+    out = straight.run()
+
+    first = Trainer(tiny(tmp_path / "b"))
+    real_step = first.one_step
+
+    def interrupted(phase):
+        if first.step == 5:
+            raise KeyboardInterrupt
+        return real_step(phase)
+
+    first.one_step = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    ckpts = sorted((tmp_path / "b" / "work" / "checkpoints").glob("step-*.pt"))
+    assert [p.name for p in ckpts] == ["step-0000004.pt", "step-0000005.pt"]  # keep=2
+
+    resumed = Trainer(tiny(tmp_path / "b"))
+    resumed.run()
+    assert resumed.step == straight.step == 7
+    assert resumed.history == straight.history  # same data, noise and schedule per step
+    assert all(torch.equal(a, b) for a, b in zip(resumed.ema, straight.ema, strict=True))
+    assert resumed.scaling == straight.scaling
+
+    # The folder is a plain SD 1.x diffusers folder with the full CLIP vocabulary.
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True, safety_checker=None)
+    assert pipe.text_encoder.get_input_embeddings().weight.shape == (49408, 64)
+    assert pipe.vae_scale_factor == 4
+    assert pipe.vae.config.scaling_factor == pytest.approx(straight.scaling)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        "a red circle on a white background",
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "python -m sdbatch.models.train_tiny" in card and "--vae-steps 3" in card
+    assert (out / "training_loss.png").is_file()
+    assert json.loads((out / "model_index.json").read_text())["_name_or_path"] == "sdbatch-shapes"
+
+    # The evaluator renders through sdbatch's Renderer and writes its report.
+    report = tmp_path / "eval" / "report.md"
+    eval_tiny.main(
+        [
+            "--model",
+            str(out),
+            "--out",
+            str(report),
+            "--limit",
+            "2",
+            "--seeds",
+            "1",
+            "--samplers",
+            "DPM++ 2M Karras",
+            "--cfg",
+            "7",
+            "1",
+            "--threads",
+            "1",
+            "--steps",
+            "2",
+        ]
+    )
+    data = json.loads(report.with_suffix(".json").read_text())
+    assert [(r["sampler"], r["cfg"], r["images"]) for r in data["results"]] == [
+        ("DPM++ 2M Karras", 7.0, 2),
+        ("DPM++ 2M Karras", 1.0, 2),
+    ]
+    assert "## Targets" in report.read_text() and report.with_suffix(".png").is_file()
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    Trainer(tiny(tmp_path, vae_steps=2, unet_steps=0)).run()
+    with pytest.raises(SystemExit, match="seed: 0 -> 1"):
+        Trainer(tiny(tmp_path, vae_steps=2, unet_steps=0, seed=1)).run()
+
+
+def test_compact_table_matches_the_exported_full_table():
+    tok = shapes_model.load_tokenizer()
+    used = shapes_model.used_token_ids(tok, ["a", "red", "circle"])
+    _, _, text = shapes_model.build_components(0)
+    compact = shapes_model.compact_text_encoder(text, used)
+    with torch.no_grad():
+        compact.weight.normal_()
+    full = shapes_model.full_text_encoder(text, used)
+    ids = torch.tensor([[49406, 320, 736, 7117, 1234, 49407] + [49407] * 71])
+    with torch.no_grad():
+        assert torch.allclose(text(ids)[0], full(ids)[0], atol=1e-6)
+    table = full.get_input_embeddings().weight
+    assert torch.equal(table[1234], table[5678])  # every unused token: the "unknown" row
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.1)
