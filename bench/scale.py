@@ -176,7 +176,7 @@ def child_resume(folder: str) -> dict:
     table = manifest.read(columns=["job_id", "status", "image", "image_sha256"])
     t1 = time.perf_counter()
     del table
-    done, failed = scan_manifest(jobs, Path(folder).parent, manifest, verify="size")
+    done, failed, _ = scan_manifest(jobs, Path(folder).parent, manifest, verify="size")
     t2 = time.perf_counter()
     return {"read": t1 - t0, "total": t2 - t1, "failed": len(failed)}
 
