@@ -96,16 +96,18 @@ def scan_manifest(jobs: list[Job], out_dir: Path, manifest: Manifest, verify: st
     base = os.fspath(out_dir)
 
     def intact(i: int) -> bool:
-        path = os.path.join(base, images[i])
         try:
-            if verify == "size":
-                return os.stat(path).st_size > 0
-            return sha256_file(path) == hashes[i]
+            return sha256_file(os.path.join(base, images[i])) == hashes[i]
         except OSError:
             return False
 
-    if verify == "size":  # one stat per image: threads would only add overhead
-        flags = [intact(i) for i in range(len(ids))]
+    if verify == "size":  # one stat per image, a tight loop: threads would only add overhead
+        prefix, stat, flags = base + os.sep, os.stat, []
+        for image in images:
+            try:
+                flags.append(stat(prefix + image).st_size > 0)
+            except OSError:
+                flags.append(False)
     else:  # hashing releases the GIL; bounded chunks keep memory flat at millions of rows
         flags = []
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:

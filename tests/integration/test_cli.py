@@ -189,3 +189,13 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(tmp_path):
     for p in (out / "images").glob("*.png"):
         with Image.open(p) as im:
             im.load()
+
+
+def test_verify_size_resume_checks_presence_without_hashing(tmp_path):
+    out = tmp_path / "quick"
+    assert quick(out).returncode == 0
+    victim = sorted((out / "images").glob("*.png"))[0]
+    victim.unlink()
+    res = quick(out, "run.verify=size")
+    assert res.returncode == 0 and "3 done" in res.stdout
+    assert "done: 1 written, 3 skipped" in res.stdout and victim.exists()
