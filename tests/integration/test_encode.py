@@ -9,37 +9,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sdbatch.encode import chunk_count, encode_prompt_pair, prompt_chunks
 from sdbatch.models import EMBEDDED_MODEL_PATH
+from tests.tiny import tiny_unet, tiny_vae
 
 TOKENIZER_DIR = EMBEDDED_MODEL_PATH / "tokenizer"
 CPU = torch.device("cpu")
 
 
 def build_pipe(tokenizer: CLIPTokenizer) -> StableDiffusionPipeline:
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-    )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-    )
+    unet = tiny_unet()
+    vae = tiny_vae()
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(

@@ -17,6 +17,7 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from sdbatch.samplers import SAMPLERS, build_scheduler  # noqa: E402
+from tests.tiny import tiny_unet, tiny_vae  # noqa: E402
 
 # Stable Diffusion 1.5's scheduler_config.json.
 SD15_SCHEDULER = {
@@ -58,26 +59,8 @@ def sd(tmp_path_factory):
     """(pipeline, the model's scheduler config). One CPU thread: far faster on a busy 2-core box."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-    )
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-    )
+    unet = tiny_unet()
+    vae = tiny_vae()
     torch.manual_seed(0)
     text_encoder = transformers.CLIPTextModel(
         transformers.CLIPTextConfig(

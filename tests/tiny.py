@@ -1,0 +1,24 @@
+"""Tiny SD-1.x UNet and VAE for tests, shaped by the embedded model's own configs.
+
+One source of truth for the shapes (sdbatch/models/tiny/*/config.json, written by
+build_tiny.py), seeded random weights so each test file can build its own pipeline.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from sdbatch.models import EMBEDDED_MODEL_PATH
+
+
+def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel.from_config(
+        UNet2DConditionModel.load_config(EMBEDDED_MODEL_PATH / "unet")
+    )
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL.from_config(AutoencoderKL.load_config(EMBEDDED_MODEL_PATH / "vae"))
