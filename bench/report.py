@@ -156,8 +156,9 @@ def scale_lines(res: dict) -> list[str]:
         f"-> {plan['batches']:,} batches | {plan['seconds']:.2f} s, peak RSS "
         f"{plan['rss_mib']:.0f} MiB (process; {plan['rss_before_mib']:.0f} MiB before) "
         f"| < {PLAN_TARGET_S:.0f} s, < 2 GB: {ok(plan_ok)} |",
-        f'| (ii) resume scan: `runner.scan_manifest(verify="size")` (one read '
-        f"{rs['read']:.2f} s, Arrow filtering, one stat per image; images absent) "
+        f'| (ii) resume scan: `resume.scan_manifest(verify="size")` (one read '
+        f"{rs['read']:.2f} s, Arrow filtering, one stat per image; all 1M images on disk, "
+        "as hard links) "
         f"| {rs['total']:.2f} s, peak RSS {rs['rss_mib']:.0f} MiB | < {RESUME_TARGET_S:.0f} s: "
         f"{ok(rs['total'] < RESUME_TARGET_S)} |",
         f"| (iii) `Manifest.append` of 4 rows: empty manifest vs 1M rows (median of 9) "

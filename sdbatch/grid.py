@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdbatch.errors import UserError
+from sdbatch.errors import RecipeError, UserError
 from sdbatch.infotext import format_infotext, format_value, parse_infotext, png_info
 from sdbatch.manifest import SCHEMA, Manifest
 
@@ -192,8 +192,23 @@ def varying(rows: list[dict], skip: Iterable[str]) -> dict[str, list]:
     return out
 
 
-def load_cell_image(row: dict | None, size: tuple[int, int], text_font=None):
-    """The row's image at ``size``, or a placeholder cell saying why there is none."""
+SCALE_ALLOWED = "a whole number of at least 1 (4 draws each pixel as a 4x4 block)"
+
+
+def check_scale(scale, field: str = "--scale") -> int:
+    """A cell upscale factor: an integer >= 1 (``4.0`` from YAML is 4); else a one-line error."""
+    ok = isinstance(scale, int | float) and not isinstance(scale, bool)
+    if not ok or not float(scale).is_integer() or scale < 1:
+        raise RecipeError(field, scale, SCALE_ALLOWED)
+    return int(scale)
+
+
+def load_cell_image(row: dict | None, size: tuple[int, int], text_font=None, scale: int = 1):
+    """The row's image at ``size``, or a placeholder cell saying why there is none.
+
+    ``scale`` > 1: ``size`` is the scaled cell; the image is brought to ``size // scale`` as
+    before, then enlarged with nearest-neighbour resampling (each pixel a crisp block).
+    """
     from PIL import Image, ImageDraw
 
     kind = "empty" if row is None else {"failed": "failed", "nan": "nan"}.get(row["status"])
@@ -202,7 +217,9 @@ def load_cell_image(row: dict | None, size: tuple[int, int], text_font=None):
         if path is not None and path.is_file():
             with Image.open(path) as im:
                 im = im.convert("RGB")
-                return im if im.size == size else im.resize(size)
+                native = (size[0] // scale, size[1] // scale)
+                im = im if im.size == native else im.resize(native)
+                return im if scale == 1 else im.resize(size, Image.Resampling.NEAREST)
         kind = "missing"
     cell = Image.new("RGB", size, COLOURS[kind])
     text = PLACEHOLDER_TEXT[kind]
@@ -300,10 +317,16 @@ def iter_grids(
     z: str | None = None,
     where: str | None = None,
     max_megapixels: float = 200,
+    scale: int = 1,
 ):
-    """One labelled sheet per z value: x across, y down, sorted values, placeholders for gaps."""
+    """One labelled sheet per z value: x across, y down, sorted values, placeholders for gaps.
+
+    ``scale`` enlarges every cell by that integer factor (nearest neighbour) before the labels
+    are laid out, so they are sized for the enlarged cells; 1 is A1111's (cells at image size).
+    """
     from PIL import Image, ImageDraw
 
+    scale = check_scale(scale)
     for col, opt in ((x, "--x"), (y, "--y"), (z, "--z")):
         if col is not None:
             check_column(rows, col, opt)
@@ -313,6 +336,7 @@ def iter_grids(
     zs = distinct(rows, z) if z else [None]
     ok = [r for r in rows if r["status"] == "ok"] or rows
     cw, ch = max(r["width"] or 0 for r in ok) or 64, max(r["height"] or 0 for r in ok) or 64
+    cw, ch = cw * scale, ch * scale
     font_size, line_h, pad, left = label_metrics(cw, ch)
     left = left if y else 0
     font = font_for(font_size)
@@ -321,9 +345,10 @@ def iter_grids(
     width, height = left + cw * len(xs), top + ch * len(ys)
     mp = width * height / 1e6
     if mp > max_megapixels:
+        lower = f", lower --scale {scale}" if scale > 1 else ""
         raise UserError(
             f"grid would be {width}x{height} = {mp:.1f} megapixels per sheet, above "
-            f"--max-megapixels {max_megapixels:g}; narrow it with --where or raise the limit"
+            f"--max-megapixels {max_megapixels:g}; narrow it with --where{lower} or raise the limit"
         )
     axes = [("X", x, xs)] + ([("Y", y, ys)] if y else []) + ([("Z", z, zs)] if z else [])
     for zv in zs:
@@ -355,7 +380,8 @@ def iter_grids(
                 found = cells.get((i, j), [])
                 crowded += len(found) > 1
                 row = pick_first(found) if found else None
-                sheet.paste(load_cell_image(row, (cw, ch), font), (left + i * cw, top + j * ch))
+                cell = load_cell_image(row, (cw, ch), font, scale)
+                sheet.paste(cell, (left + i * cw, top + j * ch))
         notes = []
         if crowded:
             picked = [r for group in cells.values() for r in group]
@@ -385,10 +411,10 @@ def grid_path(out_dir: Path, x: str, y: str | None, z: str | None, zv, out=None)
 
 
 def write_grids(rows: list[dict], x: str, y=None, z=None, where=None, max_megapixels=200.0,
-                out_dir: str | os.PathLike = ".", out=None) -> list[Sheet]:  # fmt: skip
+                out_dir: str | os.PathLike = ".", out=None, scale=1) -> list[Sheet]:  # fmt: skip
     """Draw and save one sheet at a time (a 200-megapixel sheet is 600 MB in memory)."""
     written: list[Sheet] = []
-    for sheet in iter_grids(rows, x, y, z, where, max_megapixels):
+    for sheet in iter_grids(rows, x, y, z, where, max_megapixels, scale):
         path = grid_path(Path(out_dir), x, y, z, sheet.z, out)
         if any(path == s.path for s in written):  # two z values with the same file name
             path = path.with_name(f"{path.stem}-{len(written) + 1}{path.suffix}")
@@ -399,7 +425,7 @@ def write_grids(rows: list[dict], x: str, y=None, z=None, where=None, max_megapi
     return written
 
 
-GRID_KEYS = {"x", "y", "z", "where", "max_megapixels"}
+GRID_KEYS = {"x", "y", "z", "where", "max_megapixels", "scale"}
 
 
 def validate_grid_specs(grids: list[dict]) -> None:
@@ -412,6 +438,8 @@ def validate_grid_specs(grids: list[dict]) -> None:
             allowed = ", ".join(sorted(GRID_KEYS))
             raise UserError(f"grids[{i}]: unknown key {sorted(extra)[0]!r}; allowed: {allowed}")
         parse_where(spec.get("where"))
+        if "scale" in spec:
+            check_scale(spec["scale"], f"grids[{i}].scale")
 
 
 def draw_recipe_grids(out_dir: str | os.PathLike, grids: list[dict]) -> list[Path]:
@@ -427,6 +455,6 @@ def draw_recipe_grids(out_dir: str | os.PathLike, grids: list[dict]) -> list[Pat
     written = []
     for spec in grids:
         x, y, z, where = spec["x"], spec.get("y"), spec.get("z"), spec.get("where")
-        limit = spec.get("max_megapixels", 200)
-        written += [s.path for s in write_grids(rows, x, y, z, where, limit, out_dir)]
+        limit, scale = spec.get("max_megapixels", 200), spec.get("scale", 1)
+        written += [s.path for s in write_grids(rows, x, y, z, where, limit, out_dir, None, scale)]
     return written

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import errno
 import io
-import os
 import sys
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,10 +24,11 @@ from sdbatch.atomic import fsync_dir, write_bytes_atomic
 from sdbatch.control import EXIT_STOPPED, OutputLock, StopSignal, parse_deadline
 from sdbatch.errors import UserError
 from sdbatch.faults import Faults
-from sdbatch.hashing import sha256_bytes, sha256_file
+from sdbatch.hashing import sha256_bytes
 from sdbatch.infotext import format_infotext, png_info
 from sdbatch.manifest import Manifest
 from sdbatch.recipe import Batch, Job, Plan, build_plan, iter_preview, select_shard
+from sdbatch.resume import scan_manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_OUTPUT = 0, 3, 6
 
@@ -77,44 +76,6 @@ def infotext_for(job: Job) -> str:
     rank = {k: i for i, k in enumerate(INFOTEXT_ORDER)}
     ordered = dict(sorted(params.items(), key=lambda kv: rank.get(kv[0], len(rank))))
     return format_infotext(job.prompt, job.negative_prompt, ordered)
-
-
-def scan_manifest(jobs: list[Job], out_dir: Path, manifest: Manifest, verify: str = "hash"):
-    """(done, failed, seen) job ids of the plan. Done: the row says ok and the image is on
-    disk, unchanged (sha256, or a non-empty file with ``verify=size``); seen: every job that
-    has a row. One read of the manifest, filtered in Arrow: a 1M-row scan takes seconds."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    table = manifest.read(columns=["job_id", "status", "image", "image_sha256"])
-    wanted = pa.array([j.job_id for j in jobs], pa.string())
-    table = table.filter(pc.is_in(table["job_id"], value_set=wanted))
-    ok = pc.equal(table["status"], "ok")
-    failed = set(table.filter(pc.invert(ok))["job_id"].to_pylist())
-    rows = table.filter(pc.and_(ok, pc.is_valid(table["image"])))
-    ids, images, hashes = (rows[c].to_pylist() for c in ("job_id", "image", "image_sha256"))
-    base = os.fspath(out_dir)
-
-    def intact(i: int) -> bool:
-        try:
-            return sha256_file(os.path.join(base, images[i])) == hashes[i]
-        except OSError:
-            return False
-
-    if verify == "size":  # one stat per image, a tight loop: threads would only add overhead
-        prefix, stat, flags = base + os.sep, os.stat, []
-        for image in images:
-            try:
-                flags.append(stat(prefix + image).st_size > 0)
-            except OSError:
-                flags.append(False)
-    else:  # hashing releases the GIL; bounded chunks keep memory flat at millions of rows
-        flags = []
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
-            for start in range(0, len(ids), 4096):
-                flags += pool.map(intact, range(start, min(start + 4096, len(ids))))
-    done = {jid for jid, flag in zip(ids, flags, strict=True) if flag}
-    return done, failed, set(table["job_id"].to_pylist())
 
 
 def encode_png(pixels, infotext: str) -> bytes:

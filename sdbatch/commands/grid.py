@@ -21,16 +21,25 @@ def register(sub) -> None:
         default=200,
         help="refuse sheets larger than this (default 200, as A1111)",
     )
+    p.add_argument(
+        "--scale",
+        type=int,
+        metavar="N",
+        default=1,
+        help="enlarge each cell N times, nearest neighbour: crisp pixels (default 1, as A1111)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbatch.grid import load_rows, write_grids
+    from sdbatch.grid import check_scale, load_rows, write_grids
 
+    scale = check_scale(args.scale)
     rows = load_rows(args.dir)
     sheets = write_grids(
-        rows, args.x, args.y, args.z, args.where, args.max_megapixels, Path(args.dir), args.out
-    )
+        rows, args.x, args.y, args.z, args.where, args.max_megapixels, Path(args.dir), args.out,
+        scale,
+    )  # fmt: skip
     for sheet in sheets:
         for note in sheet.notes:
             print(note, file=sys.stderr)

@@ -215,6 +215,130 @@ def test_draw_recipe_grids(run6):
         grid.validate_grid_specs([{"x": "cfg"}, {"y": "cfg"}])
 
 
+def patterned(path: Path, seed: int, size: int = 32) -> Image.Image:
+    """Overwrite a cell's PNG with a picture whose every pixel differs from its neighbours."""
+    im = Image.new("RGB", (size, size))
+    im.putdata([((u * 7 + seed * 50) % 256, (v * 11 + seed) % 256, (u * v + 3 * seed) % 256)
+                for v in range(size) for u in range(size)])  # fmt: skip
+    im.save(path)
+    return im
+
+
+def blocks(im: Image.Image, k: int) -> Image.Image:
+    """Each pixel as a k x k block, built by hand (not by Pillow's resize)."""
+    out = Image.new("RGB", (im.width * k, im.height * k))
+    for v in range(im.height):
+        for u in range(im.width):
+            out.paste(im.getpixel((u, v)), (u * k, v * k, u * k + k, v * k + k))
+    return out
+
+
+@pytest.fixture
+def run32(tmp_path) -> tuple[Path, dict]:
+    """3 styles x 2 CFG values of 32x32 patterned cells; returns the folder and each source."""
+    specs = [dict(style=s, cfg=c, colour=COLOURS[s, c]) for c in CFGS for s in STYLES]
+    out = make_run(tmp_path / "out32", specs, size=32)
+    sources = {}
+    for row in grid.load_rows(out):
+        key = (row["vars"]["style"], row["cfg"])
+        sources[key] = patterned(out / row["image"], len(sources))
+    return out, sources
+
+
+def test_scale_enlarges_cells_with_exact_nearest_neighbour_pixels(run32):
+    out, sources = run32
+    rows = grid.load_rows(out)
+    (sheet,) = grid.draw_grids(rows, "vars.style", "cfg", scale=4)
+    font_size, line_h, pad, left = grid.label_metrics(128, 128)  # laid out for the scaled cell
+    top = 2 * pad + line_h  # "style: a" fits on one line of a 128-pixel column
+    assert sheet.image.size == (left + 3 * 128, top + 2 * 128) == (480, 284)
+    for j, c in enumerate(CFGS):
+        for i, s in enumerate(STYLES):
+            x0, y0 = left + i * 128, top + j * 128
+            cell = sheet.image.crop((x0, y0, x0 + 128, y0 + 128))
+            assert cell.tobytes() == blocks(sources[s, c], 4).tobytes(), (s, c)
+    assert dark_pixels(sheet.image, (left, 0, left + 128, top)) > 10  # column label drawn
+    assert dark_pixels(sheet.image, (0, top, left, top + 128)) > 10  # row label drawn
+    # scale 1 is the cells at image size, exactly the pixels of the PNGs
+    (small,) = grid.draw_grids(rows, "vars.style", "cfg")
+    _, line_h1, pad1, left1 = grid.label_metrics(32, 32)
+    assert small.image.width == left1 + 3 * 32 and small.image.height > 2 * 32 + 2 * pad1
+    top1 = small.image.height - 2 * 32
+    assert top1 > 2 * pad1 + line_h1  # unscaled 32-pixel columns wrap their labels
+    first = small.image.crop((left1, top1, left1 + 32, top1 + 32))
+    assert first.tobytes() == sources["a", 5.0].tobytes()
+    assert sheet.infotext == small.infotext  # the scale is not part of the infotext
+
+
+def test_scale_fills_placeholder_cells_and_counts_in_the_megapixel_cap(tmp_path):
+    specs = [
+        dict(style="a", cfg=5.0, colour=(255, 0, 0)),
+        dict(style="b", cfg=5.0, status="failed", error="CUDA out of memory"),
+        dict(style="a", cfg=7.0, status="nan", error="NaN in the image"),
+        dict(style="b", cfg=7.0, colour=(0, 0, 255)),
+    ]
+    out = make_run(tmp_path, specs, size=32)
+    (out / "images" / "0000000000000003.png").unlink()  # an ok row whose PNG is gone
+    rows = grid.load_rows(out)
+    (sheet,) = grid.draw_grids(rows, "vars.style", "cfg", scale=3)
+    _, line_h, pad, left = grid.label_metrics(96, 96)
+    top = sheet.image.height - 2 * 96
+    assert sheet.image.size == (left + 2 * 96, top + 2 * 96)
+    for (i, j), kind in {(1, 0): "failed", (0, 1): "nan", (1, 1): "missing"}.items():
+        x0, y0 = left + i * 96, top + j * 96
+        for dx, dy in ((0, 0), (95, 0), (0, 95), (95, 95)):  # every corner of the scaled cell
+            assert sheet.image.getpixel((x0 + dx, y0 + dy)) == grid.COLOURS[kind], kind
+        assert len(sheet.image.crop((x0, y0, x0 + 96, y0 + 96)).getcolors()) > 1  # its word
+    assert sheet.image.getpixel((left + 95, top + 95)) == (255, 0, 0)
+    with pytest.raises(UserError) as exc:
+        grid.draw_grids(rows, "vars.style", "cfg", max_megapixels=0.05, scale=3)
+    msg = str(exc.value)
+    assert f"{sheet.image.width}x{sheet.image.height}" in msg and "lower --scale 3" in msg
+    assert "\n" not in msg
+    grid.draw_grids(rows, "vars.style", "cfg", max_megapixels=0.05)  # unscaled: fits
+
+
+def test_recipe_grid_scale(run6):
+    (path,) = grid.draw_recipe_grids(run6, [{"x": "vars.style", "y": "cfg", "scale": 2}])
+    with Image.open(path) as im:
+        font_size, line_h, pad, left = grid.label_metrics(128, 128)
+        assert im.size == (left + 3 * 128, 2 * pad + line_h + 2 * 128)
+        assert im.getpixel((left + 127, 2 * pad + line_h + 127)) == COLOURS["a", 5.0]
+    grid.validate_grid_specs([{"x": "cfg", "scale": 1}, {"x": "cfg", "scale": 4.0}])
+
+
+@pytest.mark.parametrize("bad", [0, -1, "big", 2.5, True, None])
+def test_recipe_grid_scale_rejects_bad_values(run6, bad):
+    want = f"grids[1].scale: {bad!r} is not allowed; a whole number of at least 1"
+    with pytest.raises(UserError) as exc:
+        grid.validate_grid_specs([{"x": "cfg"}, {"x": "cfg", "scale": bad}])
+    assert str(exc.value).startswith(want) and "\n" not in str(exc.value)
+    with pytest.raises(UserError, match=r"^grids\[0\]\.scale: "):
+        grid.draw_recipe_grids(run6, [{"x": "cfg", "scale": bad}])
+    assert not (run6 / "grids").exists()
+
+
+def test_cli_scale(run6, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["grid", str(run6), "--x", "vars.style", "--y", "cfg", "--scale", "2"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip().endswith("grid-vars.style-cfg.png (480x284)")
+    with Image.open(run6 / "grids" / "grid-vars.style-cfg.png") as im:
+        assert im.size == (480, 284)
+    for bad in ("0", "-1"):
+        out = run6.parent / f"scale{bad}.png"
+        with pytest.raises(SystemExit) as exc:
+            main(["grid", str(run6), "--x", "cfg", "--scale", bad, "-o", str(out)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1
+        assert err.startswith(f"error: --scale: {bad} is not allowed; a whole number of at least 1")
+        assert not out.exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["grid", str(run6), "--x", "cfg", "--scale", "big"])
+    assert exc.value.code == 2 and "--scale: invalid int value: 'big'" in capsys.readouterr().err
+    assert sorted(p.name for p in (run6 / "grids").iterdir()) == ["grid-vars.style-cfg.png"]
+
+
 @pytest.mark.parametrize("suffix", [".webp", ".gif"])
 def test_animation_frames_order_and_duration(tmp_path, suffix):
     colours = {9.0: (0, 0, 255), 5.0: (255, 0, 0), 7.0: (0, 255, 0)}
