@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	@touch $(STAMP)
 
-run: install  ## install if needed, then run the demo recipe (sdbatch +recipe=hair_styles)
-	$(VENV)/bin/sdbatch +recipe=hair_styles
+run: install  ## install if needed, then run the demo recipe (sdbatch +recipe=shapes_demo)
+	$(VENV)/bin/sdbatch +recipe=shapes_demo
 
 quick: install  ## a few seconds: the quick recipe
 	$(VENV)/bin/sdbatch +recipe=quick

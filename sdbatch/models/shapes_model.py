@@ -32,7 +32,12 @@ import torch
 from torch import nn
 
 from sdbatch.models import EMBEDDED_MODEL_PATH
-from sdbatch.models.build_tiny import SD15_SCHEDULER_CONFIG, _write_json, folder_bytes
+from sdbatch.models.clip_files import (
+    SD15_SCHEDULER_CONFIG,
+    folder_bytes,
+    write_json,
+    write_tokenizer,
+)
 from sdbatch.shapes import world
 
 MODEL_NAME = "sdbatch-shapes"
@@ -273,16 +278,14 @@ def export(out: Path, vae, unet, text_encoder, card: dict) -> Path:
     finally:
         dlogging.set_verbosity(verbosity)
         tlogging.enable_progress_bar()
-    config_path = stage / "text_encoder" / "config.json"  # load as fp32 by default (build_tiny)
+    config_path = stage / "text_encoder" / "config.json"  # load as fp32 by default (see clip_files)
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["dtype"] = "float32"
-    _write_json(config_path, config)
+    write_json(config_path, config)
 
-    (stage / "tokenizer").mkdir()
-    for f in (EMBEDDED_MODEL_PATH / "tokenizer").iterdir():
-        shutil.copyfile(f, stage / "tokenizer" / f.name)
-    _write_json(stage / "scheduler" / "scheduler_config.json", SD15_SCHEDULER_CONFIG)
-    _write_json(
+    write_tokenizer(stage / "tokenizer")  # the committed CLIP files (see clip_files)
+    write_json(stage / "scheduler" / "scheduler_config.json", SD15_SCHEDULER_CONFIG)
+    write_json(
         stage / "model_index.json",
         {
             "_class_name": "StableDiffusionPipeline",
