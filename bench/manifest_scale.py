@@ -55,7 +55,7 @@ def build_output(out: Path, start: int, n: int, files: bool) -> None:
     info = [
         f"{p}\nNegative prompt: lowres, ((bad anatomy)), ((bad hands)), blurry\nSteps: 20, "
         f"Sampler: {sm}, CFG scale: {c:g}, Seed: {sd}, Size: 512x512, Model hash: 7799073572, "
-        "Model: sdbatch-tiny, Version: sdbatch 0.1.0"
+        "Model: sdbatch-shapes, Version: sdbatch 0.1.0"
         for p, sm, c, sd in zip(prompt, sampler, cfg, seed, strict=True)
     ]
     status = ["failed" if i < RETRIED else "ok" for i in range(n)]
@@ -70,7 +70,7 @@ def build_output(out: Path, start: int, n: int, files: bool) -> None:
         "vars": pa.MapArray.from_arrays(offsets, keys, items), "sampler": sampler,
         "scheduler": ["DPMSolverMultistepScheduler(algorithm_type='dpmsolver++')"] * n,
         "steps": [20] * n, "cfg": cfg, "seed": seed, "width": [512] * n, "height": [512] * n,
-        "model": ["sdbatch-tiny"] * n, "model_hash": ["7799073572"] * n,
+        "model": ["sdbatch-shapes"] * n, "model_hash": ["7799073572"] * n,
         "image": [None if s != "ok" else im for s, im in zip(status, image, strict=True)],
         "image_sha256": [None if s != "ok" else h for s, h in zip(status, sha, strict=True)],
         "status": status, "error": [None] * n, "batch": [i // 4 for i in range(n)],

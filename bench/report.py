@@ -198,7 +198,7 @@ def markdown(
         *[f"- {k}: {v}" for k, v in info.items()],
         f"- load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f}",
         "",
-        f"## Images: {workload}, embedded tiny model, CPU, {reps} repetition(s)",
+        f"## Images: {workload}, embedded sdbatch-shapes model, CPU, {reps} repetition(s)",
         "",
         *table(stats),
         "",

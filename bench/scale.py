@@ -87,7 +87,7 @@ def _columns(n: int, start: int = 0) -> dict:
     started = pa.array([T0_US + 400_000 * i for i in range(start, start + n)], pa.int64())
     info = [
         f"{p}\nNegative prompt: blurry, lowres\nSteps: 20, Sampler: Euler a, CFG scale: 7.0, "
-        f"Seed: {s}, Size: 64x64, Model hash: 7799073572, Model: sdbatch-tiny, "
+        f"Seed: {s}, Size: 64x64, Model hash: 7799073572, Model: sdbatch-shapes, "
         "Version: sdbatch 0.1.0"
         for p, s in zip(prompts, seeds, strict=True)
     ]
@@ -101,7 +101,7 @@ def _columns(n: int, start: int = 0) -> dict:
         "cfg": 7.0,
         "width": 64,
         "height": 64,
-        "model": "sdbatch-tiny",
+        "model": "sdbatch-shapes",
         "model_hash": "7799073572",
         "status": "ok",
         "duration_s": 0.1,

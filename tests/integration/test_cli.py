@@ -55,11 +55,11 @@ def test_quick_recipe_writes_images_manifest_and_a_summary(tmp_path):
         png = out / r["image"]
         assert sha(png) == r["image_sha256"]
         with Image.open(png) as im:
-            assert im.size == (64, 64)
+            assert im.size == (32, 32)
         info = parse_infotext(read_png_infotext(png))
         assert info.prompt == r["prompt"] and info.negative_prompt == "blurry"
         assert info.params["Seed"] == str(r["seed"]) and info.params["Sampler"] == "Euler a"
-        assert info.params["Size"] == "64x64" and info.params["Model hash"] == r["model_hash"]
+        assert info.params["Size"] == "32x32" and info.params["Model hash"] == r["model_hash"]
         assert r["infotext"] == read_png_infotext(png)
         assert r["job_id"] in png.name and png.name.startswith(f"{r['seed']}-")
     # same command again: everything is found and skipped

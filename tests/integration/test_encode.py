@@ -29,7 +29,7 @@ def build_pipe(tokenizer: CLIPTokenizer) -> StableDiffusionPipeline:
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            hidden_size=32,
+            hidden_size=64,  # the embedded UNet's cross-attention width
             intermediate_size=37,
             layer_norm_eps=1e-05,
             num_attention_heads=4,
@@ -107,7 +107,7 @@ PLAIN = [
 def test_no_emphasis_is_bit_identical_to_diffusers(pipe, prompt, negative):
     cond, uncond = ours(pipe, prompt, negative)
     ref_cond, ref_uncond = diffusers_embeds(pipe, prompt, negative)
-    assert cond.shape == uncond.shape == (1, 77, 32)
+    assert cond.shape == uncond.shape == (1, 77, 64)
     assert torch.equal(cond, ref_cond)
     assert torch.equal(uncond, ref_uncond)
 
@@ -166,7 +166,7 @@ def test_long_prompt_gets_two_chunks_and_negative_is_padded(pipe, tokenizer):
     assert chunk_count(tokenizer, long_prompt) == 2
     assert chunk_count(tokenizer, "") == 1
     cond, uncond = ours(pipe, long_prompt, "")
-    assert cond.shape == uncond.shape == (1, 154, 32)
+    assert cond.shape == uncond.shape == (1, 154, 64)
     # Chunk 1 is what diffusers sees after truncating to 75 tokens; the negative's extra
     # chunk is an encoded empty prompt. allclose: chunks are encoded as one batch of 2.
     ref_cond, ref_uncond = diffusers_embeds(pipe, long_prompt, "")
@@ -177,7 +177,7 @@ def test_long_prompt_gets_two_chunks_and_negative_is_padded(pipe, tokenizer):
     torch.testing.assert_close(cond[:, 77:], diffusers_embeds(pipe, " ".join(["cat"] * 25))[0])
     # Padding also works the other way round.
     short_cond, long_uncond = ours(pipe, "cat", long_prompt)
-    assert short_cond.shape == long_uncond.shape == (1, 154, 32)
+    assert short_cond.shape == long_uncond.shape == (1, 154, 64)
 
 
 def test_dtype_and_device(pipe):

@@ -124,17 +124,17 @@ def test_replay_plans_the_same_job_id_and_writes_the_same_infotext(roundtrip):
 def test_replayed_recipes_carry_rng_hires_and_variation_seed(roundtrip):
     root, (hires, subseed) = roundtrip["root"], roundtrip["alone"]
     params = parse_infotext(read_png_infotext(hires)).params
-    assert params["RNG"] == "CPU" and params["Size"] == "64x64"  # A1111: the first-pass size
+    assert params["RNG"] == "CPU" and params["Size"] == "32x32"  # A1111: the first-pass size
     assert (params["Hires upscale"], params["Hires steps"], params["Hires upscaler"]) == (
         "2", "2", "Latent",
     )  # fmt: skip
     with Image.open(hires) as im:
-        assert im.size == (128, 128)
+        assert im.size == (64, 64)
     text = (root / "recipes" / f"replay_{hires.stem}.yaml").read_text(encoding="utf-8")
     assert "\nrng: cpu\n" in text and "\nhires:\n  denoise: 0.5\n  scale: 2\n" in text
     assert "not reproduced" not in text and "no RNG field" not in text
     text = (root / "recipes" / f"replay_{subseed.stem}.yaml").read_text(encoding="utf-8")
-    assert "\nseeds: 1\nsize: 64x64\nsubseed: 101\nsubseed_strength: 0.3\nrng: cpu\n" in text
+    assert "\nseeds: 1\nsize: 32x32\nsubseed: 101\nsubseed_strength: 0.3\nrng: cpu\n" in text
 
 
 @pytest.mark.slow
@@ -226,7 +226,7 @@ def test_infotext_on_our_own_png(roundtrip, tmp_path):
     res = run("sdbatch-tools", "infotext", str(original), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[1] == "negative prompt: blurry" and "Model: sdbatch-tiny" in lines
+    assert lines[1] == "negative prompt: blurry" and "Model: sdbatch-shapes" in lines
     assert lines[-2:] == ["RNG: CPU", "Version: sdbatch 0.1.0"]  # A1111's default is GPU
 
 

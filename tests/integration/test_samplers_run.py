@@ -67,13 +67,13 @@ def sd(tmp_path_factory):
             bos_token_id=0,
             eos_token_id=2,
             pad_token_id=1,
-            hidden_size=32,
+            hidden_size=64,  # the embedded UNet's cross-attention width
             intermediate_size=37,
             layer_norm_eps=1e-05,
             num_attention_heads=4,
             num_hidden_layers=5,
             vocab_size=1000,
-            projection_dim=32,
+            projection_dim=64,
         )
     )
     pipe = diffusers.StableDiffusionPipeline(

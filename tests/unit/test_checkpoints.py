@@ -303,7 +303,7 @@ def test_vae_and_clip_skip_change_the_key_and_the_infotext_as_a1111_writes_them(
     job = build_plan(quick_cfg(model={"vae": str(vae), "clip_skip": 2})).jobs[0]
     params = infotext_for(job).splitlines()[-1]
     assert (
-        f"Size: 64x64, Model hash: {plain.hash}, Model: sdbatch-tiny, VAE hash: {vae_hash}, "
+        f"Size: 64x64, Model hash: {plain.hash}, Model: sdbatch-shapes, VAE hash: {vae_hash}, "
         "VAE: vae-ft-mse-840000-ema-pruned.safetensors, Clip skip: 2, RNG: CPU, Version: sdbatch "
     ) in params
 

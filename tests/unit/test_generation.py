@@ -26,7 +26,7 @@ def test_hires_fields_in_a1111_order_and_in_the_id():
     job = build_plan(quick_cfg(hires=HIRES)).jobs[0]
     params = infotext_for(job).splitlines()[-1]
     assert params.endswith(
-        "Model: sdbatch-tiny, Denoising strength: 0.5, RNG: CPU, Hires upscale: 2, "
+        "Model: sdbatch-shapes, Denoising strength: 0.5, RNG: CPU, Hires upscale: 2, "
         "Hires steps: 10, Hires upscaler: Latent, Version: sdbatch 0.1.0"
     )
     assert "Size: 64x64" in params  # A1111 writes the base size

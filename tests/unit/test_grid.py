@@ -46,7 +46,7 @@ def make_run(root: Path, specs: list[dict], size: int = 64) -> Path:
             (root / "images").mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (size, size), colour).save(root / row["image"])
         params = {"Steps": row["steps"], "Sampler": row["sampler"], "CFG scale": row["cfg"]}
-        params |= {"Seed": row["seed"], "Size": f"{size}x{size}", "Model": "sdbatch-tiny"}
+        params |= {"Seed": row["seed"], "Size": f"{size}x{size}", "Model": "sdbatch-shapes"}
         row["infotext"] = format_infotext(row["prompt"], row["negative_prompt"], params)
         rows.append(row)
     Manifest(root / "manifest").append(rows)

@@ -13,7 +13,9 @@ from omegaconf import OmegaConf
 
 import sdbatch.config as config
 from sdbatch.generation import Hires
+from sdbatch.hashing import model_hash
 from sdbatch.infotext import format_infotext, parse_infotext
+from sdbatch.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_PATH
 from sdbatch.recipe import build_plan
 from sdbatch.replay import (
     FIELDS,
@@ -25,6 +27,8 @@ from sdbatch.replay import (
 from sdbatch.runner import infotext_for
 from sdbatch.samplers import SAMPLERS
 from tests.conftest import ROOT, quick_cfg
+
+EMBEDDED_HASH = model_hash(EMBEDDED_MODEL_PATH)
 
 SAMPLES_FILE = Path(__file__).resolve().parents[1] / "data" / "a1111-infotext-samples.txt"
 
@@ -209,7 +213,7 @@ def test_recipe_composes_with_hydra_and_plans_exactly_that_job(index, recipes_di
     assert (job.sampler, job.steps, job.cfg) == (v["sampler"], v["steps"], v["cfg"])
     assert job.seed == v["seeds"]
     assert f"{job.width}x{job.height}" == v["size"]
-    assert job.model.name == v.get("model", {}).get("name", "sdbatch-tiny")
+    assert job.model.name == v.get("model", {}).get("name", "sdbatch-shapes")
     assert job.model.clip_skip == v.get("model", {}).get("clip_skip", 1)
     ex = job.extras  # hires fix, variation seed, noise source
     assert ex.hires == expected_hires(v)
@@ -269,7 +273,7 @@ def test_foreign_model_is_named_and_warned_about():
 def our_infotext(**params) -> str:
     """Infotext like sdbatch writes (``RNG: CPU`` included); a value "" drops that key."""
     base = {"Steps": 2, "Sampler": "Euler a", "CFG scale": 7, "Seed": 1, "Size": "64x64"}
-    base.update({"Model hash": "7799073572", "Model": "sdbatch-tiny", "RNG": "CPU"})
+    base.update({"Model hash": EMBEDDED_HASH, "Model": EMBEDDED_MODEL_NAME, "RNG": "CPU"})
     base.update({"Version": "sdbatch 0.1.0"}, **params)
     return format_infotext("a red circle", "blurry", {k: v for k, v in base.items() if v != ""})
 
@@ -290,7 +294,7 @@ def test_our_embedded_model_leaves_the_model_unset():
     assert "model" not in recipe.values and recipe.warnings == []
     other = recipe_from_infotext(our_infotext(**{"Model hash": "0000000000"}), "x")
     assert "model" not in other.values
-    assert any("not the embedded sdbatch-tiny's" in w for w in other.warnings)
+    assert any("not the embedded sdbatch-shapes's" in w for w in other.warnings)
 
 
 @pytest.mark.parametrize(
