@@ -43,7 +43,7 @@ def test_wheel_install_finds_the_bundled_recipes(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "hair_styles: 60 jobs = 5 prompts x 1 sampler x 3 cfg x 4 seeds" in run.stdout
     assert sorted(os.listdir(tmp_path)) == ["dist", "site"]  # a dry run writes nothing
-    tiny = target / "sdbatch" / "models" / "tiny"
-    for part in ["model_index.json", "unet/config.json", "tokenizer/vocab.json"]:
-        assert (tiny / part).is_file(), part
-    assert list(tiny.glob("*/*.safetensors")), "the embedded weights are packaged"
+    shipped = target / "sdbatch" / "models" / "shapes"
+    for part in ["model_index.json", "unet/config.json", "tokenizer/vocab.json", "README.md"]:
+        assert (shipped / part).is_file(), part
+    assert len(list(shipped.glob("*/*.safetensors"))) == 3, "the embedded weights are packaged"
