@@ -33,7 +33,9 @@ from torch import nn
 
 from sdbatch.models import EMBEDDED_MODEL_PATH
 from sdbatch.models.clip_files import (
+    MAX_LENGTH,
     SD15_SCHEDULER_CONFIG,
+    VOCAB_SIZE,
     folder_bytes,
     write_json,
     write_tokenizer,
@@ -42,7 +44,7 @@ from sdbatch.shapes import world
 
 MODEL_NAME = "sdbatch-shapes"
 IMAGE_SIZE = 32
-VOCAB_SIZE, BOS_ID, EOS_ID, MAX_LENGTH = 49408, 49406, 49407, 77
+BOS_ID, EOS_ID = VOCAB_SIZE - 2, VOCAB_SIZE - 1  # CLIP's specials end the vocabulary
 
 VAE_CONFIG = dict(
     in_channels=3,
