@@ -13,6 +13,8 @@ import os
 import re
 import signal
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -108,12 +110,28 @@ class StopSignal:
     """Why a run should stop after the current batch: a deadline, SIGTERM or a first Ctrl-C.
 
     A second Ctrl-C raises KeyboardInterrupt at once (the batch in flight is lost; every
-    finished batch is already durable).
+    finished batch is already durable), except while a batch's images and rows are being
+    written: there it waits the few milliseconds until both are on disk, so no image is left
+    without its row.
     """
 
     deadline: datetime | None = None
     reason: str | None = None
     _previous: dict = field(default_factory=dict)
+    _deferring: bool = False
+    _abort_pending: bool = False
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold a second Ctrl-C until the block ends (writes that must finish together)."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+            pending, self._abort_pending = self._abort_pending, False
+        if pending:
+            raise KeyboardInterrupt
 
     def install(self) -> StopSignal:
         try:
@@ -130,6 +148,9 @@ class StopSignal:
 
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGINT and self.reason == "Ctrl-C":
+            if self._deferring:
+                self._abort_pending = True
+                return
             raise KeyboardInterrupt
         self.reason = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         again = "; Ctrl-C again aborts" if signum == signal.SIGINT else ""

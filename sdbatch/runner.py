@@ -155,9 +155,8 @@ def _render_halving(render, jobs: tuple[Job, ...]) -> tuple[list, int]:
     return first + second, min(size_a, size_b)
 
 
-def run_batch(render, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path, env: dict,
-              faults: Faults) -> list[dict]:  # fmt: skip
-    """Render a whole batch (its composition fixes the pixels), write the jobs still to do."""
+def render_batch(render, batch: Batch, faults: Faults) -> tuple[dict | None, str | None, dict]:
+    """Render a whole batch (its composition fixes the pixels): results by job id, error, times."""
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     note = None
@@ -173,6 +172,13 @@ def run_batch(render, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path, 
         "duration_s": (time.perf_counter() - t0) / len(batch.jobs),
         "note": note,
     }
+    return results, error, times
+
+
+def write_batch(rendered: tuple, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path,
+                env: dict, faults: Faults) -> list[dict]:  # fmt: skip
+    """Write the PNGs of the jobs still to do (atomic renames, then one directory fsync)."""
+    results, error, times = rendered
     faults.before_write(batch.index)
     rows = []
     for job in todo:
@@ -339,9 +345,11 @@ def _render_all(pending, plan, run_cfg, out_dir, manifest, stop, context, summar
                 renderer = Renderer.load(batch.jobs[0].model, device, dtype)
                 env = {**renderer.environment(), **(context or {})}
                 bar.write(f"model: {renderer.describe()}", file=sys.stdout)
+            rendered = render_batch(renderer.render, batch, faults)
             try:
-                rows = run_batch(renderer.render, batch, todo, plan, out_dir, env, faults)
-                manifest.append(rows)
+                with stop.deferred():  # a second Ctrl-C waits until the rows match the images
+                    rows = write_batch(rendered, batch, todo, plan, out_dir, env, faults)
+                    manifest.append(rows)
             except OSError as exc:
                 n_done = len(done) + summary.written
                 raise _output_error(out_dir, exc, n_done, n_jobs) from None
