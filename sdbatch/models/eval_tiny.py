@@ -17,6 +17,7 @@ clearly below CFG 7; every sampler within 10 points of DPM++ 2M Karras.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -116,7 +117,9 @@ def evaluate(args) -> dict:
             print(format_row(row), file=sys.stderr)
             if sampler == args.samplers[0]:
                 images[cfg] = pixels
+    weights = emphasis(renderer, model, args.emphasis_seeds, args.steps, args.size)
     return {
+        "emphasis": weights,
         "model": str(args.model),
         "model_hash": model.hash,
         "steps": args.steps,
@@ -125,6 +128,38 @@ def evaluate(args) -> dict:
         "results": results,
         "_images": images,
     }
+
+
+EMPHASIS_PAIRS = [("red", "blue"), ("yellow", "cyan"), ("green", "magenta"),
+                  ("blue", "yellow"), ("cyan", "red"), ("magenta", "green")]  # fmt: skip
+WHITE = "on a white background"
+EMPHASIS_WEIGHTS = [(1.0, 1.0), (1.4, 0.7), (0.7, 1.4), (2.0, 0.5), (0.5, 2.0)]
+
+
+def emphasis(renderer, model, seeds: int, steps: int, size: int) -> list[dict]:
+    """Do A1111 weights move colour? Two-colour captions (never seen in training) such as
+    ``a (red:1.4) (blue:0.7) circle on a white background``, DPM++ 2M Karras, CFG 7: how often
+    the first and the second colour is drawn, per weight pair."""
+    out = []
+    for wa, wb in EMPHASIS_WEIGHTS:
+        cases = [(a, b, SEED_BASE + k) for a, b in EMPHASIS_PAIRS for k in range(seeds)]
+        fmt = (lambda c, w: c) if (wa, wb) == (1.0, 1.0) else (lambda c, w: f"({c}:{w:g})")
+        rows = [(world.Scene("circle", a, "white"), seed, False) for a, _, seed in cases]
+        plain = make_jobs(model, rows, REFERENCE, steps, 7.0, size)
+        jobs = [
+            dataclasses.replace(job, prompt=f"a {fmt(a, wa)} {fmt(b, wb)} circle {WHITE}")
+            for job, (a, b, _) in zip(plain, cases, strict=True)
+        ]
+        colours = [judge(img)["colour"] for img, _nan in renderer.render(jobs)]
+        out.append({
+            "weights": [wa, wb],
+            "images": len(cases),
+            "first": sum(c == a for c, (a, _, _) in zip(colours, cases, strict=True)),
+            "second": sum(c == b for c, (_, b, _) in zip(colours, cases, strict=True)),
+        })  # fmt: skip
+        print(f"emphasis {wa:g}/{wb:g}: first colour {out[-1]['first']}/{len(cases)}, "
+              f"second {out[-1]['second']}/{len(cases)}", file=sys.stderr)  # fmt: skip
+    return out
 
 
 def format_row(r: dict) -> str:
@@ -211,6 +246,22 @@ def write_report(report: dict, out: Path, cfgs: list[float]) -> Path:
         lines.append(
             f"| {r['sampler']} | {r['cfg']:g} | {' | '.join(cells)} | {r['seconds']:.1f} |"
         )
+    if report.get("emphasis"):
+        lines += [
+            "",
+            "## Emphasis",
+            "",
+            "Two-colour captions `a (A:wa) (B:wb) circle on a white background` (6 colour "
+            f"pairs x {report['emphasis'][0]['images'] // 6} seeds, {REFERENCE}, CFG 7): how "
+            "often the picture is the first / the second colour.",
+            "",
+            "| weights A / B | first colour | second colour |",
+            "|---|---|---|",
+        ]
+        for e in report["emphasis"]:
+            wa, wb = e["weights"]
+            lines.append(f"| {wa:g} / {wb:g} | {e['first']}/{e['images']} | "
+                         f"{e['second']}/{e['images']} |")  # fmt: skip
     if images:
         lines += ["", f"Contact sheet (first sampler; one row block per CFG): `{sheet.name}`"]
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -244,6 +295,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--samplers", nargs="+", default=None, help=f"A1111 names (default: all, {REFERENCE} first)"
     )
     p.add_argument("--size", type=int, default=32)
+    p.add_argument("--emphasis-seeds", type=int, default=12,
+                   help="seeds per colour pair for the emphasis table (0: skip)")  # fmt: skip
     p.add_argument("--batch", type=int, default=64, help="images per forward pass")
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1: safe on a shared machine)"

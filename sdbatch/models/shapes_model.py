@@ -23,6 +23,7 @@ real 49,408-token CLIP tokenizer, SD 1.5's scaled-linear scheduler config):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -121,18 +122,40 @@ def noise_schedule() -> dict:
     return {k: SD15_SCHEDULER_CONFIG[k] for k in keys}
 
 
+def world_combo(scene: world.Scene) -> tuple[str, str, str]:
+    return (scene.colour, scene.shape, scene.background)
+
+
+def miscaption(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
+    """The scene as a careless captioner describes it: one attribute (colour, shape or
+    background, equally likely) named wrongly, never turning it into a held-out combination
+    (those captions stay unseen in training)."""
+    attr = ("colour", "shape", "background")[int(rng.integers(3))]
+    values = {"colour": world.COLOURS, "shape": world.SHAPES, "background": world.BACKGROUNDS}
+    choices = []
+    for value in values[attr]:
+        other = dataclasses.replace(scene, **{attr: value})
+        if value != getattr(scene, attr) and world_combo(other) not in world.HELDOUT:
+            choices.append(other)
+    return choices[int(rng.integers(len(choices)))]
+
+
 class CaptionTokens:
     """Scenes -> (n, 77) CLIP ids as the pipeline builds them (BOS, text, EOS, EOS padding).
 
     Some captions are empty (classifier-free guidance needs the unconditional case), some
-    are written as tags, and some get 1-3 random unused tokens inserted: those all share
-    the "unknown" row, which so learns to be ignored.
+    name one attribute wrongly (``wrong_prob``: real captions are noisy; a model whose captions
+    were always exact ignores the image's own evidence and makes guidance both useless and
+    unstable, see the model card), some are written as tags, and some get 1-3 random unused
+    tokens inserted: those all share the "unknown" row, which so learns to be ignored.
     """
 
-    def __init__(self, empty_prob: float, unk_prob: float, tags_prob: float):
+    def __init__(self, empty_prob: float, unk_prob: float, tags_prob: float,
+                 wrong_prob: float = 0.0):  # fmt: skip
         self.tokenizer = load_tokenizer()
         self.used_ids = used_token_ids(self.tokenizer, world.vocabulary())
         self.probs = (empty_prob, unk_prob, tags_prob)
+        self.wrong_prob = wrong_prob
         self.unknown_pool = np.setdiff1d(np.arange(BOS_ID), self.used_ids)
         self._cache: dict[str, list[int]] = {}
 
@@ -142,6 +165,8 @@ class CaptionTokens:
         for scene in scenes:
             ids: list[int] = []
             if rng.random() >= empty_prob:
+                if self.wrong_prob and rng.random() < self.wrong_prob:
+                    scene = miscaption(scene, rng)
                 text = world.caption(scene, "tags" if rng.random() < tags_prob else "plain")
                 if text not in self._cache:
                     self._cache[text] = self.tokenizer(text, add_special_tokens=False).input_ids
@@ -235,7 +260,8 @@ Size: generate at 32x32 (`size: 32x32`); other sizes change the latent grid it n
 
 - seed {cfg[seed]}; VAE phase {cfg[vae_steps]} steps (L1 + 1e-6 KL), then UNet + text
   encoder {cfg[unet_steps]} steps: epsilon loss{min_snr}, {cfg[empty_prob]:.0%} empty
-  captions, {cfg[unk_prob]:.0%} with unknown tokens, {cfg[tags_prob]:.0%} as tags, AdamW
+  captions, {cfg[wrong_prob]:.0%} naming one attribute wrongly, {cfg[unk_prob]:.0%} with
+  unknown tokens, {cfg[tags_prob]:.0%} as tags, AdamW
   (lr {cfg[lr_vae]:g} / {cfg[lr]:g}, cosine), batch {cfg[batch]}, EMA {cfg[ema_decay]};
   CPU threads {threads}; {minutes:.1f} minutes of training.
 - Held out from training (never shown): {heldout}.

@@ -105,9 +105,14 @@ def test_train_interrupt_resume_export_and_render(tmp_path):
             "1",
             "--steps",
             "2",
+            "--emphasis-seeds",
+            "1",
         ]
     )
     data = json.loads(report.with_suffix(".json").read_text())
+    assert [e["weights"] for e in data["emphasis"]] == [list(w) for w in eval_tiny.EMPHASIS_WEIGHTS]
+    assert all(e["images"] == 6 and e["first"] + e["second"] <= 6 for e in data["emphasis"])
+    assert "## Emphasis" in report.read_text()
     assert [(r["sampler"], r["cfg"], r["images"]) for r in data["results"]] == [
         ("DPM++ 2M Karras", 7.0, 2),
         ("DPM++ 2M Karras", 1.0, 2),
@@ -140,3 +145,32 @@ def test_lr_schedule():
     assert lr_factor(0, 100, 10) == pytest.approx(0.1)
     assert lr_factor(10, 100, 10) == pytest.approx(1.0)
     assert lr_factor(100, 100, 10) == pytest.approx(0.1)
+
+
+def test_miscaptions_name_exactly_one_attribute_wrongly_and_never_a_held_out_combination():
+    from sdbatch.shapes import world
+
+    rng = np.random.default_rng(0)
+    changed = {"colour": 0, "shape": 0, "background": 0}
+    for _ in range(600):
+        scene = world.sample_scene(rng)
+        wrong = shapes_model.miscaption(scene, rng)
+        diff = [a for a in changed if getattr(scene, a) != getattr(wrong, a)]
+        assert len(diff) == 1, (scene, wrong)
+        assert shapes_model.world_combo(wrong) not in world.HELDOUT
+        assert (wrong.size, wrong.x, wrong.y) == (scene.size, scene.x, scene.y)
+        changed[diff[0]] += 1
+    assert min(changed.values()) > 150  # all three attributes get miscaptioned
+
+
+def test_wrong_prob_sets_the_share_of_miscaptioned_training_captions():
+    from sdbatch.shapes import world
+
+    rng = np.random.default_rng(1)
+    scenes = [world.sample_scene(rng) for _ in range(400)]
+    exact = shapes_model.CaptionTokens(0.0, 0.0, 0.0, wrong_prob=0.0)
+    noisy = shapes_model.CaptionTokens(0.0, 0.0, 0.0, wrong_prob=0.25)
+    a = exact(scenes, np.random.default_rng(2))
+    b = noisy(scenes, np.random.default_rng(2))
+    share = float((a != b).any(dim=1).float().mean())
+    assert 0.18 < share < 0.32
