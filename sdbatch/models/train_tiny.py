@@ -9,7 +9,7 @@ procedural shapes world in about an hour on two CPU cores::
 Phase 1 trains the VAE alone (L1 + 1e-6 KL), then fixes its latent scaling factor (1 / std
 of the latents, as SD's 0.18215 was chosen). Phase 2 trains UNet and text encoder jointly on
 the frozen VAE's latents: epsilon loss (min-SNR-5 weighted), SD 1.x's scaled-linear betas,
-10% empty captions (for classifier-free guidance), 20% of captions naming one attribute
+10% empty captions (for classifier-free guidance), 35% of captions naming one attribute
 wrongly (real captions are noisy; with exact captions the model ignores what the noisy image
 already shows, and CFG 7 both stops helping and destabilises multistep samplers), AdamW, EMA
 of the weights.
@@ -58,7 +58,7 @@ class TrainConfig:
     warmup: int = 100
     ema_decay: float = 0.999
     empty_prob: float = 0.1
-    wrong_prob: float = 0.2  # captions naming one attribute wrongly (see CaptionTokens)
+    wrong_prob: float = 0.35  # captions naming one attribute wrongly (see CaptionTokens)
     unk_prob: float = 0.1
     tags_prob: float = 0.25
     min_snr: float = 5.0  # 0 = plain epsilon MSE
