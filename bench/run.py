@@ -46,7 +46,7 @@ FOLDERS = {"a": "a_loop", "a'": "a_batched", "b": "b_sdbatch", "c": "c_compute"}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3, help="repetitions of each way (median)")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of each way (median)")
     ap.add_argument(
         "--jobs",
         choices=sorted(WORKLOADS),
