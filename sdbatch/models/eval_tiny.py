@@ -136,29 +136,34 @@ WHITE = "on a white background"
 EMPHASIS_WEIGHTS = [(1.0, 1.0), (1.4, 0.7), (0.7, 1.4), (2.0, 0.5), (0.5, 2.0)]
 
 
-def emphasis(renderer, model, seeds: int, steps: int, size: int) -> list[dict]:
+def _term(colour: str, weight: float, plain: bool) -> str:
+    return colour if plain else f"({colour}:{weight:g})"
+
+
+def emphasis(renderer, model, seeds: int, steps: int, size: int,
+             weights=EMPHASIS_WEIGHTS) -> list[dict]:  # fmt: skip
     """Do A1111 weights move colour? Two-colour captions (never seen in training) such as
     ``a (red:1.4) (blue:0.7) circle on a white background``, DPM++ 2M Karras, CFG 7: how often
     the first and the second colour is drawn, per weight pair."""
+    cases = [(a, b, SEED_BASE + k) for a, b in EMPHASIS_PAIRS for k in range(seeds)]
+    rows = [(world.Scene("circle", a, "white"), seed, False) for a, _, seed in cases]
+    plain = make_jobs(model, rows, REFERENCE, steps, 7.0, size)
     out = []
-    for wa, wb in EMPHASIS_WEIGHTS:
-        cases = [(a, b, SEED_BASE + k) for a, b in EMPHASIS_PAIRS for k in range(seeds)]
-        fmt = (lambda c, w: c) if (wa, wb) == (1.0, 1.0) else (lambda c, w: f"({c}:{w:g})")
-        rows = [(world.Scene("circle", a, "white"), seed, False) for a, _, seed in cases]
-        plain = make_jobs(model, rows, REFERENCE, steps, 7.0, size)
+    for wa, wb in weights:
+        plain_text = (wa, wb) == (1.0, 1.0)  # the unweighted caption, no brackets
         jobs = [
-            dataclasses.replace(job, prompt=f"a {fmt(a, wa)} {fmt(b, wb)} circle {WHITE}")
+            dataclasses.replace(
+                job,
+                prompt=f"a {_term(a, wa, plain_text)} {_term(b, wb, plain_text)} circle {WHITE}",
+            )
             for job, (a, b, _) in zip(plain, cases, strict=True)
         ]
         colours = [judge(img)["colour"] for img, _nan in renderer.render(jobs)]
-        out.append({
-            "weights": [wa, wb],
-            "images": len(cases),
-            "first": sum(c == a for c, (a, _, _) in zip(colours, cases, strict=True)),
-            "second": sum(c == b for c, (_, b, _) in zip(colours, cases, strict=True)),
-        })  # fmt: skip
-        print(f"emphasis {wa:g}/{wb:g}: first colour {out[-1]['first']}/{len(cases)}, "
-              f"second {out[-1]['second']}/{len(cases)}", file=sys.stderr)  # fmt: skip
+        first = sum(c == a for c, (a, _, _) in zip(colours, cases, strict=True))
+        second = sum(c == b for c, (_, b, _) in zip(colours, cases, strict=True))
+        out.append({"weights": [wa, wb], "images": len(cases), "first": first, "second": second})
+        print(f"emphasis {wa:g}/{wb:g}: first colour {first}/{len(cases)}, "
+              f"second {second}/{len(cases)}", file=sys.stderr)  # fmt: skip
     return out
 
 
