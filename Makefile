@@ -50,7 +50,7 @@ TINY_WORK ?= build/shapes-work
 .PHONY: train-tiny eval-tiny
 
 train-tiny: install  ## train the shapes model on CPU (~40 min on 2 cores, resumable) into build/sdbatch-shapes
-	$(PY) -m sdbatch.models.train_tiny --out $(TINY_OUT) --work $(TINY_WORK)
+	$(PY) -m sdbatch.models.train_tiny --out $(TINY_OUT) --work $(TINY_WORK) --threads 2
 
 eval-tiny: install  ## judge the trained model: every sampler, CFG 7 and 1, 20 steps
 	$(PY) -m sdbatch.models.eval_tiny --model $(TINY_OUT) --out build/eval-tiny/report.md

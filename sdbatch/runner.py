@@ -155,8 +155,17 @@ def _render_halving(render, jobs: tuple[Job, ...]) -> tuple[list, int]:
     return first + second, min(size_a, size_b)
 
 
-def render_batch(render, batch: Batch, faults: Faults) -> tuple[dict | None, str | None, dict]:
-    """Render a whole batch (its composition fixes the pixels): results by job id, error, times."""
+@dataclass
+class Rendered:
+    """One batch's render: (pixels, is_nan) by job id, or the error that failed the whole batch."""
+
+    results: dict | None
+    error: str | None
+    times: dict  # started, finished, duration_s (per image), note (e.g. out-of-memory halving)
+
+
+def render_batch(render, batch: Batch, faults: Faults) -> Rendered:
+    """Render a whole batch (its composition fixes the pixels); exceptions become its error."""
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     note = None
@@ -172,13 +181,13 @@ def render_batch(render, batch: Batch, faults: Faults) -> tuple[dict | None, str
         "duration_s": (time.perf_counter() - t0) / len(batch.jobs),
         "note": note,
     }
-    return results, error, times
+    return Rendered(results, error, times)
 
 
-def write_batch(rendered: tuple, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path,
+def write_batch(rendered: Rendered, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path,
                 env: dict, faults: Faults) -> list[dict]:  # fmt: skip
     """Write the PNGs of the jobs still to do (atomic renames, then one directory fsync)."""
-    results, error, times = rendered
+    results, error, times = rendered.results, rendered.error, rendered.times
     faults.before_write(batch.index)
     rows = []
     for job in todo:

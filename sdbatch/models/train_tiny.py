@@ -17,9 +17,11 @@ of the weights.
 Reproducible and resumable: batch k of the data, its noise, timesteps and caption choices
 are functions of (seed, k) alone, and a checkpoint (weights, EMA, optimiser state, losses)
 is written every ``--ckpt-every`` steps to ``<work>/checkpoints``; rerunning the same command
-continues from the latest one. Schedules are in steps, not minutes, so the same command gives
-the same weights on any machine; ``--minutes`` only caps the total training time (summed over
-resumes): at the cap the run checkpoints, exports what it has and says so.
+continues from the latest one. Schedules are in steps, not minutes, so the same command with
+the same thread count (``make train-tiny`` pins 2) gives the same weights on the same kind of
+CPU; another thread count or CPU changes float rounding, and with it the bits (the model card
+says how much that moved its sampler table). ``--minutes`` only caps the total training time
+(summed over resumes): at the cap the run checkpoints, exports what it has and says so.
 """
 
 from __future__ import annotations
