@@ -256,9 +256,10 @@ def write_report(report: dict, out: Path, cfgs: list[float]) -> Path:
             "",
             "## Emphasis",
             "",
-            "Two-colour captions `a (A:wa) (B:wb) circle on a white background` (6 colour "
-            f"pairs x {report['emphasis'][0]['images'] // 6} seeds, {REFERENCE}, CFG 7): how "
-            "often the picture is the first / the second colour.",
+            "Two-colour captions `a (A:wa) (B:wb) circle on a white background` "
+            f"({len(EMPHASIS_PAIRS)} colour pairs x "
+            f"{report['emphasis'][0]['images'] // len(EMPHASIS_PAIRS)} seeds, {REFERENCE}, "
+            "CFG 7): how often the picture is the first / the second colour.",
             "",
             "| weights A / B | first colour | second colour |",
             "|---|---|---|",

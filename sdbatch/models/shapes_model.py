@@ -122,10 +122,6 @@ def noise_schedule() -> dict:
     return {k: SD15_SCHEDULER_CONFIG[k] for k in keys}
 
 
-def world_combo(scene: world.Scene) -> tuple[str, str, str]:
-    return (scene.colour, scene.shape, scene.background)
-
-
 def miscaption(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
     """The scene as a careless captioner describes it: one attribute (colour, shape or
     background, equally likely) named wrongly, never turning it into a held-out combination
@@ -135,7 +131,7 @@ def miscaption(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
     choices = []
     for value in values[attr]:
         other = dataclasses.replace(scene, **{attr: value})
-        if value != getattr(scene, attr) and world_combo(other) not in world.HELDOUT:
+        if value != getattr(scene, attr) and other.combo not in world.HELDOUT:
             choices.append(other)
     return choices[int(rng.integers(len(choices)))]
 
