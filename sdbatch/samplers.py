@@ -30,6 +30,8 @@ class Sampler:
     options: dict = field(default_factory=dict, hash=False)  # kwargs for Cls.from_config
     exact: bool = True
     note: str = ""
+    # A1111's option of that name (the DPM2 family): see sdbatch.dpm2.
+    discard_next_to_last_sigma: bool = False
 
     def __post_init__(self) -> None:  # an own copy: entries below share their option dicts
         object.__setattr__(self, "options", dict(self.options))
@@ -43,10 +45,8 @@ _COMPVIS = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one"
 _2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 _2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
 
-_DPM2_NOTE = (
-    "A1111 computes steps+1 sigmas and drops the next-to-last one; diffusers does not, so the "
-    "last steps land on different sigmas"
-)
+# A1111 computes steps+1 sigmas and drops the next-to-last one (sdbatch.dpm2 does the same).
+_DPM2 = {"discard_next_to_last_sigma": True}
 _2SA_NOTE = (
     "no DPM++ 2S a in diffusers; uses DPMSolverSDEScheduler (A1111's DPM++ SDE): the same "
     "DPM-Solver++(2S) step, two UNet calls a step, ancestral noise at each step's end, but DPM++ "
@@ -67,8 +67,8 @@ _TABLE = [  # A1111 1.5's order (sd_samplers_kdiffusion.py, then DDIM, PLMS, Uni
     Sampler("Euler", "EulerDiscreteScheduler", _K),
     Sampler("LMS", "LMSDiscreteScheduler", _K),
     Sampler("Heun", "HeunDiscreteScheduler", _K),
-    Sampler("DPM2", "KDPM2DiscreteScheduler", _K, False, _DPM2_NOTE),
-    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", _K, False, _DPM2_NOTE),
+    Sampler("DPM2", "KDPM2DiscreteScheduler", _K, **_DPM2),
+    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", _K, **_DPM2),
     Sampler("DPM++ 2S a", "DPMSolverSDEScheduler", _K, False, _2SA_NOTE),
     Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {**_2M, **_K}, False, _2M_GRID),
     Sampler("DPM++ SDE", "DPMSolverSDEScheduler", _K),
@@ -80,8 +80,8 @@ _TABLE = [  # A1111 1.5's order (sd_samplers_kdiffusion.py, then DDIM, PLMS, Uni
         f"{_2M_GRID}; {_BROWNIAN}",
     ),
     Sampler("LMS Karras", "LMSDiscreteScheduler", _KARRAS),
-    Sampler("DPM2 Karras", "KDPM2DiscreteScheduler", _KARRAS, False, _DPM2_NOTE),
-    Sampler("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", _KARRAS, False, _DPM2_NOTE),
+    Sampler("DPM2 Karras", "KDPM2DiscreteScheduler", _KARRAS, **_DPM2),
+    Sampler("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", _KARRAS, **_DPM2),
     Sampler("DPM++ 2S a Karras", "DPMSolverSDEScheduler", _KARRAS, False, _2SA_NOTE),
     Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {**_2M, **_KARRAS}),
     Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", _KARRAS),
@@ -136,8 +136,15 @@ def resolve_sampler(name: str) -> Sampler:
 
 
 def scheduler_spec(s: Sampler) -> str:
-    """Stable text for the manifest and job ids: ``Cls(key=value, ...)``, keys sorted."""
-    return f"{s.cls}({', '.join(f'{k}={v!r}' for k, v in sorted(s.options.items()))})"
+    """Stable text for the manifest and job ids: ``Cls(key=value, ...)``, keys sorted.
+
+    Lists ``discard_next_to_last_sigma=True`` where the schedule differs from the class's own.
+    """
+    options = {
+        **s.options,
+        **({"discard_next_to_last_sigma": True} if s.discard_next_to_last_sigma else {}),
+    }
+    return f"{s.cls}({', '.join(f'{k}={v!r}' for k, v in sorted(options.items()))})"
 
 
 def build_scheduler(sampler: Sampler | str, base_config: Any, seeds: list[int] | None = None):
@@ -155,6 +162,11 @@ def build_scheduler(sampler: Sampler | str, base_config: Any, seeds: list[int] |
     s = resolve_sampler(sampler) if isinstance(sampler, str) else sampler
     config = {k: v for k, v in dict(base_config).items() if k not in _SAMPLER_KEYS}
     options = dict(s.options)
+    cls = getattr(diffusers, s.cls)
+    if s.discard_next_to_last_sigma:
+        from sdbatch.dpm2 import discarding
+
+        cls = discarding(cls)
     if s.cls == "DPMSolverSDEScheduler":
         if seeds is None:
             raise ValueError(
@@ -165,4 +177,4 @@ def build_scheduler(sampler: Sampler | str, base_config: Any, seeds: list[int] |
         options["noise_sampler_seed"] = [
             int(x) for x in ([seeds] if isinstance(seeds, int) else seeds)
         ]
-    return getattr(diffusers, s.cls).from_config(config, **options)
+    return cls.from_config(config, **options)

@@ -232,3 +232,52 @@ def test_exact_samplers_follow_a1111s_schedule(name):
     want = _a1111_sigmas(20, "Karras" in name, name.startswith("DPM2"))
     assert got.shape == want.shape
     np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-4)
+
+
+def _kdiffusion_dpm2(sigmas, x, denoise, ancestral, noise):
+    """k-diffusion's sample_dpm_2 / sample_dpm_2_ancestral (eta 1), written out."""
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        up = (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5 if ancestral else 0.0
+        down = (s_next**2 - up**2) ** 0.5
+        d = (x - denoise(x, s)) / s
+        if down == 0:  # the last step: Euler to sigma 0
+            x = x + d * (down - s)
+        else:
+            mid = float(np.exp((np.log(s) + np.log(down)) / 2))
+            x_mid = x + d * (mid - s)
+            x = x + (x_mid - denoise(x_mid, mid)) / mid * (down - s)
+        if ancestral and s_next > 0:
+            x = x + noise(x.shape) * up
+    return x
+
+
+@pytest.mark.parametrize("name", ["DPM2", "DPM2 a", "DPM2 Karras", "DPM2 a Karras"])
+def test_dpm2_family_steps_like_a1111(name):
+    """Every step of diffusers + sdbatch.dpm2 equals k-diffusion's loop on A1111's sigmas
+    (steps + 1 of them, the next-to-last dropped): same sigmas, midpoints, noise and result."""
+    ancestral = " a" in name
+    scheduler = build_scheduler(SAMPLERS[name], SD15_SCHEDULER)
+    scheduler.set_timesteps(10)
+    assert len(scheduler.timesteps) == 2 * 10 - 1  # 9 two-call steps, then one Euler step
+
+    def eps(model_input):  # a smooth stand-in for a UNet; depends on the scaled input only
+        return torch.tanh(model_input) * 0.7 + 0.1
+
+    def denoise(x, sigma):  # the same model as k-diffusion's CompVis denoiser sees it
+        return x - sigma * eps(x / (sigma**2 + 1) ** 0.5)
+
+    x0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    noisy = {"generator": torch.Generator().manual_seed(1)} if ancestral else {}
+    x = x0 * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        x = scheduler.step(eps(scheduler.scale_model_input(x, t)), t, x, **noisy).prev_sample
+    sigmas = _a1111_sigmas(10, "Karras" in name, True)
+    ref_gen = torch.Generator().manual_seed(1)
+    want = _kdiffusion_dpm2(
+        sigmas,
+        x0 * sigmas[0],
+        denoise,
+        ancestral,
+        lambda shape: torch.randn(shape, generator=ref_gen, dtype=torch.float32),
+    )
+    np.testing.assert_allclose(x.numpy(), want.numpy(), rtol=2e-3, atol=2e-3)
