@@ -30,8 +30,10 @@ class Sampler:
     options: dict = field(default_factory=dict, hash=False)  # kwargs for Cls.from_config
     exact: bool = True
     note: str = ""
-    # A1111's option of that name (the DPM2 family): see sdbatch.dpm2.
+    # A1111's option of that name (the DPM2 family): see sdbatch.a1111_schedules.
     discard_next_to_last_sigma: bool = False
+    # DDIM/PLMS on A1111's grid t = range(0, 1000, 1000 // steps) + 1, stopping at t=1.
+    a1111_grid: bool = False
 
     def __post_init__(self) -> None:  # an own copy: entries below share their option dicts
         object.__setattr__(self, "options", dict(self.options))
@@ -40,12 +42,13 @@ class Sampler:
 # k-diffusion samplers: A1111 spaces sigmas over t = linspace(999, 0, steps) ("linspace").
 _K = {"timestep_spacing": "linspace"}
 _KARRAS = {**_K, "use_karras_sigmas": True}
-# DDIM/PLMS: A1111 uses t = range(0, 1000, 1000 // steps) + 1 and alphas_cumprod[0] at the end.
+# DDIM/PLMS: diffusers' leading grid (t = 1, 51, ..., 951 at 20 steps), which a1111_grid replaces
+# by A1111's own (sdbatch.a1111_schedules): the same points when 1000 is a multiple of steps.
 _COMPVIS = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
 _2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 _2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
 
-# A1111 computes steps+1 sigmas and drops the next-to-last one (sdbatch.dpm2 does the same).
+# A1111 computes steps+1 sigmas and drops the next-to-last one (sdbatch.a1111_schedules).
 _DPM2 = {"discard_next_to_last_sigma": True}
 _2SA_NOTE = (
     "no DPM++ 2S a in diffusers; uses DPMSolverSDEScheduler (A1111's DPM++ SDE): the same "
@@ -92,8 +95,8 @@ _TABLE = [  # A1111 1.5's order (sd_samplers_kdiffusion.py, then DDIM, PLMS, Uni
         False,
         _BROWNIAN,
     ),
-    Sampler("DDIM", "DDIMScheduler", {**_COMPVIS, "clip_sample": False}),
-    Sampler("PLMS", "PNDMScheduler", {**_COMPVIS, "skip_prk_steps": True}),
+    Sampler("DDIM", "DDIMScheduler", {**_COMPVIS, "clip_sample": False}, a1111_grid=True),
+    Sampler("PLMS", "PNDMScheduler", {**_COMPVIS, "skip_prk_steps": True}, a1111_grid=True),
     Sampler(
         "UniPC",
         "UniPCMultistepScheduler",
@@ -138,12 +141,11 @@ def resolve_sampler(name: str) -> Sampler:
 def scheduler_spec(s: Sampler) -> str:
     """Stable text for the manifest and job ids: ``Cls(key=value, ...)``, keys sorted.
 
-    Lists ``discard_next_to_last_sigma=True`` where the schedule differs from the class's own.
+    Lists ``discard_next_to_last_sigma=True`` / ``a1111_grid=True`` where the schedule differs
+    from the class's own.
     """
-    options = {
-        **s.options,
-        **({"discard_next_to_last_sigma": True} if s.discard_next_to_last_sigma else {}),
-    }
+    flags = {"discard_next_to_last_sigma": s.discard_next_to_last_sigma, "a1111_grid": s.a1111_grid}
+    options = {**s.options, **{k: True for k, on in flags.items() if on}}
     return f"{s.cls}({', '.join(f'{k}={v!r}' for k, v in sorted(options.items()))})"
 
 
@@ -163,10 +165,15 @@ def build_scheduler(sampler: Sampler | str, base_config: Any, seeds: list[int] |
     config = {k: v for k, v in dict(base_config).items() if k not in _SAMPLER_KEYS}
     options = dict(s.options)
     cls = getattr(diffusers, s.cls)
-    if s.discard_next_to_last_sigma:
-        from sdbatch.dpm2 import discarding
+    if s.discard_next_to_last_sigma or s.a1111_grid:
+        from sdbatch import a1111_schedules
 
-        cls = discarding(cls)
+        wrap = (
+            a1111_schedules.discarding
+            if s.discard_next_to_last_sigma
+            else a1111_schedules.timestep_grid
+        )
+        cls = wrap(cls)
     if s.cls == "DPMSolverSDEScheduler":
         if seeds is None:
             raise ValueError(

@@ -117,7 +117,11 @@ def evaluate(args) -> dict:
             print(format_row(row), file=sys.stderr)
             if sampler == args.samplers[0]:
                 images[cfg] = pixels
-    weights = emphasis(renderer, model, args.emphasis_seeds, args.steps, args.size)
+    weights = (
+        emphasis(renderer, model, args.emphasis_seeds, args.steps, args.size)
+        if args.emphasis_seeds
+        else []
+    )
     return {
         "emphasis": weights,
         "model": str(args.model),
@@ -293,7 +297,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=Path("build/sdbatch-shapes"))
     p.add_argument("--out", type=Path, default=Path("build/eval-tiny/report.md"))
-    p.add_argument("--seeds", type=int, default=2, help="seeds per caption (default 2)")
+    p.add_argument("--seeds", type=int, default=6, help="seeds per caption (default 6)")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts (smoke)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, nargs="+", default=[7.0, 1.0])

@@ -222,10 +222,8 @@ def _a1111_sigmas(steps, karras, discard_next_to_last):
 def test_exact_samplers_follow_a1111s_schedule(name):
     scheduler = build_scheduler(SAMPLERS[name], SD15_SCHEDULER, seeds=[0])
     scheduler.set_timesteps(20)
-    if name in ("DDIM", "PLMS"):  # CompVis: t = range(0, 1000, 1000 // steps) + 1, then alphas[0]
-        steps = sorted({int(t) for t in scheduler.timesteps})
-        assert steps == list(range(1, 1000, 50))
-        assert float(scheduler.final_alpha_cumprod) == float(scheduler.alphas_cumprod[0])
+    if name in ("DDIM", "PLMS"):  # A1111 1.6+: t = 951, 901, ..., 51 evaluated, last step to t=1
+        assert sorted({int(t) for t in scheduler.timesteps}) == list(range(51, 1000, 50))
         return
     # Second-order schedulers list each sigma twice; keep one of each.
     got = np.array([k for k, _ in itertools.groupby(scheduler.sigmas.double().tolist())])
@@ -253,7 +251,7 @@ def _kdiffusion_dpm2(sigmas, x, denoise, ancestral, noise):
 
 @pytest.mark.parametrize("name", ["DPM2", "DPM2 a", "DPM2 Karras", "DPM2 a Karras"])
 def test_dpm2_family_steps_like_a1111(name):
-    """Every step of diffusers + sdbatch.dpm2 equals k-diffusion's loop on A1111's sigmas
+    """Every step of diffusers + sdbatch.a1111_schedules equals k-diffusion's loop on A1111's sigmas
     (steps + 1 of them, the next-to-last dropped): same sigmas, midpoints, noise and result."""
     ancestral = " a" in name
     scheduler = build_scheduler(SAMPLERS[name], SD15_SCHEDULER)
@@ -281,3 +279,58 @@ def test_dpm2_family_steps_like_a1111(name):
         lambda shape: torch.randn(shape, generator=ref_gen, dtype=torch.float32),
     )
     np.testing.assert_allclose(x.numpy(), want.numpy(), rtol=2e-3, atol=2e-3)
+
+
+def _a1111_timesteps_loop(x, eps, steps, plms):
+    """A1111 1.6+'s ddim / plms (sd_samplers_timesteps_impl, eta 0), written out."""
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    ac = np.cumprod(1 - betas)
+    ts = np.clip(np.arange(0, 1000, 1000 // steps) + 1, 0, 999)
+    old, calls = [], []
+
+    def model(x, t):
+        calls.append(int(t))
+        return eps(x, t)
+
+    def to_prev(x, e, i):  # from ts[i] to ts[i - 1]
+        a, a_prev = ac[ts[i]], ac[ts[i - 1]]
+        x0 = (x - (1 - a) ** 0.5 * e) / a**0.5
+        return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * e
+
+    for i in range(len(ts) - 1, 0, -1):
+        e = model(x, ts[i])
+        if plms and not old:  # pseudo improved Euler
+            e_prime = (e + model(to_prev(x, e, i), ts[i - 1])) / 2
+        elif plms and len(old) == 1:
+            e_prime = (3 * e - old[-1]) / 2
+        elif plms and len(old) == 2:
+            e_prime = (23 * e - 16 * old[-1] + 5 * old[-2]) / 12
+        elif plms:
+            e_prime = (55 * e - 59 * old[-1] + 37 * old[-2] - 9 * old[-3]) / 24
+        else:
+            e_prime = e
+        x = to_prev(x, e_prime, i)
+        old = (old + [e])[-3:]
+    return x, calls
+
+
+@pytest.mark.parametrize("steps", [20, 30])
+@pytest.mark.parametrize("name", ["DDIM", "PLMS"])
+def test_ddim_and_plms_step_like_a1111(name, steps):
+    """diffusers + sdbatch.a1111_schedules equals A1111's loop: the same timesteps evaluated
+    (30 steps: 30 calls from t=991, where diffusers' own grid starts at 958), the same result."""
+    scheduler = build_scheduler(SAMPLERS[name], SD15_SCHEDULER)
+    scheduler.set_timesteps(steps)
+
+    def eps(x, t):  # a smooth stand-in for a UNet that depends on the timestep too
+        return torch.tanh(x) * 0.7 + 0.1 + float(t) / 2000
+
+    x0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x, calls = x0.clone(), []
+    for t in scheduler.timesteps:
+        calls.append(int(t))
+        x = scheduler.step(eps(x, t), t, x).prev_sample
+    want, want_calls = _a1111_timesteps_loop(x0.clone(), eps, steps, name == "PLMS")
+    assert calls == want_calls
+    assert calls[0] == (951 if steps == 20 else 991) and 1 not in calls
+    np.testing.assert_allclose(x.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)

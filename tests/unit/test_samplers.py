@@ -119,12 +119,16 @@ def test_spec_strings_are_pinned():
         "DPMSolverSDEScheduler(timestep_spacing='linspace', use_karras_sigmas=True)"
     )
     assert scheduler_spec(SAMPLERS["DDIM"]) == (
-        "DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1, "
-        "timestep_spacing='leading')"
+        "DDIMScheduler(a1111_grid=True, clip_sample=False, set_alpha_to_one=False, "
+        "steps_offset=1, timestep_spacing='leading')"
     )
     assert scheduler_spec(SAMPLERS["PLMS"]) == (
-        "PNDMScheduler(set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, "
-        "timestep_spacing='leading')"
+        "PNDMScheduler(a1111_grid=True, set_alpha_to_one=False, skip_prk_steps=True, "
+        "steps_offset=1, timestep_spacing='leading')"
+    )
+    assert scheduler_spec(SAMPLERS["DPM2 a Karras"]) == (
+        "KDPM2AncestralDiscreteScheduler(discard_next_to_last_sigma=True, "
+        "timestep_spacing='linspace', use_karras_sigmas=True)"
     )
 
 

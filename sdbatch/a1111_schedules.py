@@ -1,6 +1,6 @@
-"""A1111's schedule for DPM2 and DPM2 a on diffusers' KDPM2 schedulers.
+"""A1111's schedules that diffusers' schedulers lack: subclasses that only change ``set_timesteps``.
 
-Why: A1111 runs DPM2, DPM2 a and their Karras variants with ``discard_next_to_last_sigma``:
+DPM2 family. A1111 runs DPM2, DPM2 a and their Karras variants with ``discard_next_to_last_sigma``:
 it builds the sigma schedule for steps + 1 and drops the next-to-last sigma, so the last
 step goes straight from the 20th sigma to 0 (an Euler step) instead of spending a UNet call on
 sigma_min (0.03), and the steps before it are a little shorter. diffusers' ``KDPM2*`` classes
@@ -8,8 +8,16 @@ have no such option, so ``discarding(cls)`` returns a subclass whose ``set_times
 its tables on A1111's sigmas. The tables follow k-diffusion's ``sample_dpm_2`` /
 ``sample_dpm_2_ancestral`` (midpoint sigma = geometric mean of sigma and the step's target;
 the ancestral target is ``sigma_down``), which is also what diffusers computes from its own
-sigmas; ``tests/unit/test_dpm2.py`` checks every step against a k-diffusion-style loop.
+sigmas.
 
+DDIM and PLMS. Since 1.6 A1111 runs them on ``t = range(0, 1000, 1000 // steps) + 1``
+(clipped to 999) and stops at t=1: the model is never called at t=1 and the image keeps
+t=1's tiny noise (sigma 0.04). That is ``steps`` steps only when 1000 is a multiple of
+``steps`` (steps=30 gives 31 grid points, so 30 steps from t=991). diffusers' "leading"
+grid always has ``steps`` points and adds a last step from t=1 to alphas_cumprod[0].
+``timestep_grid(cls)`` gives diffusers' class A1111's grid; the step formulas are the same.
+
+``tests/integration/test_samplers_run.py`` checks every step against written-out A1111 loops.
 Imports torch and diffusers: only ``samplers.build_scheduler`` calls it.
 """
 
@@ -69,5 +77,29 @@ def discarding(cls: type) -> type:
         # Drop the next-to-last sigma of the list ending in 0: the smallest one above 0.
         _tables(self, sigmas[:-1], timesteps[:-1], ancestral, device)
         self.num_inference_steps = num_inference_steps
+
+    return type(cls.__name__, (cls,), {"set_timesteps": set_timesteps, "__module__": __name__})
+
+
+@functools.cache
+def timestep_grid(cls: type) -> type:
+    """A subclass of diffusers' ``DDIMScheduler`` or ``PNDMScheduler`` (``skip_prk_steps``)
+    that steps over A1111's grid (see the module docstring).
+
+    diffusers computes each step's target as ``t - 1000 // steps``, which is the grid's next
+    point everywhere except where the grid's top point was clipped from 1000 to 999 (steps
+    3, 9, 27, 37, 111, 333, 999): there the first step lands one timestep lower than A1111's.
+    """
+    plms = cls.__name__ == "PNDMScheduler"
+
+    def set_timesteps(self, num_inference_steps: int, device=None):
+        cls.set_timesteps(self, num_inference_steps, device)  # step ratio, PLMS state
+        n = self.config.num_train_timesteps
+        grid = np.clip(np.arange(0, n, n // num_inference_steps) + 1, 0, n - 1)
+        down = grid[::-1][:-1]  # evaluated at every point but t=1; the last step lands there
+        if plms:  # the first step also evaluates its target (pseudo improved Euler)
+            down = np.concatenate([down[:2], down[1:]])
+            self.plms_timesteps = down.copy()
+        self.timesteps = torch.from_numpy(down.astype(np.int64)).to(device)
 
     return type(cls.__name__, (cls,), {"set_timesteps": set_timesteps, "__module__": __name__})
