@@ -88,7 +88,7 @@ def timestep_grid(cls: type) -> type:
 
     diffusers computes each step's target as ``t - 1000 // steps``, which is the grid's next
     point everywhere except where the grid's top point was clipped from 1000 to 999 (steps
-    3, 9, 27, 37, 111, 333, 999): there the first step lands one timestep lower than A1111's.
+    3, 9, 27, 37, 111, 333 and above 500): there the first step lands one timestep lower.
     """
     plms = cls.__name__ == "PNDMScheduler"
 
