@@ -10,14 +10,12 @@ import re
 from pathlib import Path
 
 from sdbatch.errors import UserError
-from sdbatch.grid import (
+from sdbatch.grid import font_for, label_metrics, load_cell_image
+from sdbatch.rows import (
     check_column,
     distinct,
     filter_rows,
-    font_for,
     label,
-    label_metrics,
-    load_cell_image,
     pick_first,
     show,
     value,

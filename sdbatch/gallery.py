@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from sdbatch.errors import UserError
-from sdbatch.grid import axis_name, distinct, load_rows, show, value
+from sdbatch.rows import axis_name, distinct, load_rows, show, value
 
 PAGE_SIZE = 200
 MAX_OPTIONS = 300  # more distinct values than this: a "contains" box instead of a dropdown

@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sdbatch.animate import animate
-    from sdbatch.grid import load_rows
+    from sdbatch.rows import load_rows
 
     out = Path(args.out) if args.out else Path(args.dir) / "animations" / f"{args.axis}.webp"
     rows = load_rows(args.dir)

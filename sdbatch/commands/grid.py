@@ -32,7 +32,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbatch.grid import check_scale, load_rows, write_grids
+    from sdbatch.grid import check_scale, write_grids
+    from sdbatch.rows import load_rows
 
     scale = check_scale(args.scale)
     rows = load_rows(args.dir)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from sdbatch import animate as anim
 from sdbatch import grid
+from sdbatch import rows as row_tools
 from sdbatch.errors import UserError
 from sdbatch.gallery import gallery_data, script_json
 from sdbatch.infotext import format_infotext, parse_infotext, read_png_infotext
@@ -69,16 +70,16 @@ def dark_pixels(image: Image.Image, box: tuple[int, int, int, int]) -> int:
 
 
 def test_labels_are_a1111_infotext_names():
-    assert grid.label("cfg", 7.0) == "CFG scale: 7"
-    assert grid.label("cfg", 7.5) == "CFG scale: 7.5"
-    assert grid.label("sampler", "Euler a") == "Sampler: Euler a"
-    assert grid.label("steps", 20) == "Steps: 20"
-    assert grid.label("seed", 1) == "Seed: 1"
-    assert grid.label("vars.style", "bob") == "style: bob"
+    assert row_tools.label("cfg", 7.0) == "CFG scale: 7"
+    assert row_tools.label("cfg", 7.5) == "CFG scale: 7.5"
+    assert row_tools.label("sampler", "Euler a") == "Sampler: Euler a"
+    assert row_tools.label("steps", 20) == "Steps: 20"
+    assert row_tools.label("seed", 1) == "Seed: 1"
+    assert row_tools.label("vars.style", "bob") == "style: bob"
 
 
 def test_sheet_size_cells_and_labels(run6):
-    (sheet,) = grid.draw_grids(grid.load_rows(run6), "vars.style", "cfg")
+    (sheet,) = grid.draw_grids(row_tools.load_rows(run6), "vars.style", "cfg")
     font_size, line_h, pad, left = grid.label_metrics(64, 64)
     assert (font_size, line_h, pad, left) == (12, 16, 6, 96)
     top = 2 * pad + line_h  # one line of column labels
@@ -95,7 +96,7 @@ def test_sheet_size_cells_and_labels(run6):
 
 
 def test_sheet_infotext_describes_the_axes(run6, tmp_path):
-    sheets = grid.write_grids(grid.load_rows(run6), "vars.style", "cfg", out_dir=run6)
+    sheets = grid.write_grids(row_tools.load_rows(run6), "vars.style", "cfg", out_dir=run6)
     paths = [s.path for s in sheets]
     assert paths == [run6 / "grids" / "grid-vars.style-cfg.png"]
     assert sheets[0].image is None and sheets[0].size == (288, 156)
@@ -111,10 +112,11 @@ def test_sheet_infotext_describes_the_axes(run6, tmp_path):
 def test_values_sort_numerically(tmp_path):
     specs = [dict(cfg=c, style=s, colour=(10 * i, 0, 0)) for i, c in enumerate([10, 9, 7.5])
              for s in ["10", "9", "x"]]  # fmt: skip
-    rows = grid.load_rows(make_run(tmp_path, specs))
-    assert grid.distinct(rows, "cfg") == [7.5, 9, 10]
-    assert grid.distinct(rows, "vars.style") == ["9", "10", "x"]
-    assert sorted(["nan", "2", None, "b", "10"], key=grid.sort_key) == ["2", "10", "b", "nan", None]
+    rows = row_tools.load_rows(make_run(tmp_path, specs))
+    assert row_tools.distinct(rows, "cfg") == [7.5, 9, 10]
+    assert row_tools.distinct(rows, "vars.style") == ["9", "10", "x"]
+    ordered = sorted(["nan", "2", None, "b", "10"], key=row_tools.sort_key)
+    assert ordered == ["2", "10", "b", "nan", None]
     (sheet,) = grid.draw_grids(rows, "cfg", "vars.style")
     info = parse_infotext(sheet.infotext).params
     assert info["X Values"] == "7.5, 9, 10" and info["Y Values"] == "9, 10, x"
@@ -127,7 +129,7 @@ def test_failed_nan_and_empty_cells_are_placeholders(tmp_path):
         dict(style="a", cfg=7.0, status="nan", error="NaN in the image"),
         # (b, 7) has no row at all
     ]
-    (sheet,) = grid.draw_grids(grid.load_rows(make_run(tmp_path, specs)), "vars.style", "cfg")
+    (sheet,) = grid.draw_grids(row_tools.load_rows(make_run(tmp_path, specs)), "vars.style", "cfg")
     _, line_h, pad, left = grid.label_metrics(64, 64)
     top = 2 * pad + line_h
     assert sheet.image.size == (left + 2 * 64, top + 2 * 64)
@@ -140,37 +142,37 @@ def test_failed_nan_and_empty_cells_are_placeholders(tmp_path):
 
 def test_megapixel_cap(run6):
     with pytest.raises(UserError) as exc:
-        grid.draw_grids(grid.load_rows(run6), "vars.style", "cfg", max_megapixels=0.01)
+        grid.draw_grids(row_tools.load_rows(run6), "vars.style", "cfg", max_megapixels=0.01)
     msg = str(exc.value)
     assert "288x156" in msg and "0.0 megapixels" in msg and "--max-megapixels 0.01" in msg
     assert "\n" not in msg
 
 
 def test_where_filters_and_rejects_bad_input(run6):
-    rows = grid.load_rows(run6)
-    assert len(grid.filter_rows(rows, "cfg == 7")) == 3
-    assert len(grid.filter_rows(rows, "cfg > 5 and vars.style != 'b'")) == 2
-    assert len(grid.filter_rows(rows, "cfg <= 7 and cfg >= 5")) == 6
-    assert len(grid.filter_rows(rows, "sampler == Euler a")) == 6
-    assert grid.parse_where("sampler == 'x and y' and seed < 3") == [
+    rows = row_tools.load_rows(run6)
+    assert len(row_tools.filter_rows(rows, "cfg == 7")) == 3
+    assert len(row_tools.filter_rows(rows, "cfg > 5 and vars.style != 'b'")) == 2
+    assert len(row_tools.filter_rows(rows, "cfg <= 7 and cfg >= 5")) == 6
+    assert len(row_tools.filter_rows(rows, "sampler == Euler a")) == 6
+    assert row_tools.parse_where("sampler == 'x and y' and seed < 3") == [
         ("sampler", "==", "x and y"),
         ("seed", "<", "3"),
     ]
     (sheet,) = grid.draw_grids(rows, "vars.style", "cfg", where="cfg == 7")
     assert sheet.image.size == (288, 28 + 64)
     with pytest.raises(UserError, match="no rows match"):
-        grid.filter_rows(rows, "seed == 99")
+        row_tools.filter_rows(rows, "seed == 99")
     with pytest.raises(UserError, match="unknown column 'colour'.*vars.style"):
-        grid.filter_rows(rows, "colour == red")
+        row_tools.filter_rows(rows, "colour == red")
     with pytest.raises(UserError, match="cannot read"):
-        grid.filter_rows(rows, "cfg = 7")
+        row_tools.filter_rows(rows, "cfg = 7")
     with pytest.raises(UserError, match="cannot read"):
-        grid.filter_rows(rows, "__import__('os') == 1")
+        row_tools.filter_rows(rows, "__import__('os') == 1")
 
 
 def test_crowded_cells_take_the_lowest_seed_with_a_note(tmp_path):
     specs = [dict(style="a", seed=s, colour=(s * 50, 0, 0)) for s in (3, 1, 2)]
-    (sheet,) = grid.draw_grids(grid.load_rows(make_run(tmp_path, specs)), "vars.style")
+    (sheet,) = grid.draw_grids(row_tools.load_rows(make_run(tmp_path, specs)), "vars.style")
     assert sheet.image.getpixel((32, sheet.image.height - 32)) == (50, 0, 0)  # seed 1
     assert len(sheet.notes) == 1 and "seed varies" in sheet.notes[0]
 
@@ -239,7 +241,7 @@ def run32(tmp_path) -> tuple[Path, dict]:
     specs = [dict(style=s, cfg=c, colour=COLOURS[s, c]) for c in CFGS for s in STYLES]
     out = make_run(tmp_path / "out32", specs, size=32)
     sources = {}
-    for row in grid.load_rows(out):
+    for row in row_tools.load_rows(out):
         key = (row["vars"]["style"], row["cfg"])
         sources[key] = patterned(out / row["image"], len(sources))
     return out, sources
@@ -247,7 +249,7 @@ def run32(tmp_path) -> tuple[Path, dict]:
 
 def test_scale_enlarges_cells_with_exact_nearest_neighbour_pixels(run32):
     out, sources = run32
-    rows = grid.load_rows(out)
+    rows = row_tools.load_rows(out)
     (sheet,) = grid.draw_grids(rows, "vars.style", "cfg", scale=4)
     font_size, line_h, pad, left = grid.label_metrics(128, 128)  # laid out for the scaled cell
     top = 2 * pad + line_h  # "style: a" fits on one line of a 128-pixel column
@@ -279,7 +281,7 @@ def test_scale_fills_placeholder_cells_and_counts_in_the_megapixel_cap(tmp_path)
     ]
     out = make_run(tmp_path, specs, size=32)
     (out / "images" / "0000000000000003.png").unlink()  # an ok row whose PNG is gone
-    rows = grid.load_rows(out)
+    rows = row_tools.load_rows(out)
     (sheet,) = grid.draw_grids(rows, "vars.style", "cfg", scale=3)
     _, line_h, pad, left = grid.label_metrics(96, 96)
     top = sheet.image.height - 2 * 96
@@ -345,7 +347,8 @@ def test_animation_frames_order_and_duration(tmp_path, suffix):
     specs = [dict(cfg=c, colour=col) for c, col in colours.items()]
     specs.append(dict(cfg=11.0, status="failed", error="boom"))
     out = tmp_path / f"anim{suffix}"
-    notes = anim.animate(grid.load_rows(make_run(tmp_path, specs)), "cfg", out, duration_ms=120)
+    rows = row_tools.load_rows(make_run(tmp_path, specs))
+    notes = anim.animate(rows, "cfg", out, duration_ms=120)
     assert notes == []
     with Image.open(out) as im:
         assert im.n_frames == 4
@@ -361,7 +364,7 @@ def test_animation_frames_order_and_duration(tmp_path, suffix):
 
 def test_animation_refuses_incomparable_frames(tmp_path):
     specs = [dict(cfg=c, seed=s, colour=(int(c), s, 0)) for c in (5.0, 7.0) for s in (1, 2)]
-    rows = grid.load_rows(make_run(tmp_path, specs))
+    rows = row_tools.load_rows(make_run(tmp_path, specs))
     msg = r"not be comparable: seed has 2 values \(1, 2\); pin them, e.g. --where \"seed == 1\"$"
     with pytest.raises(UserError, match=msg):
         anim.animate(rows, "cfg", tmp_path / "a.gif")
@@ -375,7 +378,7 @@ def test_animation_refuses_incomparable_frames(tmp_path):
 def test_animation_hint_names_the_variable_not_the_prompt(tmp_path):
     specs = [dict(cfg=c, style=s, colour=(int(c), len(s), 0)) for c in (5.0, 7.0)
              for s in ("bob cut", "braids")]  # fmt: skip
-    rows = grid.load_rows(make_run(tmp_path, specs))
+    rows = row_tools.load_rows(make_run(tmp_path, specs))
     with pytest.raises(UserError) as exc:
         anim.animate(rows, "cfg", tmp_path / "a.gif")
     assert "prompt" not in str(exc.value)
@@ -385,7 +388,7 @@ def test_animation_hint_names_the_variable_not_the_prompt(tmp_path):
 
 def test_animation_notes_identical_frames_and_caption_keeps_them(tmp_path):
     specs = [dict(cfg=c, colour=(9, 9, 9)) for c in (5.0, 7.0)]
-    rows = grid.load_rows(make_run(tmp_path, specs))
+    rows = row_tools.load_rows(make_run(tmp_path, specs))
     notes = anim.animate(rows, "cfg", tmp_path / "a.webp")
     assert notes == [
         "note: CFG scale: 5 and 7 look identical; the file shows them as one longer frame "
@@ -401,7 +404,7 @@ def test_gallery_data_and_script_escaping(tmp_path):
     evil = "<img src=x onerror=alert(1)></script><!--"
     specs = [dict(prompt=evil, colour=(1, 2, 3)), dict(status="nan", seed=2)]
     out = make_run(tmp_path / "g", specs)
-    data = gallery_data(grid.load_rows(out), out)
+    data = gallery_data(row_tools.load_rows(out), out)
     cols = data["cols"]
     rows = [dict(zip(cols, r, strict=True)) for r in data["rows"]]
     assert rows[0]["src"] == "images/0000000000000000.png" and rows[1]["src"] is None
