@@ -103,3 +103,7 @@ def timestep_grid(cls: type) -> type:
         self.timesteps = torch.from_numpy(down.astype(np.int64)).to(device)
 
     return type(cls.__name__, (cls,), {"set_timesteps": set_timesteps, "__module__": __name__})
+
+
+# Sampler.a1111_schedule -> the subclass factory.
+SCHEDULES = {"discard_next_to_last_sigma": discarding, "a1111_grid": timestep_grid}

@@ -30,10 +30,9 @@ class Sampler:
     options: dict = field(default_factory=dict, hash=False)  # kwargs for Cls.from_config
     exact: bool = True
     note: str = ""
-    # A1111's option of that name (the DPM2 family): see sdbatch.a1111_schedules.
-    discard_next_to_last_sigma: bool = False
-    # DDIM/PLMS on A1111's grid t = range(0, 1000, 1000 // steps) + 1, stopping at t=1.
-    a1111_grid: bool = False
+    # An A1111 schedule diffusers lacks, by its key in sdbatch.a1111_schedules.SCHEDULES:
+    # "discard_next_to_last_sigma" (the DPM2 family) or "a1111_grid" (DDIM, PLMS).
+    a1111_schedule: str = ""
 
     def __post_init__(self) -> None:  # an own copy: entries below share their option dicts
         object.__setattr__(self, "options", dict(self.options))
@@ -49,7 +48,7 @@ _2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 _2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
 
 # A1111 computes steps+1 sigmas and drops the next-to-last one (sdbatch.a1111_schedules).
-_DPM2 = {"discard_next_to_last_sigma": True}
+_DPM2 = {"a1111_schedule": "discard_next_to_last_sigma"}
 _2SA_NOTE = (
     "no DPM++ 2S a in diffusers; uses DPMSolverSDEScheduler (A1111's DPM++ SDE): the same "
     "DPM-Solver++(2S) step, two UNet calls a step, ancestral noise at each step's end, but DPM++ "
@@ -95,8 +94,12 @@ _TABLE = [  # A1111 1.5's order (sd_samplers_kdiffusion.py, then DDIM, PLMS, Uni
         False,
         _BROWNIAN,
     ),
-    Sampler("DDIM", "DDIMScheduler", {**_COMPVIS, "clip_sample": False}, a1111_grid=True),
-    Sampler("PLMS", "PNDMScheduler", {**_COMPVIS, "skip_prk_steps": True}, a1111_grid=True),
+    Sampler(
+        "DDIM", "DDIMScheduler", {**_COMPVIS, "clip_sample": False}, a1111_schedule="a1111_grid"
+    ),
+    Sampler(
+        "PLMS", "PNDMScheduler", {**_COMPVIS, "skip_prk_steps": True}, a1111_schedule="a1111_grid"
+    ),
     Sampler(
         "UniPC",
         "UniPCMultistepScheduler",
@@ -141,11 +144,9 @@ def resolve_sampler(name: str) -> Sampler:
 def scheduler_spec(s: Sampler) -> str:
     """Stable text for the manifest and job ids: ``Cls(key=value, ...)``, keys sorted.
 
-    Lists ``discard_next_to_last_sigma=True`` / ``a1111_grid=True`` where the schedule differs
-    from the class's own.
+    Lists the A1111 schedule (e.g. ``a1111_grid=True``) where it replaces the class's own.
     """
-    flags = {"discard_next_to_last_sigma": s.discard_next_to_last_sigma, "a1111_grid": s.a1111_grid}
-    options = {**s.options, **{k: True for k, on in flags.items() if on}}
+    options = {**s.options, **({s.a1111_schedule: True} if s.a1111_schedule else {})}
     return f"{s.cls}({', '.join(f'{k}={v!r}' for k, v in sorted(options.items()))})"
 
 
@@ -165,15 +166,10 @@ def build_scheduler(sampler: Sampler | str, base_config: Any, seeds: list[int] |
     config = {k: v for k, v in dict(base_config).items() if k not in _SAMPLER_KEYS}
     options = dict(s.options)
     cls = getattr(diffusers, s.cls)
-    if s.discard_next_to_last_sigma or s.a1111_grid:
-        from sdbatch import a1111_schedules
+    if s.a1111_schedule:
+        from sdbatch.a1111_schedules import SCHEDULES
 
-        wrap = (
-            a1111_schedules.discarding
-            if s.discard_next_to_last_sigma
-            else a1111_schedules.timestep_grid
-        )
-        cls = wrap(cls)
+        cls = SCHEDULES[s.a1111_schedule](cls)
     if s.cls == "DPMSolverSDEScheduler":
         if seeds is None:
             raise ValueError(
