@@ -154,6 +154,7 @@ class CaptionTokens:
         self.wrong_prob = wrong_prob
         self.unknown_pool = np.setdiff1d(np.arange(BOS_ID), self.used_ids)
         self._cache: dict[str, list[int]] = {}
+        self.empty_ids = torch.tensor([[BOS_ID] + [EOS_ID] * (MAX_LENGTH - 1)])
 
     def __call__(self, scenes: list[world.Scene], rng: np.random.Generator) -> torch.Tensor:
         empty_prob, unk_prob, tags_prob = self.probs
@@ -259,9 +260,15 @@ Size: generate at 32x32 (`size: 32x32`); other sizes change the latent grid it n
   captions, {cfg[wrong_prob]:.0%} naming one attribute wrongly, {cfg[unk_prob]:.0%} with
   unknown tokens, {cfg[tags_prob]:.0%} as tags, AdamW
   (lr {cfg[lr_vae]:g} / {cfg[lr]:g}, cosine), batch {cfg[batch]}, EMA {cfg[ema_decay]};
+  then a tune phase of {cfg[tune_steps]} steps: the same data and loss, the learning rate and
+  EMA restarted, plus a penalty on the slope of the guidance term (for {cfg[slope_batch]}
+  images a step: how much 7 x (cond - uncond) changes when the noisy latent moves 20% of sigma
+  towards another training picture's; slopes above {cfg[slope_limit]:g} cost
+  {cfg[slope_weight]:g} x excess squared; `sdbatch/models/guidance_slope.py`);
   CPU threads {threads}; {minutes:.1f} minutes of training.
 - Held out from training (never shown): {heldout}.
-- Final mean losses (last 100 steps): VAE {vae_loss}, UNet {unet_loss}.
+- Final mean losses (last 100 steps of each phase): VAE {vae_loss}, UNet {unet_loss},
+  tune {tune_loss} (with the penalty).
 - torch {torch}, diffusers {diffusers}, transformers {transformers}.
 - Loss curve: `training_loss.png`.
 

@@ -26,74 +26,24 @@ says how much that moved its sampler table). ``--minutes`` only caps the total t
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sdbatch.models import shapes_model as sm
+from sdbatch.models.guidance_slope import guidance_slope
 from sdbatch.models.threads import ThreadPicker
+from sdbatch.models.train_config import RESUME_KEYS, TUNE_KEYS, TrainConfig, parse_args
 from sdbatch.shapes import world
 from sdbatch.shapes.judge import accuracy, judge
 from sdbatch.shapes.plot import plot_losses
 
-
-@dataclass
-class TrainConfig:
-    out: Path = Path("build/sdbatch-shapes")  # the diffusers folder written at the end
-    work: Path = Path("build/shapes-work")  # checkpoints, loss curve
-    seed: int = 0
-    minutes: float = 60.0  # cap on total training time, all resumes together (raise to go on)
-    threads: str = "auto"  # a number, or auto: the fastest of 1 and all cores, re-probed
-    batch: int = 64
-    vae_steps: int = 1500
-    unet_steps: int = 6500
-    lr_vae: float = 1e-3
-    lr: float = 5e-4
-    warmup: int = 100
-    ema_decay: float = 0.999
-    empty_prob: float = 0.1
-    wrong_prob: float = 0.35  # captions naming one attribute wrongly (see CaptionTokens)
-    unk_prob: float = 0.1
-    tags_prob: float = 0.25
-    min_snr: float = 5.0  # 0 = plain epsilon MSE
-    ckpt_every: int = 250
-    keep: int = 2  # checkpoints kept
-    progress: bool = True
-    fresh: bool = False  # ignore existing checkpoints
-
-    def command(self) -> str:
-        """The exact command line that reproduces this run (for the model card)."""
-        parts = ["python -m sdbatch.models.train_tiny"]
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("progress", "fresh"):
-                continue
-            parts.append(f"--{f.name.replace('_', '-')} {value}")
-        return " ".join(parts)
-
-
 CHECK_INDEX = 10**9  # the data stream index of the fixed VAE check batch (never a step)
-
-# What must match for a checkpoint to be resumed (step counts may grow: that extends a run).
-RESUME_KEYS = (
-    "seed",
-    "batch",
-    "lr_vae",
-    "lr",
-    "warmup",
-    "empty_prob",
-    "wrong_prob",
-    "unk_prob",
-    "min_snr",
-)
 
 
 def lr_factor(i: int, total: int, warmup: int) -> float:
@@ -127,14 +77,26 @@ class Trainer:
         self.noise_sched = DDPMScheduler(**sm.noise_schedule())
         ac = self.noise_sched.alphas_cumprod
         self.snr = ac / (1 - ac)
+        self.sqrt_one_minus_ac = (1 - ac).sqrt()
+        self.last_slope = float("nan")
         self.step, self.seconds, self.scaling = 0, 0.0, None
         self.history: list[tuple[int, str, float]] = []
-        self.timing = {"vae": [0.0, 0], "unet": [0.0, 0]}
+        self.timing = {"vae": [0.0, 0], "unet": [0.0, 0], "tune": [0.0, 0]}
         self.metrics: dict = {}
+        self.threads: ThreadPicker | None = None
 
     @property
     def total(self) -> int:
-        return self.cfg.vae_steps + self.cfg.unet_steps
+        return self.cfg.vae_steps + self.cfg.unet_steps + self.cfg.tune_steps
+
+    def phase_at(self, step: int) -> tuple[str, int, int]:
+        """(phase, its first step, its length) for a global step."""
+        cfg = self.cfg
+        if step < cfg.vae_steps:
+            return "vae", 0, cfg.vae_steps
+        if step < cfg.vae_steps + cfg.unet_steps:
+            return "unet", cfg.vae_steps, cfg.unet_steps
+        return "tune", cfg.vae_steps + cfg.unet_steps, cfg.tune_steps
 
     # ------------------------------------------------------------------ checkpoints
     def ckpt_dir(self) -> Path:
@@ -158,6 +120,7 @@ class Trainer:
             "history": self.history,
             "timing": self.timing,
             "metrics": self.metrics,
+            "thread_steps": self.threads.used if self.threads else {},
         }
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -172,7 +135,8 @@ class Trainer:
             return None
         state = torch.load(found[-1], weights_only=True)
         saved = state["config"]
-        diff = [k for k in RESUME_KEYS if saved.get(k) != getattr(self.cfg, k)]
+        keys = RESUME_KEYS + (TUNE_KEYS if self.phase_at(state["step"] - 1)[0] == "tune" else ())
+        diff = [k for k in keys if saved.get(k) != getattr(self.cfg, k)]
         if diff:
             detail = ", ".join(f"{k}: {saved.get(k)} -> {getattr(self.cfg, k)}" for k in diff)
             raise SystemExit(
@@ -188,7 +152,9 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         self.step, self.seconds, self.scaling = state["step"], state["seconds"], state["scaling"]
         self.history = [tuple(h) for h in state["history"]]
-        self.timing, self.metrics = state["timing"], state["metrics"]
+        self.timing, self.metrics = {**self.timing, **state["timing"]}, state["metrics"]
+        if self.threads:  # steps per thread count, over all resumes (for the model card)
+            self.threads.used = dict(state.get("thread_steps", {}))
         return found[-1]
 
     # ------------------------------------------------------------------ steps
@@ -202,7 +168,7 @@ class Trainer:
         self.opt_vae.step()
         return float(loss.detach())
 
-    def unet_step(self, x, ids, g: torch.Generator, i: int) -> float:
+    def unet_step(self, x, ids, g: torch.Generator, i: int, slope_weight: float = 0.0) -> float:
         with torch.no_grad():
             latents = self.vae.encode(x).latent_dist.sample(generator=g) * self.scaling
         noise = torch.randn(latents.shape, generator=g)
@@ -214,6 +180,14 @@ class Trainer:
             snr = self.snr[t]
             per_image = per_image * torch.clamp(snr, max=self.cfg.min_snr) / snr
         loss = per_image.mean()
+        if slope_weight > 0:
+            slope = guidance_slope(
+                self.unet, self.text, noisy, latents, t, ids, self.captions.empty_ids,
+                self.sqrt_one_minus_ac, g, self.cfg.slope_batch,
+            )  # fmt: skip
+            self.last_slope = float(slope.detach().mean())
+            excess = torch.relu(slope - self.cfg.slope_limit)
+            loss = loss + slope_weight * (excess**2).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.main_params, 1.0)
@@ -255,7 +229,7 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        threads = ThreadPicker(cfg.threads)
+        threads = self.threads = ThreadPicker(cfg.threads)
         resumed = self.resume()
         if resumed:
             print(f"resuming from {resumed} (step {self.step} of {self.total})", file=sys.stderr)
@@ -275,7 +249,7 @@ class Trainer:
                 if self.seconds >= budget:
                     stopped = f"stopped by --minutes {cfg.minutes:g} at step {self.step}"
                     break
-                phase = "vae" if self.step < cfg.vae_steps else "unet"
+                phase = self.phase_at(self.step)[0]
                 n_threads = threads.pick(self.step)
                 t0 = time.perf_counter()
                 loss = self.one_step(phase)
@@ -292,6 +266,9 @@ class Trainer:
                     self.save()
                 bar.update(1)
                 bar.set_postfix(phase=phase, loss=f"{loss:.4f}", s_step=f"{dt:.2f}", thr=n_threads)
+                if phase == "tune" and self.step % 250 == 0:
+                    msg = f"step {self.step}: loss {loss:.4f}, guidance slope {self.last_slope:.3f}"
+                    bar.write(msg, file=sys.stderr)
         except KeyboardInterrupt:
             bar.close()
             print(f"\ninterrupted; checkpoint {self.save()}", file=sys.stderr)
@@ -312,11 +289,13 @@ class Trainer:
                     self.step, self.cfg.vae_steps, self.cfg.warmup
                 )
             return self.vae_step(to_tensor(images), g)
-        i = self.step - self.cfg.vae_steps
+        _, start, length = self.phase_at(self.step)
+        i = self.step - start
         for group in self.opt.param_groups:
-            group["lr"] = self.cfg.lr * lr_factor(i, self.cfg.unet_steps, self.cfg.warmup)
+            group["lr"] = self.cfg.lr * lr_factor(i, length, self.cfg.warmup)
         rng = np.random.default_rng([self.cfg.seed, self.step, 1])
-        return self.unet_step(to_tensor(images), self.captions(scenes, rng), g, i)
+        weight = self.cfg.slope_weight if phase == "tune" else 0.0
+        return self.unet_step(to_tensor(images), self.captions(scenes, rng), g, i, weight)
 
     def export(self, stopped: str | None) -> Path:
         if self.scaling is None:  # stopped inside the VAE phase
@@ -354,6 +333,7 @@ class Trainer:
             minutes=self.seconds / 60,
             vae_loss=last("vae"),
             unet_loss=last("unet"),
+            tune_loss=last("tune"),
             loss_png=str(loss_png),
         )
         out = sm.export(Path(cfg.out), self.vae, unet, text, card)
@@ -375,22 +355,10 @@ def fmt_acc(acc: dict) -> str:
     return ", ".join(f"{k} {acc[k]:.0%}" for k in keys if k in acc) or "-"
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(TrainConfig):
-        flag = f"--{f.name.replace('_', '-')}"
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            kind = {"Path": Path, "int": int, "float": float, "str": str}[str(f.type)]
-            parser.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
-    return TrainConfig(**vars(parser.parse_args(argv)))
-
-
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        Trainer(parse_args(argv)).run()
+        Trainer(parse_args(argv, __doc__.splitlines()[0])).run()
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

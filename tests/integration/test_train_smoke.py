@@ -30,6 +30,8 @@ def tiny(root, **overrides) -> TrainConfig:
         batch=4,
         vae_steps=3,
         unet_steps=4,
+        tune_steps=2,
+        slope_batch=2,
         warmup=2,
         ckpt_every=2,
         threads="1",
@@ -59,10 +61,12 @@ def test_train_interrupt_resume_export_and_render(tmp_path):
 
     resumed = Trainer(tiny(tmp_path / "b"))
     resumed.run()
-    assert resumed.step == straight.step == 7
+    assert resumed.step == straight.step == 9
+    assert [h[1] for h in straight.history] == ["vae"] * 3 + ["unet"] * 4 + ["tune"] * 2
     assert resumed.history == straight.history  # same data, noise and schedule per step
     assert all(torch.equal(a, b) for a, b in zip(resumed.ema, straight.ema, strict=True))
     assert resumed.scaling == straight.scaling
+    assert resumed.threads.used == straight.threads.used == {1: 9}  # counted over the resume
 
     # The folder is a plain SD 1.x diffusers folder with the full CLIP vocabulary.
     from diffusers import StableDiffusionPipeline
@@ -121,9 +125,22 @@ def test_train_interrupt_resume_export_and_render(tmp_path):
 
 
 def test_resume_refuses_other_settings(tmp_path):
-    Trainer(tiny(tmp_path, vae_steps=2, unet_steps=0)).run()
+    Trainer(tiny(tmp_path, vae_steps=2, unet_steps=0, tune_steps=0)).run()
     with pytest.raises(SystemExit, match="seed: 0 -> 1"):
-        Trainer(tiny(tmp_path, vae_steps=2, unet_steps=0, seed=1)).run()
+        Trainer(tiny(tmp_path, vae_steps=2, unet_steps=0, tune_steps=0, seed=1)).run()
+
+
+def test_tune_settings_are_checked_once_the_tune_phase_began(tmp_path):
+    """A finished 2-phase run may be extended by a tune phase with any penalty; a run whose
+    tune phase began may not change it (the steps it took would not be reproducible)."""
+    before = Trainer(tiny(tmp_path, vae_steps=2, unet_steps=1, tune_steps=0))
+    before.run()
+    extended = Trainer(tiny(tmp_path, vae_steps=2, unet_steps=1, tune_steps=1, slope_weight=0.5))
+    extended.run()
+    assert extended.step == 4 and [h[1] for h in extended.history][-1] == "tune"
+    assert np.isfinite(extended.last_slope) and extended.last_slope >= 0
+    with pytest.raises(SystemExit, match="slope_weight: 0.5 -> 0.1"):
+        Trainer(tiny(tmp_path, vae_steps=2, unet_steps=1, tune_steps=2, slope_weight=0.1)).run()
 
 
 def test_compact_table_matches_the_exported_full_table():
