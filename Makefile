@@ -49,7 +49,7 @@ TINY_OUT  ?= build/sdbatch-shapes
 TINY_WORK ?= build/shapes-work
 .PHONY: train-tiny eval-tiny
 
-train-tiny: install  ## train the shapes model on CPU (~40 min on 2 cores, resumable) into build/sdbatch-shapes
+train-tiny: install  ## train the shapes model on CPU (~55 min on 2 cores, resumable) into build/sdbatch-shapes
 	$(PY) -m sdbatch.models.train_tiny --out $(TINY_OUT) --work $(TINY_WORK) --threads 2
 
 eval-tiny: install  ## judge the trained model: every sampler, CFG 7 and 1, 20 steps
