@@ -17,7 +17,7 @@ class TrainConfig:
     out: Path = Path("build/sdbatch-shapes")  # the diffusers folder written at the end
     work: Path = Path("build/shapes-work")  # checkpoints, loss curve
     seed: int = 0
-    minutes: float = 60.0  # cap on total training time, all resumes together (raise to go on)
+    minutes: float = 90.0  # cap on total training time, all resumes together (raise to go on)
     threads: str = "auto"  # a number, or auto: the fastest of 1 and all cores, re-probed
     batch: int = 64
     vae_steps: int = 1500
