@@ -12,7 +12,10 @@ the frozen VAE's latents: epsilon loss (min-SNR-5 weighted), SD 1.x's scaled-lin
 10% empty captions (for classifier-free guidance), 35% of captions naming one attribute
 wrongly (real captions are noisy; with exact captions the model ignores what the noisy image
 already shows, and CFG 7 both stops helping and destabilises multistep samplers), AdamW, EMA
-of the weights.
+of the weights. Phase 3 ("tune") goes on with the same data and loss from a restarted learning
+rate and EMA, plus a penalty on how steeply the guidance term changes along the directions
+pictures differ in (``guidance_slope``): without it PLMS's 4th-order extrapolation oscillates
+on the stiff guided ODE at CFG 7 (see the model card).
 
 Reproducible and resumable: batch k of the data, its noise, timesteps and caption choices
 are functions of (seed, k) alone, and a checkpoint (weights, EMA, optimiser state, losses)
