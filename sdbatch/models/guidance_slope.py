@@ -7,7 +7,9 @@ latent, steeply: a stiff ODE. One-step samplers (Euler, DDIM) step over that; PL
 4th-order Adams-Bashforth extrapolation is only stable for |step x slope| below ~0.3 and
 oscillates (see the model card). This measures the guidance term's slope along directions the
 data actually varies in (towards another training picture's latent), scaled so that it reads
-as the |step x slope| a 20-step sampler sees, and the trainer penalises its square.
+as the |step x slope| a 20-step sampler sees; the trainer's tune phase penalises the squared
+excess over ``--slope-limit`` (below it, guidance is left alone: penalising every slope
+removed guidance altogether, see the model card's probes).
 """
 
 from __future__ import annotations
