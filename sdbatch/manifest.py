@@ -54,6 +54,7 @@ SCHEMA = pa.schema(
         ("finished", TS),
         ("duration_s", pa.float64()),  # batch wall time / images in the batch
         ("device", pa.string()),
+        ("dtype", pa.string()),  # fp32 | fp16 | bf16 (null in manifests older than the column)
         ("sdbatch_version", pa.string()),
         ("torch_version", pa.string()),
         ("diffusers_version", pa.string()),

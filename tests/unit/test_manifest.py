@@ -41,6 +41,7 @@ EXPECTED = [
     ("finished", "timestamp[us, tz=UTC]"),
     ("duration_s", "double"),
     ("device", "string"),
+    ("dtype", "string"),
     ("sdbatch_version", "string"),
     ("torch_version", "string"),
     ("diffusers_version", "string"),
@@ -114,3 +115,23 @@ def test_read_selected_columns(tmp_path):
     t = m.read(columns=["status"])
     assert t.column_names == ["status"]
     assert isinstance(t, pa.Table) and t.num_rows == 2
+
+
+def test_a_manifest_written_before_the_dtype_column_still_reads(tmp_path):
+    """Files written with the old schema (no ``dtype``) read with a null dtype, beside new ones."""
+    m = Manifest(tmp_path / "manifest")
+    old_schema = pa.schema([f for f in SCHEMA if f.name != "dtype"])
+    old = pa.Table.from_pylist([row("old")], schema=old_schema)
+    m.dir.mkdir()
+    pq.write_table(old, m.dir / "seg-00000000000000000001-1.parquet")
+    m.append([row("new", dtype="fp16")])
+    t = m.read()
+    assert t.schema.equals(SCHEMA)
+    assert dict(zip(t["job_id"].to_pylist(), t["dtype"].to_pylist(), strict=True)) == {
+        "old": None,
+        "new": "fp16",
+    }
+    assert m.read(columns=["dtype"])["dtype"].to_pylist() == [None, "fp16"]
+    m.compact(full=True)
+    (seg,) = m.files()
+    assert pq.read_table(seg)["dtype"].to_pylist() == [None, "fp16"]
