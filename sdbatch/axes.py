@@ -15,6 +15,7 @@ from typing import Any
 
 from sdbatch.errors import RecipeError
 
+MAX_RANGE = 100_000  # values one range may stand for; a typo like 1-1e9 fails here, not in RAM
 _NUM = r"[+-]?\d+(?:\.\d+)?"
 _RANGE = re.compile(
     rf"^\s*(?P<a>{_NUM})\s*-\s*(?P<b>{_NUM})\s*"
@@ -40,8 +41,8 @@ def expand_item(field: str, item: Any, integer: bool) -> list:
     a, b = float(m["a"]), float(m["b"])
     if m["count"] is not None:
         n = int(m["count"])
-        if n < 1:
-            raise RecipeError(field, item, "a count of at least 1 in [N]")
+        if n < 1 or n > MAX_RANGE:
+            raise RecipeError(field, item, f"a count in 1..{MAX_RANGE:,} in [N]")
         values = [a] if n == 1 else [a + (b - a) * i / (n - 1) for i in range(n)]
         if integer:
             values = [round(v) for v in values]
@@ -52,6 +53,8 @@ def expand_item(field: str, item: Any, integer: bool) -> list:
                 field, item, "a step that goes from start towards end, e.g. 10-30 (+10)"
             )
         count = int((b - a) / step + 1e-9) + 1
+        if count > MAX_RANGE:
+            raise RecipeError(field, item, f"a range of at most {MAX_RANGE:,} values")
         values = [a + step * i for i in range(count)]
     out = [_number(f"{v:.10g}", integer) for v in values]
     return list(dict.fromkeys(out))

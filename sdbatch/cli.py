@@ -12,6 +12,7 @@ import hashlib
 import os
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import hydra
@@ -24,7 +25,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 import sdbatch.config as config  # registers the schema and the recipes
 from sdbatch import gpus
-from sdbatch.errors import UserError
+from sdbatch.errors import RecipeError, UserError
+from sdbatch.recipe_files import OUTPUT_ROOT, check_name, inside_outputs
+from sdbatch.run_settings import PIXEL_RUN_KEYS
 
 EXIT_BAD_INPUT = 2
 EXIT_ABORTED = 130  # the shell's code for Ctrl-C
@@ -48,7 +51,11 @@ def job_folder(overrides: list[str], job_num: int) -> str:
     ``run.*`` and ``output.*`` (the folder itself) are left out; a name too long for a file
     system keeps its start and gets a hash of the whole."""
     skip = ("recipe=", "run.", "output.")
-    keep = sorted(o for o in overrides if not o.lstrip("+~").startswith(skip))
+    keep = sorted(
+        o
+        for o in overrides
+        if not o.lstrip("+~").startswith(skip) or o.lstrip("+~").startswith(PIXEL_RUN_KEYS)
+    )
     name = ",".join(keep).replace("/", "_") or str(job_num)
     if len(name.encode()) > 200:
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
@@ -79,10 +86,42 @@ def run_context() -> dict:
     return {"hydra_job": job, "overrides": " ".join(hc.overrides.task) or None}
 
 
+def command_line_keys() -> set[str]:
+    """The keys the command line set (``output.dir=x``, ``+model.allow_pickle=true``)."""
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:
+        return set()
+    return {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+
+
+def check_composed(cfg: DictConfig) -> None:
+    """What the schema and the recipe checks cannot see until the config is composed: keys
+    added with ``+``, a name that would climb out of ``outputs/``, an output folder that a
+    recipe (not the command line) put elsewhere."""
+    extra = config.unknown_keys(cfg)
+    if extra:
+        known = ", ".join(f.name for f in fields(config.SdbatchConfig))
+        raise UserError(f"{extra[0]}: not a known key; top-level keys are {known}")
+    name = cfg.get("name")
+    why = check_name("name", str(name))
+    if why:
+        raise RecipeError("name", name, why)
+    if "output.dir" not in command_line_keys() and "output" not in command_line_keys():
+        folder = str(cfg.output.dir)
+        if not inside_outputs(folder):
+            raise RecipeError(
+                "output.dir", folder,
+                f"a folder inside {OUTPUT_ROOT}/ when set by a recipe; give another folder "
+                "on the command line (output.dir=...)",
+            )  # fmt: skip
+
+
 def run(cfg: DictConfig) -> int:
     """Compose -> plain dict -> runner. Returns the exit code."""
     from sdbatch.runner import execute
 
+    check_composed(cfg)
     pick_gpu(cfg)
     plain = OmegaConf.to_container(cfg, resolve=True)
     out = output_dir(cfg)
@@ -129,9 +168,21 @@ def _hydra_main(cfg: DictConfig) -> int:
 def one_line(exc: BaseException) -> str:
     """Hydra and OmegaConf errors span several lines; users get one."""
     if isinstance(exc, MissingConfigException) and "recipe" in str(exc):
-        names = ", ".join(sorted(config.available_recipes()))
-        bad = next((a.split("=", 1)[1] for a in sys.argv if a.lstrip("+").startswith("recipe=")),
-                   "?")  # fmt: skip
+        asked = [
+            name
+            for a in sys.argv
+            if a.lstrip("+").startswith("recipe=")
+            for name in a.split("=", 1)[1].split(",")
+        ]
+        for name in asked:
+            if config.recipe_problem(name):
+                return f"recipe: {config.recipe_problem(name)}"
+        missing = str(exc).split("'")
+        for name in missing:  # a recipe named in another recipe's defaults
+            if config.recipe_problem(name.rsplit("/", 1)[-1]):
+                return f"recipe: {config.recipe_problem(name.rsplit('/', 1)[-1])}"
+        names = ", ".join(sorted(n for n in config.available_recipes() if n not in config.PROBLEMS))
+        bad = asked[0] if asked else "?"
         return f"recipe: {bad!r} is not a known recipe; available: {names}"
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
@@ -150,8 +201,20 @@ def one_line(exc: BaseException) -> str:
 
 def main() -> None:
     """Console entry: turn bad-input exceptions into one line and exit code 2."""
-    user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
+    try:
+        _main(user_full_error == "1")
+    finally:  # restored for callers that run main() in-process more than once
+        if user_full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = user_full_error
+
+
+def _main(user_full_error: bool) -> None:
+    global _multirun_exit
+    _multirun_exit = 0
     try:
         _hydra_main()
         if _multirun_exit:

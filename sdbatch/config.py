@@ -22,6 +22,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from sdbatch.recipe_files import RECIPE_NAME, RecipeFileError, load_recipe
+
 RECIPES_ENV = "SDBATCH_RECIPES"
 
 
@@ -53,6 +55,7 @@ class RunConfig:
     progress: bool = True  # tqdm progress bar on stderr
     show_jobs: int = 5  # how many jobs a dry run lists
     deadline: str | None = None  # stop cleanly after the batch in flight: "07:00" or "6h"
+    max_jobs: int = 1_000_000  # a bigger plan is refused before it is built (raise it here)
 
 
 @dataclass
@@ -105,16 +108,51 @@ def available_recipes() -> dict[str, Path]:
     for folder in recipe_dirs():
         if folder.is_dir():
             for path in sorted(folder.glob("*.yaml")):
-                found[path.stem] = path
+                if RECIPE_NAME.match(path.stem):
+                    found[path.stem] = path
     return found
 
 
+# Recipes that failed to load or to pass the checks of sdbatch.recipe_files: name -> reason.
+# They are not registered, so only a run that asks for one fails (with this reason).
+PROBLEMS: dict[str, str] = {}
+
+
+def recipe_problem(name: str) -> str | None:
+    return PROBLEMS.get(name)
+
+
 def register_configs() -> None:
-    """Store the schema and every recipe in Hydra's ConfigStore."""
+    """Store the schema and every recipe that is plain data in Hydra's ConfigStore."""
     cs = ConfigStore.instance()
     cs.store(name="base_sdbatch", node=SdbatchConfig)
+    PROBLEMS.clear()
     for name, path in available_recipes().items():
-        cs.store(group="recipe", name=name, node=OmegaConf.load(path), package="_global_")
+        try:
+            node = load_recipe(path)
+        except RecipeFileError as exc:
+            PROBLEMS[name] = str(exc)
+            continue
+        cs.store(group="recipe", name=name, node=node, package="_global_")
+
+
+def unknown_keys(cfg: Any) -> list[str]:
+    """Dotted keys of a composed config that the schema does not have (``+foo=1``)."""
+    schema = OmegaConf.to_container(OmegaConf.structured(SdbatchConfig), resolve=False)
+    given = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+    free = {"vars", "grids"}  # keys named by the user
+    found: list[str] = []
+
+    def walk(node: dict, ref: dict, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if key not in ref:
+                found.append(dotted)
+            elif dotted not in free and isinstance(ref[key], dict) and isinstance(value, dict):
+                walk(value, ref[key], dotted + ".")
+
+    walk(given, schema, "")
+    return found
 
 
 register_configs()

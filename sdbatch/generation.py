@@ -38,6 +38,7 @@ class Extras:
     subseed_strength: float = 0.0  # 0 = off; noise = slerp(strength, seed noise, subseed noise)
     rng: str = "cpu"  # cpu: same image on any device; gpu: A1111's default on NVIDIA cards
     hires: Hires | None = None
+    dtype: str = "fp32"  # the resolved run.dtype: it decides pixels (sdbatch.run_settings)
 
     def key(self) -> str:
         """The job-id part; empty for the defaults so plain jobs keep their ids."""
@@ -49,6 +50,8 @@ class Extras:
         if self.hires:
             h = self.hires
             parts.append(f"hires={h.scale!r},{h.upscaler},{h.steps},{h.denoise!r}")
+        if self.dtype != "fp32":
+            parts.append(f"dtype={self.dtype}")
         return ";".join(parts)
 
     def batch_key(self) -> tuple:

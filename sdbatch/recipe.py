@@ -22,10 +22,15 @@ from sdbatch.checkpoints import Model, resolve_models
 from sdbatch.errors import RecipeError
 from sdbatch.generation import Extras, parse_hires, parse_rng, parse_subseed_strength
 from sdbatch.prompts import PromptSyntaxError, parse_attention
+from sdbatch.run_settings import MAX_JOBS
 from sdbatch.samplers import resolve_sampler, scheduler_spec
 from sdbatch.templates import PromptItem, prompt_set, wildcard_files
 
 SEED_MAX = 2**32 - 1
+# A1111's width/height sliders stop at 2048; SD 1.x and SDXL UNets are trained at 512-1024, and
+# at 2048x2048 one image's attention already needs several GB. Hires targets may reach 4096.
+SIZE_MAX = 2048
+HIRES_SIZE_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +100,12 @@ def parse_size(value: Any) -> tuple[int, int]:
             w, h = (int(v) for v in str(value).lower().replace(" ", "").split("x"))
     except (TypeError, ValueError):
         raise RecipeError("size", value, "WIDTHxHEIGHT like 512x768") from None
-    if w <= 0 or h <= 0 or w % 8 or h % 8:
-        raise RecipeError("size", value, "width and height must be positive multiples of 8")
+    if w <= 0 or h <= 0 or w % 8 or h % 8 or w > SIZE_MAX or h > SIZE_MAX:
+        raise RecipeError(
+            "size",
+            value,
+            f"width and height must be positive multiples of 8, at most {SIZE_MAX} (A1111's limit)",
+        )
     return w, h
 
 
@@ -112,8 +121,18 @@ def _int(field: str, value: Any, lo: int, hi: int | None, allowed: str) -> int:
     return int(number)
 
 
-def parse_seeds(value: Any) -> list[int]:
-    """A seed, a list of seeds, or ``{start: S, count: N}``."""
+class PlanTooLarge(RecipeError):
+    """A plan past ``run.max_jobs``: refused from its count, before any job is built."""
+
+    def __init__(self, count: int, limit: int):
+        super().__init__(
+            "run.max_jobs", limit, f"the plan has {count:,} jobs; raise run.max_jobs to at "
+            f"least {count} to run it, or make the sweep smaller",
+        )  # fmt: skip
+
+
+def parse_seeds(value: Any, max_count: int | None = MAX_JOBS) -> list[int]:
+    """A seed, a list of seeds, or ``{start: S, count: N}`` (counted before it is built)."""
     allowed = f"integers in 0..{SEED_MAX}"
     if isinstance(value, dict):
         if set(value) != {"start", "count"}:
@@ -122,6 +141,8 @@ def parse_seeds(value: Any) -> list[int]:
         count = _int("seeds.count", value["count"], 1, None, "a count >= 1")
         if start + count - 1 > SEED_MAX:
             raise RecipeError("seeds", value, f"the range must end at or below {SEED_MAX}")
+        if max_count is not None and count > max_count:
+            raise PlanTooLarge(count, max_count)
         return list(range(start, start + count))
     seeds = [_int("seeds", s, 0, SEED_MAX, allowed) for s in expand_axis("seeds", value, True)]
     if not seeds:
@@ -207,11 +228,16 @@ def _check_syntax(field: str, texts: set[str]) -> None:
             raise RecipeError(field, text, detail) from None
 
 
-def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
+def build_plan(
+    cfg: dict, recipe_dirs: list[Path] | None = None, dtype: str = "fp32", max_jobs: int = MAX_JOBS
+) -> Plan:
     """Validate a composed recipe (plain dict) and expand it into jobs and batches.
 
     Axis order, outermost first: model, size, sampler, steps, cfg, prompt, seed. The costly
     switches (model, size, scheduler) change least often, and consecutive jobs share a batch.
+    ``dtype`` is the resolved ``run.dtype`` (it decides pixels, so it joins the job id when it
+    is not fp32). The plan's size is the product of its axes' lengths: past ``max_jobs`` it is
+    refused from that count, before one job is built.
     """
     if recipe_dirs is None:
         from sdbatch.config import recipe_dirs as default_dirs
@@ -228,13 +254,17 @@ def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
         for s in expand_axis("steps", cfg.get("steps"), integer=True)
     ]
     cfgs = [parse_cfg(c) for c in expand_axis("cfg", cfg.get("cfg"))]
-    seeds = parse_seeds(cfg.get("seeds"))
+    seeds = parse_seeds(cfg.get("seeds"), max_jobs)
     for axis, values in (("size", sizes), ("sampler", samplers), ("steps", steps), ("cfg", cfgs)):
         if not values:
             raise RecipeError(axis, cfg.get(axis), "at least one value")
+    count = math.prod(len(a) for a in (models, sizes, samplers, steps, cfgs, items, seeds))
+    if count > max_jobs:
+        raise PlanTooLarge(count, max_jobs)
     batch_size = _int("batch_size", cfg.get("batch_size", 4), 1, 4096, "an integer >= 1")
     negative = str(cfg.get("negative_prompt") or "")
-    variations = _variations(cfg, seeds)
+    variations = _variations(cfg, seeds, dtype)
+    _check_hires_size(variations, sizes)
 
     jobs: list[Job] = []
     # Per-job work is only what varies per job: everything else is hoisted to its loop level,
@@ -296,19 +326,27 @@ def build_plan(cfg: dict, recipe_dirs: list[Path] | None = None) -> Plan:
     return Plan(str(cfg.get("name")), jobs, batches, axes, batch_size, swept)
 
 
-def _batch_key(job: Job) -> tuple:
-    return (job.model.key, job.width, job.height, job.scheduler, job.steps, job.cfg,
-            job.extras.batch_key())  # fmt: skip
+def _check_hires_size(variations: list[tuple[int, Extras]], sizes: list[tuple[int, int]]) -> None:
+    hires = variations[0][1].hires if variations else None
+    if hires is None:
+        return
+    for w, h in sizes:
+        tw, th = hires.target(w, h)
+        if max(tw, th) > HIRES_SIZE_MAX:
+            raise RecipeError(
+                "hires.scale", hires.scale, f"a hires target of at most {HIRES_SIZE_MAX} a side "
+                f"(size {w}x{h} x {hires.scale:g} = {tw}x{th})",
+            )  # fmt: skip
 
 
-def _variations(cfg: dict, seeds: list[int]) -> list[tuple[int, Extras]]:
+def _variations(cfg: dict, seeds, dtype: str = "fp32") -> list[tuple[int, Extras]]:
     """(seed, extras) per seed of the axis. With a variation strength, A1111's rule: every
     image keeps the first seed and the variation seed steps instead (subseed, subseed+1, ...)."""
     hires = parse_hires(cfg.get("hires"))
     rng = parse_rng(cfg.get("rng"))
     strength = parse_subseed_strength(cfg.get("subseed_strength"))
     if strength == 0:
-        return [(seed, Extras(rng=rng, hires=hires)) for seed in seeds]
+        return [(seed, Extras(rng=rng, hires=hires, dtype=dtype)) for seed in seeds]
     if cfg.get("subseed") in (None, ""):
         raise RecipeError(
             "subseed", None, "a variation seed in 0..4294967295 when subseed_strength > 0"
@@ -316,7 +354,7 @@ def _variations(cfg: dict, seeds: list[int]) -> list[tuple[int, Extras]]:
     sub = _int("subseed", cfg.get("subseed"), 0, SEED_MAX, f"an integer in 0..{SEED_MAX}")
     if sub + len(seeds) - 1 > SEED_MAX:
         raise RecipeError("subseed", sub, f"subseed + number of seeds - 1 <= {SEED_MAX}")
-    return [(seeds[0], Extras(sub + i, strength, rng, hires)) for i in range(len(seeds))]
+    return [(seeds[0], Extras(sub + i, strength, rng, hires, dtype)) for i in range(len(seeds))]
 
 
 def make_batches(jobs: list[Job], batch_size: int) -> list[Batch]:

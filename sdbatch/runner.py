@@ -21,14 +21,15 @@ from pathlib import Path
 
 from sdbatch import __version__
 from sdbatch.atomic import fsync_dir, write_bytes_atomic
-from sdbatch.control import EXIT_STOPPED, OutputLock, StopSignal, parse_deadline
+from sdbatch.control import EXIT_STOPPED, OutputLock
 from sdbatch.errors import UserError
 from sdbatch.faults import Faults
 from sdbatch.hashing import sha256_bytes
 from sdbatch.infotext import format_infotext, png_info
 from sdbatch.manifest import Manifest
-from sdbatch.recipe import Batch, Job, Plan, build_plan, iter_preview, select_shard
+from sdbatch.recipe import Batch, Job, Plan, iter_preview
 from sdbatch.resume import scan_manifest
+from sdbatch.run_setup import Setup, load_renderer, prepare
 
 EXIT_OK, EXIT_FAILED, EXIT_OUTPUT = 0, 3, 6
 
@@ -234,49 +235,70 @@ def execute(cfg: dict, out_dir: Path, context: dict | None = None) -> Summary:
     """The whole run for one composed recipe (plain dict) writing into ``out_dir``.
 
     ``context`` holds per-row facts from the caller (Hydra job number, overrides).
+    Order: validate and plan; see what is done (read only); load the first model needed;
+    only then lock the folder (creating it) and write.
     """
-    run_cfg = cfg.get("run") or {}
     t_start = time.perf_counter()
-    # 1. plan: everything is validated before anything is written
-    plan = build_plan(cfg)
-    grids = list(cfg.get("grids") or [])
-    if grids:
-        from sdbatch.grid import validate_grid_specs
-
-        validate_grid_specs(grids)
-    shard = cfg.get("shard") or {}
-    batches = select_shard(plan, shard.get("index", 0), shard.get("count", 1))
-    jobs = [j for b in batches for j in b.jobs]
-    stop = StopSignal(parse_deadline(run_cfg.get("deadline")))
+    setup = prepare(cfg)
+    jobs, settings = setup.jobs, setup.settings
     manifest = Manifest(out_dir / "manifest")
-    shard_note = ""
-    if shard.get("count", 1) > 1:
-        shard_note = f"; shard {shard['index']} of {shard['count']}: {len(jobs)} jobs"
-    if run_cfg.get("dry_run", False):
-        done, _, _ = scan_manifest(jobs, out_dir, manifest, run_cfg.get("verify", "hash"))
-        print(f"{plan.name}: {plan.describe()}; {len(done)} done; batch size {plan.batch_size}"
-              f"{shard_note}")  # fmt: skip
-        for axis, shown in plan.values.items():
-            print(f"  {axis}: {_short(shown)}")
-        show = int(run_cfg.get("show_jobs", 5))
-        for line in iter_preview(jobs, show):
+    if settings.dry_run:
+        done, _, _ = scan_manifest(jobs, out_dir, manifest, settings.verify)
+        _print_plan(setup, len(done))
+        for line in iter_preview(jobs, settings.show_jobs):
             print(line)
-        if len(jobs) > show:
-            print(f"  ... ({len(jobs)} jobs in {len(batches)} batches; dry run, nothing written)")
+        if len(jobs) > settings.show_jobs:
+            print(f"  ... ({len(jobs)} jobs in {len(setup.batches)} batches; dry run, "
+                  "nothing written)")  # fmt: skip
         return Summary(skipped=len(done))
-    # 2. lock the folder, then see what is done
+    scan = scan_manifest(jobs, out_dir, manifest, settings.verify)
+    first = _first_pending(setup, scan, settings.retry_failed)
+    renderer = load_renderer(first.model, setup.device, setup.dtype) if first else None
     try:
         lock = OutputLock(out_dir).acquire()
     except OSError as exc:
-        raise _output_error(out_dir, exc, 0, len(jobs)) from None
+        if first is None:  # nothing to write: a read-only folder of finished work is fine
+            _print_plan(setup, len(scan[0]))
+            summary = Summary(skipped=len(scan[0]), failed=len(scan[1] - scan[0]))
+            summary.seconds = time.perf_counter() - t_start
+            _print_summary(summary, out_dir, len(jobs))
+            return summary
+        raise _output_error(out_dir, exc, len(scan[0]), len(jobs)) from None
     try:
-        summary = _run_locked(plan, batches, jobs, run_cfg, out_dir, manifest, stop, context,
-                              shard_note, t_start)  # fmt: skip
-        if grids and not summary.stopped:
-            draw_grids(out_dir, grids)
+        summary = _run_locked(setup, out_dir, manifest, context, t_start, renderer)
+        if setup.grids and not summary.stopped:
+            draw_grids(out_dir, setup.grids)
         return summary
     finally:
         lock.release()
+
+
+def _first_pending(setup: Setup, scan, retry_failed: bool) -> Job | None:
+    done, failed, _ = scan
+    skip = done if retry_failed else done | failed
+    return next((j for j in setup.jobs if j.job_id not in skip), None)
+
+
+def _print_plan(setup: Setup, n_done: int) -> None:
+    plan = setup.plan
+    print(f"{plan.name}: {plan.describe()}; {n_done} done; batch size {plan.batch_size}"
+          f"{setup.shard_note}", flush=True)  # fmt: skip
+    for axis, shown in plan.values.items():
+        print(f"  {axis}: {_short(shown)}")
+
+
+def _print_summary(summary: Summary, out_dir: Path, n_jobs: int) -> None:
+    rate = summary.written / summary.seconds if summary.seconds else 0.0
+    if summary.stopped:
+        n_done = summary.skipped + summary.written
+        print(f"stopped ({summary.stopped}): {n_done} of {n_jobs} done; "
+              f"run the same command to continue", flush=True)  # fmt: skip
+    else:
+        print(
+            f"done: {summary.written} written, {summary.skipped} skipped, {summary.failed} "
+            f"failed in {summary.seconds:.1f}s ({rate:.2f} images/s); outputs: {out_dir}",
+            flush=True,
+        )
 
 
 def draw_grids(out_dir: Path, grids: list[dict]) -> None:
@@ -290,18 +312,16 @@ def draw_grids(out_dir: Path, grids: list[dict]) -> None:
         print(f"warning: grids not drawn: {exc}", file=sys.stderr)
 
 
-def _run_locked(plan, batches, jobs, run_cfg, out_dir, manifest, stop, context, shard_note,
-                t_start) -> Summary:  # fmt: skip
-    done, failed, seen = scan_manifest(jobs, out_dir, manifest, run_cfg.get("verify", "hash"))
+def _run_locked(setup: Setup, out_dir: Path, manifest: Manifest, context: dict | None,
+                t_start: float, renderer) -> Summary:  # fmt: skip
+    settings, jobs = setup.settings, setup.jobs
+    done, failed, seen = scan_manifest(jobs, out_dir, manifest, settings.verify)
     failed_before = failed - done
-    if run_cfg.get("retry_failed", False):
+    if settings.retry_failed:
         failed_before = set()
-    print(f"{plan.name}: {plan.describe()}; {len(done)} done; batch size {plan.batch_size}"
-          f"{shard_note}", flush=True)  # fmt: skip
-    for axis, shown in plan.values.items():
-        print(f"  {axis}: {_short(shown)}")
+    _print_plan(setup, len(done))
     skip = done | failed_before
-    pending = [(b, [j for j in b.jobs if j.job_id not in skip]) for b in batches]
+    pending = [(b, [j for j in b.jobs if j.job_id not in skip]) for b in setup.batches]
     pending = [(b, todo) for b, todo in pending if todo]
     summary = Summary(skipped=len(done), failed=len(failed_before))
     if failed_before:
@@ -310,38 +330,25 @@ def _run_locked(plan, batches, jobs, run_cfg, out_dir, manifest, stop, context, 
         # jobs that already have a row (retries, lost images) leave superseded rows behind;
         # then the run ends with a full compaction so plain Parquet readers see one row a job
         rewrite = any(j.job_id in seen for _, todo in pending for j in todo)
-        _render_all(pending, plan, run_cfg, out_dir, manifest, stop, context, summary, done,
-                    len(jobs), rewrite)  # fmt: skip
+        _render_all(pending, setup, out_dir, manifest, context, summary, done, rewrite, renderer)
     summary.seconds = time.perf_counter() - t_start
-    rate = summary.written / summary.seconds if summary.seconds else 0.0
-    if summary.stopped:
-        n_done = len(done) + summary.written
-        print(f"stopped ({summary.stopped}): {n_done} of {len(jobs)} done; "
-              f"run the same command to continue", flush=True)  # fmt: skip
-    else:
-        print(
-            f"done: {summary.written} written, {summary.skipped} skipped, {summary.failed} "
-            f"failed in {summary.seconds:.1f}s ({rate:.2f} images/s); outputs: {out_dir}",
-            flush=True,
-        )
+    _print_summary(summary, out_dir, len(jobs))
     return summary
 
 
-def _render_all(pending, plan, run_cfg, out_dir, manifest, stop, context, summary, done,
-                n_jobs, full_compact):  # fmt: skip
+def _render_all(pending, setup: Setup, out_dir, manifest, context, summary, done, full_compact,
+                renderer) -> None:  # fmt: skip
     from tqdm import tqdm
 
-    from sdbatch.pipeline import Renderer
-
+    plan, stop, n_jobs = setup.plan, setup.stop, len(setup.jobs)
     try:
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _output_error(out_dir, exc, len(done), n_jobs) from None
-    device, dtype = run_cfg.get("device", "auto"), run_cfg.get("dtype", "auto")
     faults = Faults.from_env()
-    renderer = env = None
+    env, env_model = {}, None
     total = sum(len(todo) for _, todo in pending)
-    bar = tqdm(total=total, unit="img", disable=not run_cfg.get("progress", True),
+    bar = tqdm(total=total, unit="img", disable=not setup.settings.progress,
                dynamic_ncols=True, file=sys.stderr)  # fmt: skip
     stop.install()
     try:
@@ -351,8 +358,10 @@ def _render_all(pending, plan, run_cfg, out_dir, manifest, stop, context, summar
                 break
             if renderer is None or renderer.model != batch.jobs[0].model:
                 renderer = None  # free the previous model first
-                renderer = Renderer.load(batch.jobs[0].model, device, dtype)
-                env = {**renderer.environment(), **(context or {})}
+                renderer = load_renderer(batch.jobs[0].model, setup.device, setup.dtype)
+            if env_model is not renderer.model:
+                env_model = renderer.model
+                env = {**renderer.environment(), "dtype": setup.dtype, **(context or {})}
                 bar.write(f"model: {renderer.describe()}", file=sys.stdout)
             rendered = render_batch(renderer.render, batch, faults)
             try:

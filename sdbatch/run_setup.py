@@ -1,0 +1,85 @@
+"""A run's setup: settings checked, device resolved, plan built, first model loaded, all before
+the runner creates a file or folder (a bad input leaves nothing behind).
+
+torch is imported only when the device depends on the machine, and diffusers only to load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdbatch.control import StopSignal, parse_deadline
+from sdbatch.errors import RecipeError, UserError
+from sdbatch.recipe import Batch, Job, Plan, build_plan, select_shard
+from sdbatch.run_settings import RunSettings, parse_run, resolve_dtype
+
+
+def resolve_device(device: str) -> str:
+    """``run.device`` as the device the run will use; checked before anything is written.
+    torch is imported only when the answer depends on the machine."""
+    if device == "cpu":
+        return device
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            found = f"{count} CUDA devices are visible" if count else "no CUDA device is available"
+            raise RecipeError("run.device", device, f"auto or cpu ({found})")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise RecipeError("run.device", device, "auto or cpu (MPS is not available)")
+    return device
+
+
+def load_renderer(model, device: str, dtype: str):
+    """The pipeline for ``model``; any failure to load is one line naming the model."""
+    from sdbatch.pipeline import Renderer
+
+    try:
+        return Renderer.load(model, device, dtype)
+    except UserError:
+        raise
+    except Exception as exc:  # truncated files, missing components, refused pickles ...
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise UserError(
+            f"model.path: {model.path!r} could not be loaded ({type(exc).__name__}: {detail})"
+        ) from None
+
+
+@dataclass
+class Setup:
+    """A validated run: everything checked and planned, nothing written yet."""
+
+    plan: Plan
+    batches: list[Batch]
+    jobs: list[Job]
+    settings: RunSettings
+    device: str
+    dtype: str
+    stop: StopSignal
+    grids: list
+    shard_note: str
+
+
+def prepare(cfg: dict) -> Setup:
+    """Validate and plan: every bad input fails here, before a file or folder is created."""
+    settings = parse_run(cfg.get("run"))
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device.partition(":")[0])
+    plan = build_plan(cfg, dtype=dtype, max_jobs=settings.max_jobs)
+    grids = list(cfg.get("grids") or [])
+    if grids:
+        from sdbatch.grid import validate_grid_specs
+
+        validate_grid_specs(grids)
+    shard = cfg.get("shard") or {}
+    batches = select_shard(plan, shard.get("index", 0), shard.get("count", 1))
+    jobs = [j for b in batches for j in b.jobs]
+    stop = StopSignal(parse_deadline(settings.deadline))
+    shard_note = ""
+    if shard.get("count", 1) > 1:
+        shard_note = f"; shard {shard['index']} of {shard['count']}: {len(jobs)} jobs"
+    return Setup(plan, batches, jobs, settings, device, dtype, stop, grids, shard_note)

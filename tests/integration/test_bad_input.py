@@ -1,0 +1,218 @@
+"""The bad-input contract in one table: each input gives one line on stderr naming the field,
+a non-zero exit code, no traceback, and writes nothing (not even the output folder).
+
+Run in-process (``sdbatch.cli.main`` with ``sys.argv``) so the table stays fast; the exit codes
+of real processes are covered in test_cli.py. Recipes under test live in a user recipe folder
+(``SDBATCH_RECIPES``), as a downloaded recipe would.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdbatch import cli, config
+
+EVIL = {
+    "callback": """
+name: callback
+prompt: a cat
+hydra:
+  callbacks:
+    p:
+      _target_: pathlib.Path.write_text
+      _args_: ["{pwned}", "x"]
+""",
+    "logging": """
+defaults:
+  - override /hydra/job_logging: default
+name: logging
+prompt: a cat
+""",
+    "package": """
+defaults:
+  - quick@hydra
+name: package
+""",
+    "target": """
+name: target
+prompt: a cat
+vars:
+  style:
+    _target_: os.system
+    _args_: ["touch {pwned}"]
+""",
+    "envleak": """
+name: envleak
+prompt: "a cat ${oc.env:HOME}"
+""",
+    "pickle": """
+name: pickle
+prompt: a cat
+model: {allow_pickle: true}
+""",
+    "elsewhere": """
+name: elsewhere
+prompt: a cat
+output: {dir: "{outside}"}
+""",
+    "climb": """
+name: climb
+prompt: a cat
+output: {dir: "outputs/../../x"}
+""",
+    "broken": """
+name: broken
+prompt: [unclosed
+""",
+}
+
+# (arguments, exit code, words the one line must hold)
+CASES = [
+    (["+recipe=callback"], 2, ["callback.yaml", "hydra"]),
+    (["+recipe=logging"], 2, ["logging.yaml", "defaults", "override /hydra/job_logging"]),
+    (["+recipe=package"], 2, ["package.yaml", "quick@hydra"]),
+    (["+recipe=target"], 2, ["target.yaml", "vars.style._target_"]),
+    (["+recipe=envleak"], 2, ["envleak.yaml", "prompt", "oc.env"]),
+    (["+recipe=pickle"], 2, ["pickle.yaml", "model.allow_pickle"]),
+    (["+recipe=elsewhere"], 2, ["elsewhere.yaml", "output.dir", "outside outputs/"]),
+    (["+recipe=climb"], 2, ["climb.yaml", "output.dir"]),
+    (["+recipe=broken"], 2, ["broken.yaml", "line 3", "not valid YAML"]),
+    (["+recipe=nope"], 2, ["recipe", "'nope'", "not a known recipe", "quick"]),
+    (["+recipe=quick", "name=../../z"], 2, ["name", "'../../z'", "plain folder name"]),
+    (["+recipe=quick", "+foo=1"], 2, ["foo", "not a known key"]),
+    (["+recipe=quick", "+run.foo=1"], 2, ["run.foo", "not a known key"]),
+    (["+recipe=quick", "stpes=3"], 2, ["stpes"]),
+    (["+recipe=quick", "run.verify=nope"], 2, ["run.verify", "'nope'", "hash", "size"]),
+    (["+recipe=quick", "run.dtype=fp8"], 2, ["run.dtype", "'fp8'", "fp32, fp16, bf16"]),
+    (["+recipe=quick", "run.device=tpu"], 2, ["run.device", "'tpu'", "auto, cpu, cuda"]),
+    (["+recipe=quick", "run.max_jobs=0"], 2, ["run.max_jobs", "integer >= 1"]),
+    (["+recipe=quick", "size=100000x100000"], 2, ["size", "100000x100000", "2048"]),
+    (["+recipe=quick", "size=500x512"], 2, ["size", "multiples of 8"]),
+    (["+recipe=quick", "size=1024", "hires.scale=8"], 2, ["hires.scale", "4096"]),
+    (
+        ["+recipe=quick", "seeds={start:0,count:4294967296}"],
+        2,
+        ["run.max_jobs", "4,294,967,296 jobs"],
+    ),
+    (
+        ["+recipe=quick", "seeds={start:0,count:1000000}", "cfg=1-100000"],
+        2,
+        ["run.max_jobs", "200,000,000,000 jobs", "raise run.max_jobs"],
+    ),
+    (["+recipe=quick", "steps=1-1000000000"], 2, ["steps", "at most 100,000 values"]),
+    (["+recipe=quick", "seeds={start:-1,count:2}"], 2, ["seeds.start"]),
+    (["+recipe=quick", "cfg=-1"], 2, ["cfg", "-1", ">= 0"]),
+    (["+recipe=quick", "sampler=Nope"], 2, ["sampler", "Nope"]),
+    (["+recipe=quick", "batch_size=0"], 2, ["batch_size"]),
+    (["+recipe=quick", "run.deadline=25:99"], 2, ["run.deadline", "25:99"]),
+    (["+recipe=quick", "shard.index=3", "shard.count=2"], 2, ["shard.index"]),
+    (["+recipe=quick", "prompt='(x:1.2.3)'"], 2, ["prompt", "(x:1.2.3)"]),
+    (["+recipe=quick", "model.path=/nonexistent.safetensors"], 2, ["model.path"]),
+    (["+recipe=quick", "model.path={truncated}"], 2, ["model.path", "truncated"]),
+]
+
+
+def _truncated_safetensors(path: Path) -> Path:
+    """A safetensors header that promises 4 MB of tensor data, followed by 10 bytes."""
+    header = (
+        b'{"model.diffusion_model.input_blocks.0.0.weight": {"dtype": "F32", "shape": [1024, 1024],'
+        b' "data_offsets": [0, 4194304]}, "cond_stage_model.transformer.x": {"dtype": "F32",'
+        b' "shape": [1], "data_offsets": [4194304, 4194308]}}'
+    )
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 10)
+    return path
+
+
+@pytest.fixture
+def user_recipes(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    recipes = tmp_path / "recipes"
+    work.mkdir()
+    recipes.mkdir()
+    fill = {"pwned": str(tmp_path / "pwned.txt"), "outside": str(tmp_path / "elsewhere")}
+    for name, text in EVIL.items():
+        for key, value in fill.items():
+            text = text.replace("{" + key + "}", value)
+        (recipes / f"{name}.yaml").write_text(text.lstrip("\n"))
+    monkeypatch.setenv("SDBATCH_RECIPES", str(recipes))
+    monkeypatch.chdir(work)
+    config.register_configs()
+    yield tmp_path
+    monkeypatch.delenv("SDBATCH_RECIPES")
+    config.register_configs()
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["sdbatch", *args])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize(("args", "code", "words"), CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_input_is_one_line_exit_code_and_nothing_written(
+    user_recipes, monkeypatch, capsys, args, code, words
+):
+    tmp = user_recipes
+    truncated = _truncated_safetensors(tmp / "truncated.safetensors")
+    args = [a.replace("{truncated}", str(truncated)) for a in args]
+    before = _files(tmp)
+    got, out, err = run_cli(monkeypatch, capsys, "run.device=cpu", "run.progress=false", *args)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert got == code, (out, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert "Traceback" not in out + err
+    assert _files(tmp) == before, sorted(map(str, _files(tmp) - before))
+    assert not (tmp / "pwned.txt").exists()
+
+
+def test_a_broken_or_unsafe_user_recipe_fails_only_the_run_that_uses_it(
+    user_recipes, monkeypatch, capsys
+):
+    code, out, err = run_cli(monkeypatch, capsys, "+recipe=quick", "run.dry_run=true")
+    assert code == 0 and "quick: 4 jobs" in out, err
+    code, out, _ = run_cli(monkeypatch, capsys, "--help")
+    assert code == 0 and "== Config ==" in out
+
+
+def test_command_line_keeps_hydra_power_a_recipe_does_not(user_recipes, monkeypatch, capsys):
+    """output.dir outside outputs/ is refused from a recipe, accepted from the command line."""
+    elsewhere = user_recipes / "elsewhere"
+    code, out, err = run_cli(
+        monkeypatch, capsys, "+recipe=quick", f"output.dir={elsewhere}", "run.dry_run=true"
+    )
+    assert code == 0 and "quick: 4 jobs" in out, err
+    assert not elsewhere.exists()  # a dry run writes nothing
+
+
+def test_a_read_only_folder_of_finished_work_reports_what_is_done(tmp_path, monkeypatch, capsys):
+    """All jobs done and the folder cannot be locked (read-only): the summary says so, exit 0."""
+    from sdbatch import runner
+    from tests.conftest import quick_cfg
+
+    out = tmp_path / "out"
+    assert runner.execute(quick_cfg(), out).written == 4
+    capsys.readouterr()
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(out / ".sdbatch.lock"))
+
+    monkeypatch.setattr(runner.OutputLock, "acquire", refuse)
+    summary = runner.execute(quick_cfg(), out)
+    text = capsys.readouterr().out
+    assert summary.exit_code == 0 and summary.skipped == 4
+    assert "4 done" in text and "done: 0 written, 4 skipped" in text
