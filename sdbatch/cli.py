@@ -12,7 +12,6 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import hydra
@@ -101,8 +100,10 @@ def check_composed(cfg: DictConfig) -> None:
     recipe (not the command line) put elsewhere."""
     extra = config.unknown_keys(cfg)
     if extra:
-        known = ", ".join(f.name for f in fields(config.SdbatchConfig))
-        raise UserError(f"{extra[0]}: not a known key; top-level keys are {known}")
+        parent = extra[0].rpartition(".")[0]
+        known = ", ".join(config.known_keys(parent))
+        where = f"{parent} keys" if parent else "top-level keys"
+        raise UserError(f"{extra[0]}: not a known key; {where} are {known}")
     name = cfg.get("name")
     why = check_name("name", str(name))
     if why:

@@ -155,4 +155,12 @@ def unknown_keys(cfg: Any) -> list[str]:
     return found
 
 
+def known_keys(parent: str = "") -> list[str]:
+    """The schema's keys under ``parent`` (dotted; empty for the top level)."""
+    node: Any = OmegaConf.to_container(OmegaConf.structured(SdbatchConfig), resolve=False)
+    for part in filter(None, parent.split(".")):
+        node = node.get(part) if isinstance(node, dict) else None
+    return list(node) if isinstance(node, dict) else []
+
+
 register_configs()
