@@ -8,6 +8,12 @@ a ``<stem>.config/`` folder beside the checkpoint, or the family's config-only f
 in ``sdbatch/models/configs/`` (SD 1.5's and SDXL base's real configs, no weights). The shipped
 folders hold no ``vocab.json``/``merges.txt``: they are the same CLIP BPE files as the embedded
 tiny model's, so the tokenizers are built from those (one copy in the package).
+
+Weights follow ``sdbatch.checkpoints``' policy, checked again here in case a file changed
+since the plan: without ``model.allow_pickle`` every ``from_pretrained`` gets
+``use_safetensors=True`` (diffusers then refuses a folder that has only ``.bin`` weights) and
+a single pickle file is refused before diffusers opens it. With it, diffusers reads pickles
+with ``torch.load(weights_only=True)``, which the plan has already checked them against.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from sdbatch.checkpoints import Model
+from sdbatch.checkpoints import Model, check_weights_file, from_pretrained_kwargs
 
 PIPELINES = {"sd1": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 TOKENIZERS = ("tokenizer", "tokenizer_2")
@@ -55,7 +61,7 @@ def load_tokenizer(folder: str | Path):
         return CLIPTokenizer.from_pretrained(tmp, local_files_only=True)
 
 
-def load_vae(vae: str | Path, config: str | Path, dtype: torch.dtype):
+def load_vae(vae: str | Path, config: str | Path, dtype: torch.dtype, allow_pickle: bool = False):
     """``model.vae``: a diffusers VAE folder, or a single file in LDM or diffusers layout read
     against ``<config>/vae/config.json`` (the model's own VAE config: scaling factor included)."""
     from diffusers import AutoencoderKL
@@ -64,8 +70,10 @@ def load_vae(vae: str | Path, config: str | Path, dtype: torch.dtype):
     if p.is_dir():
         sub = None if (p / "config.json").is_file() else "vae"
         return AutoencoderKL.from_pretrained(
-            p, subfolder=sub, torch_dtype=dtype, local_files_only=True
-        )
+            p, subfolder=sub, torch_dtype=dtype, local_files_only=True,
+            **from_pretrained_kwargs(allow_pickle),
+        )  # fmt: skip
+    check_weights_file(p, "model.vae", allow_pickle)
     return AutoencoderKL.from_single_file(
         str(p), config=str(config), subfolder="vae", torch_dtype=dtype, local_files_only=True
     )
@@ -86,10 +94,13 @@ def load_pipeline(model: Model, device: torch.device, dtype: torch.dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype rename
         if model.vae:
-            kwargs["vae"] = load_vae(model.vae, config, dtype)
+            kwargs["vae"] = load_vae(model.vae, config, dtype, model.allow_pickle)
         if Path(model.path).is_dir():
-            pipe = cls.from_pretrained(model.path, **kwargs)
+            pipe = cls.from_pretrained(
+                model.path, **kwargs, **from_pretrained_kwargs(model.allow_pickle)
+            )
         else:
+            check_weights_file(model.path, "model.path", model.allow_pickle)
             for name in TOKENIZERS:
                 if (Path(config) / name).is_dir():
                     kwargs[name] = load_tokenizer(Path(config) / name)

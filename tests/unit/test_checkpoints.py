@@ -55,9 +55,11 @@ def fake_safetensors(path: Path, keys: dict[str, list[int]], salt: str = "") -> 
 
 
 def fake_torch_zip(path: Path, keys) -> Path:
-    """The layout of torch.save (a zip with <name>/data.pkl); the pickle is only parsed."""
+    """The layout of torch.save (a zip with <name>/data.pkl, pickle protocol 2); the pickle is
+    only parsed."""
+    data = pickle.dumps({"state_dict": dict.fromkeys(keys)}, protocol=2)
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("archive/data.pkl", pickle.dumps({"state_dict": dict.fromkeys(keys)}))
+        z.writestr("archive/data.pkl", data)
     return path
 
 
@@ -330,6 +332,9 @@ def test_vae_files_are_checked_and_pickles_refused(tmp_path):
     with pytest.raises(RecipeError, match="no config.json"):
         resolve_models({"vae": str(folder)})
     (folder / "config.json").write_text("{}")
+    with pytest.raises(RecipeError, match="the VAE folder holds no weights"):
+        resolve_models({"vae": str(folder)})
+    fake_safetensors(folder / "diffusion_pytorch_model.safetensors", VAE_KEYS)
     assert resolve_models({"vae": str(folder)})[0].vae_name == "vae-folder"
 
 
