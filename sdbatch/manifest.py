@@ -1,18 +1,50 @@
 """The Parquet manifest: one row per image, durable after every batch. pyarrow only.
 
-A manifest is a folder of Parquet files (a Parquet *dataset*), readable at any moment with
-``pyarrow.dataset``, ``pandas.read_parquet(DIR)`` or duckdb's ``read_parquet('DIR/*.parquet')``.
-Each finished batch adds one small ``part-*.parquet`` file, written to a temporary name, fsynced
-and renamed, so appending costs O(batch) and a killed run never leaves a half-written file.
-Parts are compacted into one ``seg-*.parquet`` at the end of a run (and when many pile up).
-If a job has several rows (a failure later retried), the newest row wins.
+A manifest is a folder of Parquet files (a Parquet *dataset*). Each finished batch adds one
+small ``part-*.parquet`` file, written to a temporary name, fsynced and renamed, so appending
+costs O(batch) and a killed run never leaves a half-written file. Parts are compacted into one
+``seg-*.parquet`` at the end of a run (and when many pile up). If a job has several rows (a
+failure later retried), the newest row wins: ``Manifest.read()`` always applies that rule.
+
+What a plain Parquet reader should open: the folder itself, ``pyarrow.parquet.read_table(DIR)``,
+``pyarrow.dataset.dataset(DIR)``, ``pandas.read_parquet(DIR)``, or duckdb's
+``read_parquet('DIR/*.parquet')`` (not ``DIR/**``). Those readers skip names starting with
+``_`` or ``.``, which is where everything that is not data lives: ``_compaction.json`` (the
+journal below), ``_quarantine/`` (damaged files moved aside) and ``.*.tmp`` (writes in
+progress). They do not apply newest-row-wins, so sdbatch keeps the folder at one row per job:
+
+* Compaction journal. Before writing a segment, ``_compaction.json`` names the new segment and
+  the files it replaces; after the segment's atomic rename those files are unlinked, then the
+  journal. A kill in between leaves the journal. Once the segment exists its rows are durable:
+  reads skip the replaced files, and the next writer unlinks them. If the segment was never
+  written, the writer drops the journal and the old files stand as they were. No step loses a
+  row.
+* A run that re-renders jobs which already have a row (``run.retry_failed``, lost images) ends
+  with a full compaction. If it was killed first, duplicates remain; the next run
+  (``sdbatch.heal``) compacts everything, newest row winning.
+* "The next writer" is any sdbatch command that reads the folder: the run, and the tools
+  (summary, merge, verify, export, gallery, grid...) when their read finds a journal or a
+  superseded row and the output lock is free (``sdbatch.heal.tidy``; a live run holding the
+  lock tidies up itself when it ends). A dry run writes nothing.
+
+A damaged file (truncated, not Parquet, not a manifest) makes ``read()`` raise
+``DamagedManifest`` naming it, or, with ``skip_damaged=True``, read the rest and list it in
+``Manifest.damaged``. ``sdbatch.heal`` moves such files into ``_quarantine/`` (never deletes
+them) and recovers the lost rows from the images on disk.
+
+Image paths in rows are relative to the output folder; ``safe_image_path`` (and
+``ImagePaths`` for many rows) refuses any that would lead outside it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
+import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sdbatch.atomic import atomic_file, fsync_dir
+from sdbatch.errors import UserError
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -65,6 +98,118 @@ SCHEMA = pa.schema(
 )
 COMPACT_AFTER = 64  # parts; merged into one segment when more pile up during a run
 MAX_SEGMENTS = 16  # beyond this many segments a compaction rewrites everything into one
+JOURNAL = "_compaction.json"  # an unfinished compaction: its segment and the files it replaces
+QUARANTINE = "_quarantine"  # damaged files moved aside (plain readers skip "_" names)
+READ_TRIES = 5  # a file listed, then removed by a concurrent compaction: list again
+CHECK_BATCH = 65_536  # rows decoded at a time when checking a whole file
+
+
+class DamagedManifest(UserError):
+    """A manifest file that cannot be read: truncated, not Parquet, or not a manifest."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(
+            f"manifest file {self.path} is damaged ({reason}); the next run of the recipe, or "
+            f"`sdbatch-tools manifest repair {self.path.parent.parent}`, moves it aside into "
+            f"{QUARANTINE}/ and recovers its rows from the images"
+        )
+
+
+class ManifestUnreadable(UserError):
+    """A manifest file the operating system will not let us read (permissions, I/O error)."""
+
+
+class UnsafeImagePath(UserError):
+    """A row's ``image`` would lead outside its output folder; it is never followed."""
+
+    def __init__(self, job_id: str | None, image: str, why: str):
+        self.job_id, self.image, self.why = job_id, image, why
+        super().__init__(
+            f"manifest row {job_id or '(no job_id)'}: image path {image!r} {why}; refusing to "
+            "follow it (image paths must stay inside the output folder)"
+        )
+
+
+def _lexical_problem(rel: str) -> str | None:
+    if not rel:
+        return "is empty"
+    if "\x00" in rel:
+        return "holds a NUL character"
+    if rel.startswith(("/", "\\")) or os.path.isabs(rel):
+        return "is absolute"
+    if ".." in re.split(r"[/\\]", rel):
+        return "goes up out of the folder with '..'"
+    return None
+
+
+class ImagePaths:
+    """``safe_image_path`` for many rows of one output folder: each sub-folder is resolved once,
+    then one ``lstat`` per image (to see whether the file itself is a symlink)."""
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.out_dir = Path(out_dir)
+        self._root = os.path.realpath(self.out_dir)
+        self._folders: dict[str, bool] = {}
+
+    def inside(self, path: str) -> bool:
+        """Does ``path`` (symlinks resolved) lie in the output folder?"""
+        real = os.path.realpath(path)
+        return real == self._root or real.startswith(self._root.rstrip(os.sep) + os.sep)
+
+    def problem(self, rel: str) -> str | None:
+        """Why ``rel`` may not be followed, or None when it stays inside the output folder."""
+        why = self._lexical_and_folder(rel)
+        if why is None:
+            full = os.path.join(self._root, rel)
+            if os.path.islink(full) and not self.inside(full):
+                why = "leads outside the output folder through a symlink"
+        return why
+
+    def allowed(self, images: pa.Array) -> pa.BooleanArray:
+        """``problem(p) is None`` for an Arrow array of non-null paths, fast at millions of
+        rows: paths of the usual form ``images/NAME`` (one slash) need one check of the
+        ``images`` folder, any other form is checked one by one. The last component is not
+        looked at (no stat): callers ``lstat`` or open with ``O_NOFOLLOW`` and ask ``inside``
+        for a symlink."""
+        if len(images) == 0:
+            return pa.array([], pa.bool_())
+        slashes = pc.count_substring(images, "/")
+        usual = pc.and_(pc.starts_with(images, "images/"), pc.equal(slashes, 1))
+        if _lexical_problem("images/x") is None and self._folder_ok("images"):
+            flags = usual
+        else:
+            flags = pa.repeat(pa.scalar(False), len(images))
+        rest = pc.indices_nonzero(pc.invert(usual))
+        if len(rest) == 0:
+            return flags
+        verdicts = [self._lexical_and_folder(p) is None for p in images.take(rest).to_pylist()]
+        return pc.replace_with_mask(flags, pc.invert(usual), pa.array(verdicts, pa.bool_()))
+
+    def _folder_ok(self, head: str) -> bool:
+        ok = self._folders.get(head)
+        if ok is None:
+            ok = self._folders[head] = self.inside(os.path.join(self._root, head))
+        return ok
+
+    def _lexical_and_folder(self, rel: str) -> str | None:
+        why = _lexical_problem(rel)
+        if why is None and not self._folder_ok(os.path.dirname(rel)):
+            why = "leads outside the output folder through a symlink"
+        return why
+
+    def __call__(self, rel: str | None, job_id: str | None = None) -> Path:
+        """``out_dir / rel``, or ``UnsafeImagePath`` (a one-line UserError naming the row)."""
+        why = self.problem(rel) if isinstance(rel, str) else "is not a path"
+        if why is not None:
+            raise UnsafeImagePath(job_id, str(rel), why)
+        return self.out_dir / rel
+
+
+def safe_image_path(out_dir: str | os.PathLike, rel: str, job_id: str | None = None) -> Path:
+    """``out_dir / rel`` for a row's ``image``, refusing absolute paths, ``..`` components and
+    symlinks that resolve outside ``out_dir`` (``UnsafeImagePath``, exit code 2)."""
+    return ImagePaths(out_dir)(rel, job_id)
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
@@ -73,18 +218,111 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
         pq.write_table(table, f, compression="zstd")
 
 
+def _reason(exc: BaseException) -> str:
+    """Arrow's message on one short line, without the path (the caller names the file)."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^Could not open Parquet input source '[^']*': ", "", text)
+    return (text[:200] + "...") if len(text) > 200 else text or type(exc).__name__
+
+
+def _read_file(path: Path, cols: list[str] | None) -> pa.Table:
+    """One data file in the manifest's schema (columns missing from old files are null)."""
+    try:
+        table = pq.read_table(path, columns=cols, schema=_select(SCHEMA, cols))
+    except FileNotFoundError:
+        raise
+    except PermissionError as exc:
+        raise ManifestUnreadable(f"cannot read manifest file {path}: {exc.strerror}") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DamagedManifest(path, _reason(exc)) from None
+    if table["job_id"].null_count:
+        raise DamagedManifest(path, "not a manifest file: rows without a job_id")
+    return table
+
+
+def check_file(path: Path) -> pa.ChunkedArray:
+    """Decode every page of a data file (streaming, flat memory) and check its schema; its
+    job_id column, or a ``DamagedManifest`` naming what is wrong."""
+    try:
+        f = pq.ParquetFile(path)
+        names = [n for n in f.schema_arrow.names if n in SCHEMA.names]
+        if "job_id" not in names:
+            raise DamagedManifest(path, "not a manifest file: no job_id column")
+        target, at, ids = pa.schema([SCHEMA.field(n) for n in names]), names.index("job_id"), []
+        for batch in f.iter_batches(batch_size=CHECK_BATCH, columns=names):
+            batch = batch.cast(target)
+            if batch.column(at).null_count:
+                raise DamagedManifest(path, "not a manifest file: rows without a job_id")
+            ids.append(batch.column(at))
+        return pa.chunked_array(ids, pa.string())
+    except (DamagedManifest, FileNotFoundError):
+        raise
+    except PermissionError as exc:
+        raise ManifestUnreadable(f"cannot read manifest file {path}: {exc.strerror}") from None
+    except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
+        raise DamagedManifest(path, _reason(exc)) from None
+
+
+@dataclass
+class Health:
+    """What ``Manifest.check()`` found: the damaged files, the job ids of all the others."""
+
+    damaged: list[DamagedManifest]
+    job_ids: pa.ChunkedArray
+
+    @property
+    def superseded(self) -> int:
+        """Rows a newer row of the same job replaces (a plain reader sees those jobs twice)."""
+        n = len(self.job_ids)
+        return n - len(pc.unique(self.job_ids)) if n else 0
+
+
+def _data_name(name: object) -> bool:
+    """A name a journal may list: a plain data file name in this folder, nothing else."""
+    return (
+        isinstance(name, str)
+        and name == os.path.basename(name)
+        and name.startswith(("part-", "seg-"))
+        and name.endswith(".parquet")
+    )
+
+
 class Manifest:
     """A manifest folder. Cheap to create; nothing is read until asked."""
 
     def __init__(self, folder: str | os.PathLike):
         self.dir = Path(folder)
+        self.damaged: list[DamagedManifest] = []  # files the last read(skip_damaged=True) skipped
+        self.superseded = 0  # rows the last read() dropped for a newer row of the same job
 
     def files(self) -> list[Path]:
-        """Data files in write order (names carry a nanosecond clock)."""
-        if not self.dir.is_dir():
+        """Data files in write order (names carry a nanosecond clock), including any that an
+        interrupted compaction already replaced (see ``live_files``)."""
+        try:
+            entries = list(os.scandir(self.dir))
+        except OSError:
             return []
-        files = [p for p in self.dir.glob("*.parquet") if p.name.startswith(("part-", "seg-"))]
+        files = [
+            Path(e.path)
+            for e in entries
+            if e.name.startswith(("part-", "seg-"))
+            and e.name.endswith(".parquet")
+            and e.is_file(follow_symlinks=False)
+        ]
         return sorted(files, key=lambda p: (p.name.split("-")[1], p.name))
+
+    def live_files(self) -> list[Path]:
+        """``files()`` less those an interrupted compaction replaced with a segment that is
+        on disk: their rows are in it, and they are only waiting to be unlinked."""
+        files = self.files()
+        journal = self._journal()
+        if journal is None:
+            return files
+        segment, replaced = journal
+        if segment not in {p.name for p in files}:
+            return files
+        gone = set(replaced) - {segment}
+        return [p for p in files if p.name not in gone]
 
     def append(self, rows: Iterable[dict]) -> Path | None:
         """Add rows as one new part file (O(rows), independent of the manifest's size)."""
@@ -97,41 +335,184 @@ class Manifest:
         _write_atomic(table, path)
         return path
 
-    def read(self, columns: list[str] | None = None) -> pa.Table:
-        """All rows, newest row per job_id."""
-        files = self.files()
+    def read(self, columns: list[str] | None = None, skip_damaged: bool = False) -> pa.Table:
+        """All rows, newest row per job_id. A damaged file raises ``DamagedManifest`` (a
+        one-line UserError naming it), or with ``skip_damaged`` is left out and listed in
+        ``self.damaged``. ``self.superseded`` counts the older rows dropped (free: the dedup
+        counts them anyway). Never writes anything."""
         cols = None if columns is None else list(dict.fromkeys(["job_id", *columns]))
-        if not files:
+        for attempt in range(READ_TRIES):
+            try:
+                tables, self.damaged = self._read_all(cols, skip_damaged)
+                break
+            except FileNotFoundError as exc:  # a concurrent compaction removed it: list again
+                if attempt == READ_TRIES - 1:
+                    raise ManifestUnreadable(
+                        f"manifest {self.dir}: {exc.filename or 'a file'} keeps disappearing "
+                        "while being read; is another program deleting files there?"
+                    ) from None
+                time.sleep(0.02 * (attempt + 1))
+        if not tables:
+            self.superseded = 0
             empty = _select(SCHEMA, cols).empty_table()
             return empty if columns is None else empty.select(columns)
-        tables = [pq.read_table(p, columns=cols, schema=_select(SCHEMA, cols)) for p in files]
         table = pa.concat_tables(tables)
-        table = _dedup_last(table)
-        return table if columns is None else table.select(columns)
+        deduped = _dedup_last(table)
+        self.superseded = table.num_rows - deduped.num_rows
+        return deduped if columns is None else deduped.select(columns)
+
+    def _read_all(self, cols, skip_damaged: bool) -> tuple[list[pa.Table], list]:
+        tables, damaged = [], []
+        for p in self.live_files():
+            try:
+                tables.append(_read_file(p, cols))
+            except DamagedManifest as exc:
+                if not skip_damaged:
+                    raise
+                damaged.append(exc)
+        return tables, damaged
+
+    def check(self) -> Health:
+        """Every live data file decoded in full (read() may touch only a few columns, so a
+        damaged page elsewhere would show up later, mid-run): the damaged files, and the job
+        ids of the rest. About 0.7 s per million rows."""
+        damaged, ids = [], []
+        for p in self.live_files():
+            try:
+                ids += check_file(p).chunks
+            except FileNotFoundError:
+                continue
+            except DamagedManifest as exc:
+                damaged.append(exc)
+        return Health(damaged, pa.chunked_array(ids, pa.string()))
+
+    def read_ids(self) -> pa.Array:
+        """The job_id column of every readable live file, duplicates included."""
+        tables = []
+        for p in self.live_files():
+            try:
+                tables.append(_read_file(p, ["job_id"]))
+            except (DamagedManifest, FileNotFoundError):
+                continue
+        if not tables:
+            return pa.array([], pa.string())
+        return pa.concat_tables(tables)["job_id"].combine_chunks()
+
+    def quarantine(self, path: Path) -> Path:
+        """Move a damaged file into ``_quarantine/`` (renamed ``NAME.damaged``, so not even a
+        recursive ``*.parquet`` glob picks it up); never deletes. Returns where it went."""
+        folder = self.dir / QUARANTINE
+        folder.mkdir(exist_ok=True)
+        dest, n = folder / f"{path.name}.damaged", 1
+        while dest.exists():
+            dest, n = folder / f"{path.name}.{n}.damaged", n + 1
+        os.replace(path, dest)
+        fsync_dir(folder)
+        fsync_dir(self.dir)
+        return dest
+
+    # --- compaction -------------------------------------------------------------------------
+
+    def _journal(self) -> tuple[str, list[str]] | None:
+        """(segment, replaced names) of an unfinished compaction; None when there is none or
+        the journal does not hold plain data-file names (never trusted to name other files)."""
+        try:
+            data = json.loads((self.dir / JOURNAL).read_text(encoding="utf-8"))
+            segment, replaced = data["segment"], list(data["replaces"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not _data_name(segment) or not all(_data_name(n) for n in replaced):
+            return None
+        return segment, replaced
+
+    def finish_compaction(self) -> str | None:
+        """Complete a compaction that a kill interrupted, or undo it; a one-line message when
+        there was one. Its segment on disk and readable: unlink the files it replaced (their
+        rows are in it), then the journal. Its segment missing or unreadable: drop the journal;
+        the old files stand as they were. Only for the folder's writer (the output lock)."""
+        path = self.dir / JOURNAL
+        if not path.exists():
+            return None
+        journal = self._journal()
+        if journal is None:
+            path.unlink(missing_ok=True)
+            return f"manifest: removed an unreadable compaction journal {path}"
+        segment, replaced = journal
+        seg = self.dir / segment
+        try:
+            durable = seg.is_file() and _read_file(seg, ["job_id"]) is not None
+        except (DamagedManifest, ManifestUnreadable, FileNotFoundError):
+            durable = False
+        if not durable:
+            path.unlink(missing_ok=True)
+            fsync_dir(self.dir)
+            return (
+                f"manifest: undid a compaction interrupted before its segment {segment} was "
+                f"complete; the {len(replaced)} files it would have replaced are kept"
+            )
+        left = [n for n in replaced if n != segment and (self.dir / n).exists()]
+        failed = self._unlink(left)
+        if failed:
+            return (
+                f"manifest: could not remove {len(failed)} files an earlier compaction merged "
+                f"into {segment} ({failed[0]}); sdbatch skips them, a plain Parquet reader sees "
+                "their rows twice until they are removed"
+            )
+        path.unlink(missing_ok=True)
+        fsync_dir(self.dir)
+        if not left:
+            return None
+        return (
+            f"manifest: finished a compaction a kill interrupted: removed {len(left)} files "
+            f"already merged into {segment}"
+        )
+
+    def _unlink(self, names: list[str]) -> list[str]:
+        """Unlink files of this folder; the names that could not be removed."""
+        failed = []
+        for name in names:
+            try:
+                (self.dir / name).unlink(missing_ok=True)
+            except OSError:
+                failed.append(name)
+        fsync_dir(self.dir)
+        return failed
 
     def compact(self, full: bool = False) -> None:
         """Merge the part files into one new segment (O(parts), not O(manifest)); the old
-        files go once the new one is durable. ``full`` (or many segments) merges everything,
-        dropping rows that newer ones replaced."""
-        files = self.files()
-        parts = [p for p in files if p.name.startswith("part-")]
-        segments = len(files) - len(parts)
-        full = full or segments >= MAX_SEGMENTS
-        merge = files if full else parts
-        if len(merge) <= 1:
+        files go once the new one is durable, under the journal (see the module docstring).
+        ``full`` (or many segments) merges everything, dropping rows that newer ones replaced.
+        Damaged files are left where they are, for ``sdbatch.heal``. Call it only as the
+        folder's writer (holding the output lock)."""
+        self.finish_compaction()
+        if self._journal() is not None:  # its replaced files could not be removed: not now
             return
-        if full:
-            table = self.read()
-        else:
-            table = _dedup_last(pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in merge]))
+        files = self.live_files()
+        parts = [p for p in files if p.name.startswith("part-")]
+        full = full or len(files) - len(parts) >= MAX_SEGMENTS
+        merge, tables = [], []
+        for p in files if full else parts:
+            try:
+                tables.append(_read_file(p, None))
+                merge.append(p)
+            except (DamagedManifest, ManifestUnreadable, FileNotFoundError):
+                continue
+        if not merge:
+            return
+        table = pa.concat_tables(tables)
+        if len(merge) == 1 and len(pc.unique(table["job_id"])) == table.num_rows:
+            return
+        table = _dedup_last(table)
         # named after the newest file it holds, so the write order of rows is kept
         stamp = merge[-1].name.split("-")[1]
-        path = self.dir / f"seg-{stamp}-{os.getpid()}.parquet"
+        path = self.dir / f"seg-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+        journal = {"segment": path.name, "replaces": [p.name for p in merge]}
+        with atomic_file(self.dir / JOURNAL, "w", encoding="utf-8") as f:
+            json.dump(journal, f)
         _write_atomic(table, path)
-        for p in merge:
-            if p != path:
-                p.unlink(missing_ok=True)
-        fsync_dir(self.dir)
+        if not self._unlink([p.name for p in merge]):  # else the journal stays: reads skip them
+            (self.dir / JOURNAL).unlink(missing_ok=True)
+            fsync_dir(self.dir)
 
     def maybe_compact(self) -> None:
         if sum(p.name.startswith("part-") for p in self.files()) >= COMPACT_AFTER:
