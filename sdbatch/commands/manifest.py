@@ -1,7 +1,8 @@
-"""``sdbatch-tools manifest summary|merge|verify DIR...``: one table from many manifests.
+"""``sdbatch-tools manifest summary|merge|verify|repair DIR...``: one table from many manifests.
 
 DIR is an output folder, a manifest folder, or a folder above many (a multirun sweep). The logic
-lives in ``sdbatch.manifest_tools`` (pyarrow only), imported when a subcommand runs.
+lives in ``sdbatch.manifest_tools`` (pyarrow only), imported when a subcommand runs. ``repair``
+does what a run does first (``sdbatch.heal``), for folders whose recipe is not at hand.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def register(sub) -> None:
     v.add_argument("dirs", nargs="+", metavar="DIR", help=DIR_HELP)
     v.add_argument("--workers", type=int, default=None, help="hashing threads (default: 4/CPU)")
     v.set_defaults(func=run_verify)
+
+    r = cmds.add_parser(
+        "repair",
+        help="move damaged manifest files aside (never deleted) and recover their rows from the "
+        "images; finish interrupted compactions; remove temporary files of killed runs",
+    )
+    r.add_argument("dirs", nargs="+", metavar="DIR", help=DIR_HELP)
+    r.set_defaults(func=run_repair)
 
 
 def _fmt(v) -> str:
@@ -123,3 +132,19 @@ def run_verify(args: argparse.Namespace) -> int:
         f"problem{'s' if bad != 1 else ''}"
     )
     return 1 if bad else 0
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    """What a run does before it starts, without a recipe: images with no row get one from
+    their PNG infotext. Takes each output folder's lock (exit code 5 while a run holds it)."""
+    from sdbatch.control import OutputLock
+    from sdbatch.heal import heal_output
+    from sdbatch.manifest import Manifest
+    from sdbatch.manifest_tools import all_sources
+
+    for s in all_sources(args.dirs):
+        with OutputLock(s.out_dir):
+            lines = heal_output(s.out_dir, Manifest(s.manifest_dir), [], None)
+        for line in lines or ["nothing to repair"]:
+            print(f"{s.out_dir}: {line}")
+    return 0
