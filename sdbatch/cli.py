@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import sdbatch.config as config  # registers the schema and the recipes
-from sdbatch import gpus
-from sdbatch.errors import RecipeError, UserError
+from sdbatch import __version__, gpus
+from sdbatch.errors import RecipeError, UserError, quiet_broken_pipe
+from sdbatch.overrides import a1111_argv, normal_form
 from sdbatch.recipe_files import OUTPUT_ROOT, check_name, inside_outputs
 from sdbatch.run_settings import PIXEL_RUN_KEYS
 
@@ -50,11 +53,8 @@ def job_folder(overrides: list[str], job_num: int) -> str:
     ``run.*`` and ``output.*`` (the folder itself) are left out; a name too long for a file
     system keeps its start and gets a hash of the whole."""
     skip = ("recipe=", "run.", "output.")
-    keep = sorted(
-        o
-        for o in overrides
-        if not o.lstrip("+~").startswith(skip) or o.lstrip("+~").startswith(PIXEL_RUN_KEYS)
-    )
+    given = [o.lstrip("+") for o in overrides if not o.startswith("~")]
+    keep = sorted(o for o in given if not o.startswith(skip) or o.startswith(PIXEL_RUN_KEYS))
     name = ",".join(keep).replace("/", "_") or str(job_num)
     if len(name.encode()) > 200:
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
@@ -82,7 +82,7 @@ def run_context() -> dict:
     except ValueError:
         return {"hydra_job": None, "overrides": None}
     job = hc.job.num if hc.mode == RunMode.MULTIRUN else None
-    return {"hydra_job": job, "overrides": " ".join(hc.overrides.task) or None}
+    return {"hydra_job": job, "overrides": normal_form(list(hc.overrides.task))}
 
 
 def command_line_keys() -> set[str]:
@@ -98,6 +98,11 @@ def check_composed(cfg: DictConfig) -> None:
     """What the schema and the recipe checks cannot see until the config is composed: keys
     added with ``+``, a name that would climb out of ``outputs/``, an output folder that a
     recipe (not the command line) put elsewhere."""
+    if cfg.get("prompt") is None and cfg.get("template") is None and not _asked_recipes():
+        raise UserError(
+            "recipe: none given; run a recipe with +recipe=NAME (sdbatch --help lists them) "
+            "or give a prompt ('prompt=a red circle')"
+        )
     extra = config.unknown_keys(cfg)
     if extra:
         parent = extra[0].rpartition(".")[0]
@@ -126,8 +131,8 @@ def run(cfg: DictConfig) -> int:
     pick_gpu(cfg)
     plain = OmegaConf.to_container(cfg, resolve=True)
     out = output_dir(cfg)
-    code = execute(plain, out, run_context()).exit_code
-    if run_context()["hydra_job"] is not None and out.is_dir():
+    code = execute(plain, out, run_context(), salt_dir=Path(str(cfg.output.dir))).exit_code
+    if run_context()["hydra_job"] is not None and out.is_dir() and not plain["run"]["dry_run"]:
         (out / EXIT_FILE).write_text(f"{code}\n")  # read by MultirunExitCode in the parent
     return code
 
@@ -166,15 +171,29 @@ def _hydra_main(cfg: DictConfig) -> int:
     return code
 
 
+def _asked_recipes() -> list[str]:
+    return [
+        name
+        for a in sys.argv[1:]
+        if a.lstrip("+").startswith("recipe=")
+        for name in a.split("=", 1)[1].split(",")
+    ]
+
+
 def one_line(exc: BaseException) -> str:
     """Hydra and OmegaConf errors span several lines; users get one."""
-    if isinstance(exc, MissingConfigException) and "recipe" in str(exc):
-        asked = [
-            name
-            for a in sys.argv
-            if a.lstrip("+").startswith("recipe=")
-            for name in a.split("=", 1)[1].split(",")
-        ]
+    text = str(exc)
+    if "Could not override 'recipe'" in text:
+        return "recipe: a recipe is added to the config: write +recipe=NAME (with the +)"
+    if type(exc).__name__ == "OverrideParseException":
+        bad = text.split("'", 2)[1] if text.count("'") >= 2 else "?"
+        key, _, value = bad.partition("=")
+        return (
+            f"{key}: Hydra cannot read {value!r}; quote the value for Hydra inside the shell's "
+            f"quotes: '{key}=\"{value}\"'"
+        )
+    if isinstance(exc, MissingConfigException) and "recipe" in text:
+        asked = _asked_recipes()
         for name in asked:
             if config.recipe_problem(name):
                 return f"recipe: {config.recipe_problem(name)}"
@@ -216,8 +235,22 @@ def main() -> None:
 def _main(user_full_error: bool) -> None:
     global _multirun_exit
     _multirun_exit = 0
+    args = sys.argv[1:]
+    if "--version" in args or "-V" in args:
+        print(f"sdbatch {__version__}")
+        sys.exit(0)
+    multirun = "-m" in args or "--multirun" in args
+    sys.argv[1:] = a1111_argv(args, multirun)
+    dry_sweep = None
+    if multirun and any(a.lstrip("+").lower() == "run.dry_run=true" for a in args):
+        # a dry run writes nothing: Hydra's multirun.yaml and the jobs' working folders go to a
+        # temporary sweep folder, removed at the end, instead of the real sweep's
+        dry_sweep = tempfile.mkdtemp(prefix="sdbatch-dry-run-")
+        sys.argv.append(f"hydra.sweep.dir={dry_sweep}")
     try:
-        _hydra_main()
+        with quiet_broken_pipe():
+            _hydra_main()
+            sys.stdout.flush()
         if _multirun_exit:
             sys.exit(_multirun_exit)
     except KeyboardInterrupt:  # a second Ctrl-C: the first one asked for a clean stop
@@ -232,6 +265,9 @@ def _main(user_full_error: bool) -> None:
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    finally:
+        if dry_sweep:
+            shutil.rmtree(dry_sweep, ignore_errors=True)
 
 
 if __name__ == "__main__":

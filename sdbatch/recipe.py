@@ -27,6 +27,7 @@ from sdbatch.samplers import resolve_sampler, scheduler_spec
 from sdbatch.templates import PromptItem, prompt_set, wildcard_files
 
 SEED_MAX = 2**32 - 1
+RANDOM_SEED = -1  # A1111's "random seed"; see random_seed()
 # A1111's width/height sliders stop at 2048; SD 1.x and SDXL UNets are trained at 512-1024, and
 # at 2048x2048 one image's attention already needs several GB. Hires targets may reach 4096.
 SIZE_MAX = 2048
@@ -72,6 +73,8 @@ class Plan:
     axes: dict[str, int]  # axis -> number of values, for the plan line
     batch_size: int
     values: dict[str, list[str]] = field(default_factory=dict)  # swept axis -> shown values
+    random_seeds: frozenset[str] = frozenset()  # ids of jobs whose seed was A1111's -1
+    seeds_provisional: bool = False  # -1 seeds drawn without the folder's salt (dry run)
 
     def describe(self) -> str:
         """``60 jobs = 5 prompts x 1 sampler x 3 cfg x 4 seeds``."""
@@ -144,10 +147,35 @@ def parse_seeds(value: Any, max_count: int | None = MAX_JOBS) -> list[int]:
         if max_count is not None and count > max_count:
             raise PlanTooLarge(count, max_count)
         return list(range(start, start + count))
-    seeds = [_int("seeds", s, 0, SEED_MAX, allowed) for s in expand_axis("seeds", value, True)]
+    allowed = f"integers in 0..{SEED_MAX}, or -1 for a random seed"
+    seeds = [
+        RANDOM_SEED if _is_random(s) else _int("seeds", s, 0, SEED_MAX, allowed)
+        for s in expand_axis("seeds", value, True)
+    ]
     if not seeds:
         raise RecipeError("seeds", value, "at least one seed")
     return seeds
+
+
+def _is_random(value: Any) -> bool:
+    return not isinstance(value, bool) and str(value).strip() in ("-1", "-1.0")
+
+
+def random_seed(salt: str, k: int, job_key: str) -> int:
+    """A1111's ``-1``: a random seed per job that stays the same for the output folder. It is
+    drawn from the folder's salt (made on the first real run), the position ``k`` of the -1 in
+    the seeds list and everything else that decides the job, so every job gets its own seed, a
+    re-run resumes instead of drawing new ones, and every shard of the run draws the same."""
+    digest = hashlib.sha256(f"{salt}\0{k}\0{job_key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def wants_random_seeds(cfg: dict) -> bool:
+    """Does the recipe use A1111's -1 seed anywhere (cheap, before the plan is built)?"""
+    value = cfg.get("seeds")
+    if isinstance(value, dict):
+        return False
+    return any(_is_random(s) for s in expand_axis("seeds", value, True))
 
 
 def parse_cfg(value: Any) -> float:
@@ -229,7 +257,11 @@ def _check_syntax(field: str, texts: set[str]) -> None:
 
 
 def build_plan(
-    cfg: dict, recipe_dirs: list[Path] | None = None, dtype: str = "fp32", max_jobs: int = MAX_JOBS
+    cfg: dict,
+    recipe_dirs: list[Path] | None = None,
+    dtype: str = "fp32",
+    max_jobs: int = MAX_JOBS,
+    seed_salt: str | None = None,
 ) -> Plan:
     """Validate a composed recipe (plain dict) and expand it into jobs and batches.
 
@@ -237,7 +269,8 @@ def build_plan(
     switches (model, size, scheduler) change least often, and consecutive jobs share a batch.
     ``dtype`` is the resolved ``run.dtype`` (it decides pixels, so it joins the job id when it
     is not fp32). The plan's size is the product of its axes' lengths: past ``max_jobs`` it is
-    refused from that count, before one job is built.
+    refused from that count, before one job is built. ``seed_salt`` is the output folder's
+    salt for ``-1`` seeds (without it they are provisional: ``Plan.seeds_provisional``).
     """
     if recipe_dirs is None:
         from sdbatch.config import recipe_dirs as default_dirs
@@ -270,6 +303,12 @@ def build_plan(
     # Per-job work is only what varies per job: everything else is hoisted to its loop level,
     # and the id's JSON is built once per (model, size, sampler, steps, cfg, prompt) as a prefix.
     var_keys = [(seed, extras, _json_tail(extras.key())) for seed, extras in variations]
+    salt = seed_salt or ""
+    randoms: set[str] = set()
+    k_of = {}  # position of each -1 among the seeds, for per-job draws
+    for i, (seed, _, _) in enumerate(var_keys):
+        if seed == RANDOM_SEED:
+            k_of[i] = len(k_of)
     for model in models:
         mkey = model.key
         for w, h in sizes:
@@ -282,9 +321,13 @@ def build_plan(
                             prefix = _json_prefix(
                                 mkey, item.text, negative, sampler.name, spec, n_steps, scale
                             )
-                            for seed, extras, tail in var_keys:
+                            for i, (seed, extras, tail) in enumerate(var_keys):
+                                if seed == RANDOM_SEED:
+                                    seed = random_seed(salt, k_of[i], f"{prefix}{size_tail}{tail}")
                                 key = f"{prefix}{seed}{size_tail}{tail}]"
                                 jid = hashlib.sha256(key.encode()).hexdigest()[:16]
+                                if i in k_of:
+                                    randoms.add(jid)
                                 jobs.append(
                                     Job(
                                         jid,
@@ -319,11 +362,13 @@ def build_plan(
         "sampler": [s.name for s in samplers],
         "steps": [str(n) for n in steps],
         "cfg": [f"{c:g}" for c in cfgs],
-        "seeds": [str(x) for x in seeds],
+        "seeds": ["random" if x == RANDOM_SEED else str(x) for x in seeds],
     }
     swept = {k: v for k, v in values.items() if len(v) > 1}
     batches = make_batches(jobs, batch_size)
-    return Plan(str(cfg.get("name")), jobs, batches, axes, batch_size, swept)
+    provisional = bool(randoms) and seed_salt is None
+    name = str(cfg.get("name"))
+    return Plan(name, jobs, batches, axes, batch_size, swept, frozenset(randoms), provisional)
 
 
 def _check_hires_size(variations: list[tuple[int, Extras]], sizes: list[tuple[int, int]]) -> None:
@@ -351,6 +396,11 @@ def _variations(cfg: dict, seeds, dtype: str = "fp32") -> list[tuple[int, Extras
         raise RecipeError(
             "subseed", None, "a variation seed in 0..4294967295 when subseed_strength > 0"
         )
+    if seeds[0] == RANDOM_SEED:
+        raise RecipeError(
+            "seeds", RANDOM_SEED, "a fixed first seed when subseed_strength > 0 (every image "
+            "keeps it and the variation seed steps instead)",
+        )  # fmt: skip
     sub = _int("subseed", cfg.get("subseed"), 0, SEED_MAX, f"an integer in 0..{SEED_MAX}")
     if sub + len(seeds) - 1 > SEED_MAX:
         raise RecipeError("subseed", sub, f"subseed + number of seeds - 1 <= {SEED_MAX}")
@@ -395,10 +445,12 @@ def select_shard(plan: Plan, index: int, count: int) -> list[Batch]:
     return [b for b in plan.batches if b.index % count == index]
 
 
-def iter_preview(jobs: list[Job], n: int) -> Iterator[str]:
-    """The first ``n`` jobs, one line each, for dry runs."""
+def iter_preview(jobs: list[Job], n: int, random: frozenset[str] = frozenset()) -> Iterator[str]:
+    """The first ``n`` jobs, one line each, for dry runs; ``random``: ids of jobs whose -1 seed
+    is not drawn yet (no salt in the folder), shown as ``seed random``."""
     for job in jobs[:n]:
+        seed = "random" if job.job_id in random else job.seed
         yield (
-            f"  {job.job_id}  seed {job.seed}  {job.width}x{job.height}  {job.sampler}, "
+            f"  {job.job_id}  seed {seed}  {job.width}x{job.height}  {job.sampler}, "
             f"{job.steps} steps, cfg {job.cfg:g}  {job.prompt!r}"
         )

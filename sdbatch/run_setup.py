@@ -6,11 +6,14 @@ torch is imported only when the device depends on the machine, and diffusers onl
 
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from sdbatch.control import StopSignal, parse_deadline
 from sdbatch.errors import RecipeError, UserError
-from sdbatch.recipe import Batch, Job, Plan, build_plan, select_shard
+from sdbatch.recipe import Batch, Job, Plan, build_plan, select_shard, wants_random_seeds
 from sdbatch.run_settings import RunSettings, parse_run, resolve_dtype
 
 
@@ -64,12 +67,45 @@ class Setup:
     shard_note: str
 
 
-def prepare(cfg: dict) -> Setup:
-    """Validate and plan: every bad input fails here, before a file or folder is created."""
+SALT_FILE = ".sdbatch-seed-salt"
+
+
+def read_salt(folder: Path) -> str | None:
+    """The folder's salt for A1111's -1 seeds, or None before the first real run."""
+    try:
+        return (Path(folder) / SALT_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def make_salt(folder: Path) -> str:
+    """The folder's salt, made now if it has none. Concurrent shards race safely: the file is
+    linked into place (never replaced), so the first one wins and the others read it."""
+    folder = Path(folder)
+    salt = read_salt(folder)
+    if salt:
+        return salt
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{SALT_FILE}.{secrets.token_hex(4)}.tmp"
+    tmp.write_text(secrets.token_hex(16) + "\n")
+    try:
+        os.link(tmp, folder / SALT_FILE)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return read_salt(folder) or ""
+
+
+def prepare(cfg: dict, salt_dir: Path | None = None) -> Setup:
+    """Validate and plan: every bad input fails here, before a file or folder is created.
+    ``salt_dir`` holds the salt of -1 seeds (the recipe's output.dir: one for all multirun jobs
+    and shards); without a salt there the -1 seeds are provisional until the run makes it."""
     settings = parse_run(cfg.get("run"))
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device.partition(":")[0])
-    plan = build_plan(cfg, dtype=dtype, max_jobs=settings.max_jobs)
+    salt = read_salt(salt_dir) if salt_dir is not None and wants_random_seeds(cfg) else None
+    plan = build_plan(cfg, dtype=dtype, max_jobs=settings.max_jobs, seed_salt=salt)
     grids = list(cfg.get("grids") or [])
     if grids:
         from sdbatch.grid import validate_grid_specs

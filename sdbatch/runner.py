@@ -15,7 +15,7 @@ import io
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from sdbatch.infotext import format_infotext, png_info
 from sdbatch.manifest import Manifest
 from sdbatch.recipe import Batch, Job, Plan, iter_preview
 from sdbatch.resume import scan_manifest
-from sdbatch.run_setup import Setup, load_renderer, prepare
+from sdbatch.run_setup import Setup, load_renderer, make_salt, prepare
 
 EXIT_OK, EXIT_FAILED, EXIT_OUTPUT = 0, 3, 6
 
@@ -231,21 +231,26 @@ def _output_error(out_dir: Path, exc: OSError, done: int, total: int) -> OutputE
     )
 
 
-def execute(cfg: dict, out_dir: Path, context: dict | None = None) -> Summary:
+def execute(
+    cfg: dict, out_dir: Path, context: dict | None = None, salt_dir: Path | None = None
+) -> Summary:
     """The whole run for one composed recipe (plain dict) writing into ``out_dir``.
 
-    ``context`` holds per-row facts from the caller (Hydra job number, overrides).
+    ``context`` holds per-row facts from the caller (Hydra job number, overrides);
+    ``salt_dir`` the folder whose salt draws -1 seeds (default ``out_dir``).
     Order: validate and plan; see what is done (read only); load the first model needed;
     only then lock the folder (creating it) and write.
     """
     t_start = time.perf_counter()
-    setup = prepare(cfg)
+    salt_dir = out_dir if salt_dir is None else salt_dir
+    setup = prepare(cfg, salt_dir)
     jobs, settings = setup.jobs, setup.settings
     manifest = Manifest(out_dir / "manifest")
     if settings.dry_run:
         done, _, _ = scan_manifest(jobs, out_dir, manifest, settings.verify)
         _print_plan(setup, len(done))
-        for line in iter_preview(jobs, settings.show_jobs):
+        random = setup.plan.random_seeds if setup.plan.seeds_provisional else frozenset()
+        for line in iter_preview(jobs, settings.show_jobs, random):
             print(line)
         if len(jobs) > settings.show_jobs:
             print(f"  ... ({len(jobs)} jobs in {len(setup.batches)} batches; dry run, "
@@ -253,7 +258,26 @@ def execute(cfg: dict, out_dir: Path, context: dict | None = None) -> Summary:
         return Summary(skipped=len(done))
     scan = scan_manifest(jobs, out_dir, manifest, settings.verify)
     first = _first_pending(setup, scan, settings.retry_failed)
-    renderer = load_renderer(first.model, setup.device, setup.dtype) if first else None
+    stop = setup.stop.install()  # from here on a first Ctrl-C or SIGTERM is a clean stop
+    try:
+        renderer = None
+        if first is not None:
+            print(f"loading model {first.model.name} ...", flush=True)
+            renderer = load_renderer(first.model, setup.device, setup.dtype)
+        if first is not None and stop.should_stop():  # while loading: stop, nothing written
+            summary = Summary(skipped=len(scan[0]), stopped=stop.reason)
+            summary.seconds = time.perf_counter() - t_start
+            _print_summary(summary, out_dir, len(jobs))
+            return summary
+        return _locked(cfg, setup, out_dir, manifest, context, t_start, renderer, scan, first,
+                       salt_dir)  # fmt: skip
+    finally:
+        stop.restore()
+
+
+def _locked(cfg, setup, out_dir, manifest, context, t_start, renderer, scan, first,
+            salt_dir) -> Summary:  # fmt: skip
+    jobs = setup.jobs
     try:
         lock = OutputLock(out_dir).acquire()
     except OSError as exc:
@@ -265,6 +289,9 @@ def execute(cfg: dict, out_dir: Path, context: dict | None = None) -> Summary:
             return summary
         raise _output_error(out_dir, exc, len(scan[0]), len(jobs)) from None
     try:
+        if setup.plan.seeds_provisional:  # the first real run draws the folder's -1 seeds
+            make_salt(salt_dir)
+            setup = replace(prepare(cfg, salt_dir), stop=setup.stop)
         summary = _run_locked(setup, out_dir, manifest, context, t_start, renderer)
         if setup.grids and not summary.stopped:
             draw_grids(out_dir, setup.grids)
@@ -350,7 +377,6 @@ def _render_all(pending, setup: Setup, out_dir, manifest, context, summary, done
     total = sum(len(todo) for _, todo in pending)
     bar = tqdm(total=total, unit="img", disable=not setup.settings.progress,
                dynamic_ncols=True, file=sys.stderr)  # fmt: skip
-    stop.install()
     try:
         for batch, todo in pending:
             if stop.should_stop():
@@ -376,7 +402,6 @@ def _render_all(pending, setup: Setup, out_dir, manifest, context, summary, done
             summary.failed += sum(r["status"] != "ok" for r in rows)
             bar.update(len(todo))
     finally:
-        stop.restore()
         bar.close()
         try:
             manifest.compact(full=full_compact)

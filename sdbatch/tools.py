@@ -13,13 +13,15 @@ import pkgutil
 import sys
 
 import sdbatch.commands
-from sdbatch.errors import UserError
+from sdbatch import __version__
+from sdbatch.errors import UserError, quiet_broken_pipe
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdbatch-tools", description="sdbatch's companion command (not a generation run)."
     )
+    parser.add_argument("--version", action="version", version=f"sdbatch-tools {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(sdbatch.commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"sdbatch.commands.{info.name}")
@@ -29,11 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        code = args.func(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = exc.exit_code
+    with quiet_broken_pipe():
+        try:
+            code = args.func(args)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = exc.exit_code
+        sys.stdout.flush()
     sys.exit(code)
 
 

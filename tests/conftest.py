@@ -47,3 +47,17 @@ def sdbatch_env(**extra) -> dict:
     env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}, **extra)
     env.pop("HYDRA_FULL_ERROR", None)
     return env
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """``sdbatch ARGS`` in this process (fast: no interpreter start): (exit code, out, err)."""
+    from sdbatch import cli
+
+    monkeypatch.setattr(sys, "argv", ["sdbatch", *args])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

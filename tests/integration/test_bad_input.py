@@ -9,12 +9,12 @@ of real processes are covered in test_cli.py. Recipes under test live in a user 
 from __future__ import annotations
 
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 
-from sdbatch import cli, config
+from sdbatch import config
+from tests.conftest import run_cli
 
 EVIL = {
     "callback": """
@@ -145,17 +145,6 @@ def user_recipes(tmp_path, monkeypatch):
     yield tmp_path
     monkeypatch.delenv("SDBATCH_RECIPES")
     config.register_configs()
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sdbatch", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _files(root: Path) -> set[Path]:

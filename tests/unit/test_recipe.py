@@ -101,7 +101,7 @@ def test_seed_forms():
         ({"steps": 0}, "steps", "1..1000"),
         ({"steps": "abc"}, "steps", "1..1000"),
         ({"cfg": -1}, "cfg", ">= 0"),
-        ({"seeds": -1}, "seeds", "0..4294967295"),
+        ({"seeds": -2}, "seeds", "0..4294967295, or -1 for a random seed"),
         ({"seeds": 2**32}, "seeds", "0..4294967295"),
         ({"seeds": {"start": 2**32 - 1, "count": 2}}, "seeds", "4294967295"),
         ({"prompt": [], "template": None}, "prompt", "at least one prompt"),

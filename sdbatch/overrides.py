@@ -1,0 +1,87 @@
+"""Command-line overrides: A1111's forms read as typed, and one normal form for the record.
+
+A1111 users type sweep values the way its X/Y/Z plot taught them (``steps=10-30 (+10)``,
+``cfg=5-9 [3]``, ``sampler=Euler a, DDIM``) and prompts with emphasis and templates
+(``prompt=black hair, (__hair_styles__:1.2)``, ``template=black hair, {style}``). Hydra's
+override grammar reads parentheses, braces and commas as its own syntax, so such a value fails
+to parse, or (outside ``-m``) becomes a sweep. `a1111_argv` quotes the value for Hydra in
+exactly those cases, for the keys whose values are text or sweep strings; anything Hydra reads
+fine is left alone, and under ``-m`` a comma list stays Hydra's sweep.
+
+An axis may be written as a scalar, a list or a ``{start, count}`` mapping; Hydra cannot merge
+a list onto a mapping (``seeds=[7,8]`` over a recipe's ``seeds: {start: 1, count: 2}``), so a
+list or mapping value for an axis replaces the recipe's value (``~seeds +seeds=[7,8]``).
+"""
+
+from __future__ import annotations
+
+import re
+
+TEXT_KEYS = ("prompt", "negative_prompt", "template", "name")
+AXIS_KEYS = ("sampler", "steps", "cfg", "size", "seeds", "subseed")
+# Overrides that do not decide a job's images: left out of the recorded normal form
+COSMETIC = ("run.", "output.", "hydra.", "hydra/")
+_KEY = re.compile(r"^(?P<prefix>\+\+|\+|~)?(?P<key>[A-Za-z_][\w.\-/@]*)=(?P<value>.*)$", re.S)
+
+
+def _parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` as one Hydra quoted string (backslashes before a quote and quotes escaped)."""
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value).replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def _quotable(key: str) -> bool:
+    return key in TEXT_KEYS or key in AXIS_KEYS or key.startswith("vars.")
+
+
+def a1111_argv(args: list[str], multirun: bool) -> list[str]:
+    """``args`` with A1111-style values quoted for Hydra (see the module docstring)."""
+    parser = _parser()
+    out: list[str] = []
+    for arg in args:
+        m = _KEY.match(arg)
+        if not m or arg.startswith("-") or not _quotable(m["key"]):
+            out.append(arg)
+            continue
+        prefix, key, value = m["prefix"] or "", m["key"], m["value"]
+        try:
+            override = parser.parse_override(arg)
+        except Exception:  # Hydra's grammar cannot read it: take the value as typed
+            out.append(f"{prefix}{key}={hydra_quote(value)}")
+            continue
+        if override.is_sweep_override() and not multirun:
+            out.append(f"{prefix}{key}={hydra_quote(value)}")
+        elif (
+            key in AXIS_KEYS
+            and prefix == ""
+            and not override.is_sweep_override()
+            and (isinstance(override.value(), list | dict))
+        ):
+            out += [f"~{key}", f"+{key}={value}"]
+        else:
+            out.append(arg)
+    return out
+
+
+def normal_form(overrides: list[str]) -> str | None:
+    """The overrides that decide the job, in one order and spelling: ``+`` prefixes dropped,
+    ``~key`` replaced by the value given after it, cosmetic keys (``run.*`` except the ones that
+    decide pixels, ``output.*``, Hydra's own) left out, sorted. None when nothing is left."""
+    from sdbatch.run_settings import PIXEL_RUN_KEYS
+
+    values: dict[str, str] = {}
+    for item in overrides:
+        if item.startswith("~"):
+            values.pop(item[1:].split("=", 1)[0], None)
+            continue
+        key, _, value = item.lstrip("+").partition("=")
+        if key.startswith(COSMETIC) and not key.startswith(PIXEL_RUN_KEYS):
+            continue
+        values[key] = value
+    return " ".join(f"{k}={v}" for k, v in sorted(values.items())) or None
