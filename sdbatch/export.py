@@ -6,7 +6,9 @@ Layout (what ``load_dataset("imagefolder", data_dir=OUT)`` reads)::
     OUT/images/<seed>-<job_id>.png
 
 ``file_name`` is relative to ``metadata.jsonl``. Images are hard-linked when OUT is on the same
-filesystem (no extra space; PNGs are never edited in place) and copied otherwise.
+filesystem (no extra space; PNGs are never edited in place) and copied otherwise. Every image
+path is checked first: one that would lead outside its output folder (absolute, ``..``, a
+symlink out) stops the export before anything is written (``UnsafeImagePath``, exit code 2).
 
 ``datasets`` reads metadata.jsonl in 10 MB blocks and takes the column types from the first
 block, so a column that is null there but set later (``template``, ``hydra_job``) would fail to
@@ -29,6 +31,7 @@ import pyarrow.compute as pc
 
 from sdbatch.atomic import atomic_file
 from sdbatch.errors import UserError
+from sdbatch.manifest import ImagePaths
 from sdbatch.manifest_tools import (
     DataError,
     Source,
@@ -142,9 +145,11 @@ def export_imagefolder(
     if len(set(names)) != len(names):
         raise DataError("export: two images share a file name; cannot flatten them")
     outputs = table["output"].to_pylist()
+    checkers = {o: ImagePaths(o) for o in set(outputs)}
+    jobs = table["job_id"].to_pylist()
     pairs = [
-        (Path(o) / img, out / IMAGES / name)
-        for o, img, name in zip(outputs, images, names, strict=True)
+        (checkers[o](img, job), out / IMAGES / name)
+        for o, img, name, job in zip(outputs, images, names, jobs, strict=True)
     ]
     (out / IMAGES).mkdir(parents=True, exist_ok=True)
     linked = copied = 0

@@ -14,9 +14,11 @@ import hashlib
 import html
 import json
 import os
+import re
 from pathlib import Path
 from urllib.parse import quote
 
+from sdbatch.atomic import atomic_file
 from sdbatch.errors import UserError
 from sdbatch.rows import axis_name, distinct, load_rows, show, value
 
@@ -212,17 +214,31 @@ def _url(path: Path, base: Path) -> str:
     return quote(os.path.relpath(os.path.abspath(path), base).replace(os.sep, "/"))
 
 
-def make_thumbnail(src: Path, dest: Path, size: int) -> None:
-    """A small JPEG beside the gallery; redone only when the image is newer."""
+def thumb_name(job_id: str) -> str:
+    """``JOB_ID.jpg``; a job id that is not a plain name (a crafted manifest) is hashed, so a
+    thumbnail is never written outside ``gallery/``."""
+    if re.fullmatch(r"[0-9A-Za-z_-]{1,64}", job_id or ""):
+        return f"{job_id}.jpg"
+    return f"x{hashlib.sha256(str(job_id).encode()).hexdigest()[:16]}.jpg"
+
+
+def make_thumbnail(src: Path, dest: Path, size: int) -> bool:
+    """A small JPEG beside the gallery; redone only when the image is newer. False when the
+    file is not an image Pillow can read (the card then shows the file as it is)."""
     from PIL import Image
 
     if dest.is_file() and dest.stat().st_mtime >= src.stat().st_mtime:
-        return
+        return True
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(src) as im:
-        im = im.convert("RGB")
-        im.thumbnail((size, size))
-        im.save(dest, format="JPEG", quality=85)
+    try:
+        with Image.open(src) as im:
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            with atomic_file(dest, sync_dir=False) as f:
+                im.save(f, format="JPEG", quality=85)
+    except (OSError, ValueError, Image.DecompressionBombError):  # UnidentifiedImageError too
+        return False
+    return True
 
 
 def gallery_data(rows: list[dict], base: Path, thumbs: int = 0) -> dict:
@@ -238,9 +254,8 @@ def gallery_data(rows: list[dict], base: Path, thumbs: int = 0) -> dict:
         if r["status"] == "ok" and path is not None and path.is_file():
             src = _url(path, base)
             if thumbs:
-                dest = base / "gallery" / f"{r['job_id']}.jpg"
-                make_thumbnail(path, dest, thumbs)
-                thumb = _url(dest, base)
+                dest = base / "gallery" / thumb_name(r["job_id"])
+                thumb = _url(dest, base) if make_thumbnail(path, dest, thumbs) else None
         caption = f"{r['sampler']}, CFG {show(r['cfg'])}, {r['steps']} steps, seed {r['seed']}"
         fixed = [r["job_id"], src, thumb, r["status"], r["error"], r.get("note")]
         fixed += [r["prompt"] or ""]
@@ -297,7 +312,6 @@ def build_gallery(folder: str | os.PathLike, out: str | os.PathLike | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     data = gallery_data(rows, Path(os.path.abspath(out.parent)), thumbs)
     title = f"sdbatch gallery: {folder.resolve().name}"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(render_html(data, title), encoding="utf-8")
-    os.replace(tmp, out)
+    with atomic_file(out, "w", encoding="utf-8") as f:
+        f.write(render_html(data, title))
     return out, len(rows)

@@ -176,6 +176,7 @@ class ImagePaths:
             return pa.array([], pa.bool_())
         slashes = pc.count_substring(images, "/")
         usual = pc.and_(pc.starts_with(images, "images/"), pc.equal(slashes, 1))
+        usual = pc.and_(usual, pc.invert(pc.ends_with(images, "/..")))
         if _lexical_problem("images/x") is None and self._folder_ok("images"):
             flags = usual
         else:

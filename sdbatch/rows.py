@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sdbatch.errors import UserError
 from sdbatch.infotext import format_value
-from sdbatch.manifest import SCHEMA, Manifest
+from sdbatch.manifest import SCHEMA, ImagePaths, Manifest
 
 # Infotext names (what A1111 writes) for manifest columns; others are shown as named.
 LABELS = {
@@ -29,9 +29,11 @@ def load_rows(folder: str | os.PathLike, recursive: bool = True) -> list[dict]:
     """Rows of every ``manifest/`` folder at or below ``folder`` (multirun jobs have their own).
 
     Each row gets ``_root``, the output folder its ``image`` path is relative to, and ``vars``
-    as a dict. ``recursive=False`` reads only ``folder/manifest`` (one run's own rows).
+    as a dict. ``recursive=False`` reads only ``folder/manifest`` (one run's own rows). A row
+    whose ``image`` would lead outside its output folder is refused (``UnsafeImagePath``, one
+    line naming the row, exit code 2), so grid, animate and gallery never open such a path.
     """
-    from sdbatch.manifest_tools import find_sources
+    from sdbatch.manifest_tools import find_sources, tidy
 
     root = Path(folder)
     if recursive:
@@ -40,7 +42,13 @@ def load_rows(folder: str | os.PathLike, recursive: bool = True) -> list[dict]:
         sources = [(root, root / "manifest")]
     rows = []
     for out_dir, manifest_dir in sources:
-        for row in Manifest(manifest_dir).read().to_pylist():
+        manifest = Manifest(manifest_dir)
+        table = manifest.read()
+        tidy(out_dir, manifest)
+        paths = ImagePaths(out_dir)
+        for row in table.to_pylist():
+            if row["image"] is not None:
+                paths(row["image"], row["job_id"])
             row["vars"] = dict(row["vars"] or [])
             row["_root"] = out_dir
             rows.append(row)
