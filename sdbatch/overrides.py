@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 
+from sdbatch.recipe_files import escape_foreign
+
 TEXT_KEYS = ("prompt", "negative_prompt", "template", "name")
 AXIS_KEYS = ("sampler", "steps", "cfg", "size", "seeds", "subseed")
 # Overrides that do not decide a job's images: left out of the recorded normal form
@@ -50,6 +52,9 @@ def a1111_argv(args: list[str], multirun: bool) -> list[str]:
             out.append(arg)
             continue
         prefix, key, value = m["prefix"] or "", m["key"], m["value"]
+        if escape_foreign(value) != value:  # sd-dynamic-prompts' ${var=...}: text, not Hydra's
+            out.append(f"{prefix}{key}={hydra_quote(escape_foreign(value))}")
+            continue
         try:
             override = parser.parse_override(arg)
         except Exception:  # Hydra's grammar cannot read it: take the value as typed

@@ -38,16 +38,47 @@ class RecipeFileError(ValueError):
 
 def load_recipe(path: Path) -> Any:
     """The recipe as an OmegaConf node, or RecipeFileError naming the file, line and reason."""
+    import yaml
+    from omegaconf._utils import get_yaml_loader  # the loader OmegaConf.load uses
+
     try:
-        node = OmegaConf.load(path)
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=get_yaml_loader())
     except Exception as exc:  # yaml.YAMLError, UnicodeDecodeError, OSError
         raise RecipeFileError(f"{path}: {_yaml_reason(exc)}") from None
-    if not OmegaConf.is_dict(node):
-        raise RecipeFileError(
-            f"{path}: a recipe is a mapping of keys (found {type(node).__name__})"
-        )
-    check_recipe(OmegaConf.to_container(node, resolve=False), path)
-    return node
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        found = type(data).__name__
+        raise RecipeFileError(f"{path}: a recipe is a mapping of keys (found {found})")
+    check_recipe(data, path)
+    try:
+        return OmegaConf.create(_escape_all(data))
+    except Exception as exc:  # keys OmegaConf cannot hold
+        raise RecipeFileError(f"{path}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def escape_foreign(text: str) -> str:
+    """``${...}`` that is not OmegaConf's (sd-dynamic-prompts' variables, ``${c=!{red|blue}}``)
+    kept as text: each ``${`` is escaped so OmegaConf leaves it to dynamicprompts."""
+    if "${" not in text:
+        return text
+    from omegaconf import grammar_parser
+    from omegaconf.errors import GrammarParseError
+
+    try:
+        grammar_parser.parse(text)
+        return text
+    except GrammarParseError:
+        return re.sub(r"(?<!\\)\$\{", r"\\${", text)
+
+
+def _escape_all(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _escape_all(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_escape_all(v) for v in node]
+    return escape_foreign(node) if isinstance(node, str) else node
 
 
 def _yaml_reason(exc: Exception) -> str:

@@ -176,7 +176,25 @@ def test_a_broken_or_unsafe_user_recipe_fails_only_the_run_that_uses_it(
     code, out, err = run_cli(monkeypatch, capsys, "+recipe=quick", "run.dry_run=true")
     assert code == 0 and "quick: 4 jobs" in out, err
     code, out, _ = run_cli(monkeypatch, capsys, "--help")
-    assert code == 0 and "== Config ==" in out
+    recipes = next(ln for ln in out.splitlines() if ln.startswith("recipe: "))
+    assert code == 0 and "quick" in recipes and "broken" not in recipes
+
+
+def test_dynamic_prompts_variables_are_text_not_interpolations(tmp_path, monkeypatch, capsys):
+    """sd-dynamic-prompts' ${var=...} in a recipe or on the command line reaches dynamicprompts."""
+    (tmp_path / "dp.yaml").write_text("name: dp\nprompt: '${c=!{red|blue}} a ${c} circle'\n")
+    monkeypatch.setenv("SDBATCH_RECIPES", str(tmp_path))
+    config.register_configs()
+    try:
+        code, out, err = run_cli(monkeypatch, capsys, "+recipe=dp", "run.dry_run=true")
+        assert code == 0 and "' a red circle'" in out, err
+        code, out, err = run_cli(
+            monkeypatch, capsys, "+recipe=quick", "run.dry_run=true", "prompt=${s={a|b}} ${s} cat"
+        )
+        assert code == 0 and "' a cat'" in out and "' b cat'" in out, err
+    finally:
+        monkeypatch.delenv("SDBATCH_RECIPES")
+        config.register_configs()
 
 
 def test_command_line_keeps_hydra_power_a_recipe_does_not(user_recipes, monkeypatch, capsys):
