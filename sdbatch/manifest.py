@@ -376,7 +376,7 @@ class Manifest:
     def check(self) -> Health:
         """Every live data file decoded in full (read() may touch only a few columns, so a
         damaged page elsewhere would show up later, mid-run): the damaged files, and the job
-        ids of the rest. About 0.7 s per million rows."""
+        ids of the rest. 0.7-0.9 s per million rows on 2 cores."""
         damaged, ids = [], []
         for p in self.live_files():
             try:
