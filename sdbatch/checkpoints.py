@@ -506,9 +506,25 @@ def _listing(names: list[str]) -> str:
     return ", ".join(names[:MAX_LISTED]) + (f" ({more} more)" if more > 0 else "")
 
 
+CHECKPOINT_NAMES = (
+    "a checkpoint in model.dir: its file stem or a path relative to it like anime/AnythingV5 "
+    "(no '..' part, not absolute); a file elsewhere goes in model.path"
+)
+
+
+def inside_model_dir(name: object) -> bool:
+    """Whether a checkpoint name is a relative path that stays inside ``model.dir``."""
+    text = str(name).replace("\\", "/")
+    if text.startswith(("/", "~")) or (len(text) > 1 and text[1] == ":"):  # C:\ too
+        return False
+    return ".." not in text.split("/")
+
+
 def find_checkpoint(folder: str | os.PathLike, name: object) -> Path:
     """The checkpoint ``name`` means in ``folder``: relative path or file stem, suffix optional,
     case forgiven when that is unambiguous."""
+    if not inside_model_dir(name):
+        raise RecipeError("model.name", name, CHECKPOINT_NAMES)
     root = Path(os.path.expanduser(str(folder)))
     if not root.is_dir():
         allowed = "an existing folder of checkpoints (like A1111's models/Stable-diffusion)"

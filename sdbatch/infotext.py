@@ -8,6 +8,12 @@ Layout (what A1111's ``create_infotext`` writes and ``parse_generation_parameter
 
 Pure Python on purpose: manifests, tests and tools read and write infotext without torch.
 Pillow is imported only inside the two PNG helpers.
+
+Reading a PNG someone sent you is bounded: `read_png_infotext` walks the PNG's chunks itself
+(struct and zlib; pixels are never decoded), refuses a header claiming more pixels than
+Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) and reads at most
+`INFOTEXT_MAX_BYTES` (1 MiB, Pillow's default ``PngImagePlugin.MAX_TEXT_CHUNK``) of infotext,
+inflating compressed chunks no further than that. Parsing is linear in the text's length.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import json
 import numbers
 import os
 import re
+import struct
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
@@ -24,7 +32,9 @@ if TYPE_CHECKING:
     from PIL.PngImagePlugin import PngInfo
 
 __all__ = [
+    "INFOTEXT_MAX_BYTES",
     "Infotext",
+    "PngTextError",
     "format_infotext",
     "format_params",
     "format_value",
@@ -42,7 +52,12 @@ NEGATIVE_PREFIX = "Negative prompt:"
 # One "Key: value" item of the params line. Keys are what A1111 accepts (a word character, then
 # word characters, spaces, "-" and "/", e.g. "Prompt S/R"); a value is either a JSON string (it
 # may hold "," and escaped quotes) or anything up to the next ",".
-_PAIR = re.compile(r'\s*(\w[\w /-]*):\s*("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)')
+# Read by `parse_params` in two steps (one regex would retry every start inside a long run of
+# key characters, which is quadratic): a run of key characters followed by ":" (its first word
+# character starts the key), then the value from there.
+_KEY_RUN = re.compile(r"[\w /-]+")
+_WORD = re.compile(r"\w")
+_VALUE = re.compile(r'\s*("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)')
 _KEY = re.compile(r"\w[\w /-]*")
 _SIZE = re.compile(r"(\d+)x(\d+)")
 # A1111 needs this many pairs on the last line before it believes the line is not prompt text.
@@ -137,11 +152,18 @@ def parse_params(line: str) -> tuple[dict[str, str], int]:
             if piece.strip():
                 params[piece.strip()] = piece.strip()
 
-    for match in _PAIR.finditer(line):
-        flags(line[pos : match.start()])
-        params[match.group(1)] = _unquote(match.group(2))
+    search = 0
+    while run := _KEY_RUN.search(line, search):
+        end = run.end()
+        start = _WORD.search(line, run.start(), end)
+        if start is None or line[end : end + 1] != ":":
+            search = end
+            continue  # no key can start inside this run: each would end here too
+        value = _VALUE.match(line, end + 1)
+        flags(line[pos : start.start()])
+        params[line[start.start() : end]] = _unquote(value.group(1))
         pairs += 1
-        pos = match.end()
+        pos = search = value.end()
     flags(line[pos:])
     return params, pairs
 
@@ -208,12 +230,127 @@ def png_info(infotext: str) -> PngInfo:
     return info
 
 
-def read_png_infotext(path: str | os.PathLike[str] | IO[bytes]) -> str | None:
-    """The ``parameters`` text of a PNG (tEXt, zTXt or iTXt), or None when it has none."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+INFOTEXT_MAX_BYTES = 1 << 20  # 1 MiB: Pillow's default PngImagePlugin.MAX_TEXT_CHUNK
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_CHUNK_SLACK = 4096  # keyword, language tags and deflate's framing around the text itself
+_MAX_CHUNKS = 1_000_000  # a real PNG has a few thousand at most; each costs a read and a seek
+
+
+class PngTextError(ValueError):
+    """A PNG whose infotext sdbatch will not read; the message is one line (no file name)."""
+
+
+def _too_long(size: str) -> PngTextError:
+    return PngTextError(
+        f"its '{PNG_KEY}' text chunk holds {size} bytes; sdbatch reads at most "
+        f"{INFOTEXT_MAX_BYTES:,} bytes (1 MiB) of infotext"
+    )
+
+
+def _inflate(data: bytes) -> bytes:
+    """zlib data inflated to at most INFOTEXT_MAX_BYTES (a bomb stops there)."""
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(data, INFOTEXT_MAX_BYTES + 1)
+    except zlib.error as exc:
+        raise PngTextError(f"its '{PNG_KEY}' text chunk does not inflate ({exc})") from None
+    if len(text) > INFOTEXT_MAX_BYTES:
+        raise _too_long(f"more than {INFOTEXT_MAX_BYTES:,}")
+    return text
+
+
+def _capped(text: bytes) -> bytes:
+    if len(text) > INFOTEXT_MAX_BYTES:
+        raise _too_long(f"{len(text):,}")
+    return text
+
+
+def _text_value(kind: bytes, body: bytes) -> str | None:
+    """The text of a tEXt, zTXt or iTXt chunk's body after its keyword, as Pillow reads it."""
+    if kind == b"tEXt":
+        return _capped(body).decode("latin-1")
+    if kind == b"zTXt":
+        return _inflate(body[1:]).decode("latin-1") if body[:1] == b"\0" else None
+    if len(body) < 2:  # iTXt: flag, method, language\0, translated keyword\0, text
+        return None
+    compressed, method = body[0], body[1]
+    parts = body[2:].split(b"\0", 2)
+    if len(parts) != 3 or (compressed and method != 0):
+        return None
+    text = _inflate(parts[2]) if compressed else _capped(parts[2])
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PngTextError(f"its '{PNG_KEY}' iTXt chunk is not UTF-8") from None
+
+
+def _check_pixels(width: int, height: int) -> None:
+    """Pillow's decompression-bomb limit, which sdbatch keeps for every PNG it is handed."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        value = image.info.get(PNG_KEY)
-        if value is None and hasattr(image, "text"):  # chunks after IDAT need a full load
-            value = image.text.get(PNG_KEY)
-    return None if value is None else str(value)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise PngTextError(
+            f"its header claims {width:,}x{height:,} = {width * height:,} pixels, more than "
+            f"Pillow's decompression-bomb limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS)"
+        )
+
+
+def _walk(f: IO[bytes]) -> str | None:
+    if f.read(8) != PNG_SIGNATURE:
+        raise PngTextError(f"not a PNG file; sdbatch reads the '{PNG_KEY}' text chunk of PNGs")
+    found: dict[bool, str] = {}  # before IDAT / after it -> the last 'parameters' text there
+    after_idat = False
+    first = True
+    for _ in range(_MAX_CHUNKS):
+        if len(head := f.read(8)) < 8:
+            break
+        length, kind = struct.unpack(">I4s", head)
+        if first and kind != b"IHDR":
+            raise PngTextError("a broken PNG file (its first chunk is not IHDR)")
+        first = False
+        if kind == b"IEND":
+            break
+        if kind == b"IHDR":
+            data = f.read(length)
+            if length < 8 or len(data) < 8:
+                raise PngTextError("a broken PNG file (IHDR cut short)")
+            _check_pixels(*struct.unpack(">II", data[:8]))
+            f.seek(4, os.SEEK_CUR)
+            continue
+        after_idat = after_idat or kind == b"IDAT"
+        if kind not in _TEXT_CHUNKS:
+            f.seek(length + 4, os.SEEK_CUR)
+            continue
+        lead = f.read(min(length, 80))  # a keyword is 1-79 bytes, then a NUL
+        if lead.split(b"\0", 1)[0] != PNG_KEY.encode() or b"\0" not in lead:
+            f.seek(length - len(lead) + 4, os.SEEK_CUR)
+            continue
+        if length > INFOTEXT_MAX_BYTES + _CHUNK_SLACK:
+            raise _too_long(f"{length:,}")
+        data = lead + f.read(length - len(lead))
+        crc = f.read(4)
+        if len(data) < length or len(crc) < 4:
+            raise PngTextError(f"a PNG cut short inside its '{PNG_KEY}' text chunk")
+        if zlib.crc32(kind + data) != struct.unpack(">I", crc)[0]:
+            raise PngTextError(f"a broken PNG file (bad checksum in its '{PNG_KEY}' chunk)")
+        value = _text_value(kind, data[len(PNG_KEY) + 1 :])
+        if value is not None:
+            found[after_idat] = value
+    else:
+        raise PngTextError(f"a PNG of more than {_MAX_CHUNKS:,} chunks; not one sdbatch reads")
+    return found.get(False, found.get(True))
+
+
+def read_png_infotext(path: str | os.PathLike[str] | IO[bytes]) -> str | None:
+    """The ``parameters`` text of a PNG (tEXt, zTXt or iTXt), or None when it has none.
+
+    Like Pillow, the last such chunk before the image data wins, else the last one after it.
+    A PngTextError (one line) for a file that is not a PNG, a header over Pillow's
+    decompression-bomb limit, or infotext over INFOTEXT_MAX_BYTES; OSError when unreadable.
+    """
+    if hasattr(path, "read"):
+        return _walk(path)  # type: ignore[arg-type]
+    with open(path, "rb") as f:
+        return _walk(f)

@@ -8,6 +8,7 @@ such as an ESRGAN upscaler) that is not reproduced becomes a YAML comment and a 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,9 +17,11 @@ from typing import Any
 
 import yaml
 
+from sdbatch.checkpoints import CHECKPOINT_NAMES, inside_model_dir
 from sdbatch.errors import RecipeError, UserError
 from sdbatch.infotext import (
     Infotext,
+    PngTextError,
     format_params,
     parse_infotext,
     read_png_infotext,
@@ -34,6 +37,7 @@ __all__ = [
     "ReplayRecipe",
     "a1111_sampler",
     "default_name",
+    "one_line",
     "read_infotext_file",
     "recipe_from_infotext",
 ]
@@ -173,30 +177,43 @@ class ReplayRecipe:
     warnings: list[str] = field(default_factory=list)  # one line each, for stderr
 
     def to_yaml(self, recipe_id: str | None = None) -> str:
-        """The recipe file; ``recipe_id`` is the file's stem (what ``+recipe=`` names)."""
+        """The recipe file; ``recipe_id`` is the file's stem (what ``+recipe=`` names). Text
+        from the image (its file name, field names and values) goes into comments escaped, so
+        no line break YAML knows (\\n, \\r, \\x85, \\u2028, \\u2029) can end a comment."""
         rid = recipe_id or self.name
         lines = [
-            f"# Replayed from {self.source or 'infotext'} by sdbatch-tools replay.",
+            f"# Replayed from {one_line(self.source or 'infotext')} by sdbatch-tools replay.",
             f"# Run: SDBATCH_RECIPES=<this folder> sdbatch +recipe={rid}",
         ]
+        note = one_line(self.model_note)
         for key, value in self.values.items():
             if isinstance(value, dict):
                 lines.append(f"{key}:")
                 for sub, v in value.items():
-                    beside = key == "model" and sub == "name" and self.model_note
-                    note = f"  # {self.model_note}" if beside else ""
-                    lines.append(f"  {sub}: {_scalar(v)}{note}")
+                    beside = key == "model" and sub == "name" and note
+                    lines.append(f"  {sub}: {_scalar(v)}" + (f"  # {note}" if beside else ""))
             else:
                 lines.append(f"{key}: {_scalar(value)}")
-        if self.model_note and "name" not in self.values.get("model", {}):
-            lines.append(f"# {self.model_note}")
-        lines.extend(f"# {c}" for c in self.comments)
+        if note and "name" not in self.values.get("model", {}):
+            lines.append(f"# {note}")
+        lines.extend(f"# {one_line(c)}" for c in self.comments)
         return "\n".join(lines) + "\n"
 
 
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+
+
+def one_line(text: str) -> str:
+    """Text from an image made safe for one line, of a YAML comment or of the terminal: control
+    characters (escape sequences included) and line separators are written as escapes
+    (``\\u2028``), which a reader sees and neither YAML nor the terminal acts on."""
+    return _UNSAFE.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
 def _escape_interpolation(text: str) -> str:
-    """OmegaConf reads ``${...}`` as an interpolation; ``\\${`` (backslashes doubled) is literal."""
-    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+    """OmegaConf reads ``${...}`` as an interpolation; ``\\${`` (backslashes doubled) is literal.
+    Matches start only where a run of backslashes starts, so a long run costs linear time."""
+    return re.sub(r"(?<!\\)(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
 
 
 def _scalar(value: Any) -> str:
@@ -272,7 +289,7 @@ def _core(info: Infotext, source: str, out: ReplayRecipe) -> None:
     out.values.update(sampler=sampler, steps=steps, cfg=_number(cfg), seeds=seed, size=f"{w8}x{h8}")
 
 
-def _model(params: Mapping[str, str], out: ReplayRecipe) -> None:
+def _model(params: Mapping[str, str], source: str, out: ReplayRecipe) -> None:
     """Our embedded model stays the default; any other model is named, with its hash."""
     from sdbatch.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_PATH
 
@@ -292,6 +309,8 @@ def _model(params: Mapping[str, str], out: ReplayRecipe) -> None:
                 "another build of it"
             )
         return
+    if not inside_model_dir(name):  # A1111 writes the checkpoint's file stem, never a path
+        raise ReplayError(f"{source}: Model: {name!r} is not allowed; {CHECKPOINT_NAMES}")
     out.values["model"] = {"name": name}
     hash_text = f"hash {want}" if want else "no hash given"
     out.model_note = f"Model hash: {want}; " if want else ""
@@ -318,13 +337,13 @@ def _prompt_checks(info: Infotext, out: ReplayRecipe) -> None:
 
 def recipe_from_infotext(text: str, name: str, source: str = "") -> ReplayRecipe:
     """The recipe that plans the infotext's job again, or a ReplayError naming the field."""
-    source = source or "infotext"
+    source = one_line(source or "infotext")
     info = parse_infotext(text)
     out = ReplayRecipe(name, {"name": name}, source)
     out.values["prompt"] = info.prompt
     out.values["negative_prompt"] = info.negative_prompt
     _core(info, source, out)
-    _model(info.params, out)
+    _model(info.params, source, out)
     _prompt_checks(info, out)
     for key, value in info.params.items():
         if key in _OWN_CODE or key in _REQUIRED:
@@ -365,15 +384,21 @@ def _no_hires(key: str, params: Mapping[str, str]) -> str:
 
 
 def read_infotext_file(path: str | Path) -> str:
-    """The A1111 infotext of an image file, or a one-line ReplayError naming the file."""
+    """The A1111 infotext of an image file, or a one-line ReplayError naming the file. The
+    reader is capped (sdbatch.infotext.read_png_infotext): no pixels are decoded, a header
+    over Pillow's decompression-bomb limit is refused, and so is infotext over 1 MiB."""
+    shown = one_line(str(path))
     try:
         text = read_png_infotext(path)
     except FileNotFoundError:
-        raise ReplayError(f"{path}: no such file") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ReplayError(f"{path}: cannot read it as an image ({exc})") from None
+        raise ReplayError(f"{shown}: no such file") from None
+    except PngTextError as exc:  # not a PNG, over the pixel limit, infotext over the cap
+        raise ReplayError(f"{shown}: {exc}") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or one_line(str(exc))
+        raise ReplayError(f"{shown}: cannot read it ({reason})") from None
     if not text or not text.strip():
-        raise ReplayError(f"{path}: no A1111 infotext (no 'parameters' text chunk)")
+        raise ReplayError(f"{shown}: no A1111 infotext (no 'parameters' text chunk)")
     return text
 
 

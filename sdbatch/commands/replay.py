@@ -3,6 +3,12 @@
 One recipe per image: a recipe's sweep axes multiply, so several images cannot share one
 recipe without making jobs nobody asked for. Like ``sdbatch`` itself, bad input writes nothing:
 every image is read and checked before the first file is written.
+
+Names that become files stay in the folder asked for: a recipe name (``--name``, the ``-o``
+file's stem, or ``replay_<image stem>``) is letters, digits, ``_`` and ``-``, so it can hold
+no ``/`` or ``..``; an existing file, or a symlink even to nowhere, is only replaced with
+``--force``, and then the link itself is replaced, never the file it points to. Each recipe
+is written whole or not at all.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import re
 import sys
 from pathlib import Path
 
+from sdbatch.atomic import atomic_file
 from sdbatch.errors import UserError
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
@@ -64,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from sdbatch.replay import read_infotext_file, recipe_from_infotext
 
     out = Path(args.output).expanduser() if args.output else None
-    to_file = out if out is not None and out.suffix in (".yaml", ".yml") else None
+    to_file = out if out is not None and out.suffix.lower() in (".yaml", ".yml") else None
     if to_file is not None and len(args.images) > 1:
         raise UserError(f"-o: {args.output!r} is one file; give a folder for several images")
     if to_file is not None and not _NAME.fullmatch(to_file.stem):
@@ -87,20 +94,36 @@ def run(args: argparse.Namespace) -> int:
 
     if out is None:
         for i, (image, recipe) in enumerate(zip(args.images, recipes, strict=True)):
-            for warning in recipe.warnings:
-                print(f"warning: {image}: {warning}", file=sys.stderr)
+            _warn(image, recipe.warnings)
             print(("---\n" if i else "") + recipe.to_yaml(), end="")
         return 0
 
     paths = [to_file] if to_file is not None else [out / f"{r.name}.yaml" for r in recipes]
-    existing = [str(p) for p in paths if p.exists()]
+    existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
     if existing and not args.force:
         raise UserError(f"-o: {', '.join(existing)} exists; --force overwrites")
+    folders = [str(p) for p in paths if p.is_dir() and not p.is_symlink()]
+    if folders:
+        raise UserError(f"-o: {folders[0]} is a folder; --force replaces files only")
     for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"-o: cannot make the folder {path.parent} ({exc.strerror})") from None
     for image, recipe, path in zip(args.images, recipes, paths, strict=True):
-        for warning in recipe.warnings:
-            print(f"warning: {image}: {warning}", file=sys.stderr)
-        path.write_text(recipe.to_yaml(path.stem), encoding="utf-8")
+        _warn(image, recipe.warnings)
+        try:
+            with atomic_file(path, "w", encoding="utf-8") as f:  # a symlink is replaced
+                f.write(recipe.to_yaml(path.stem))
+        except OSError as exc:
+            raise UserError(f"-o: cannot write {path} ({exc.strerror})") from None
         print(f"wrote {path}; run: SDBATCH_RECIPES={path.parent} sdbatch +recipe={path.stem}")
     return 0
+
+
+def _warn(image: str, warnings: list[str]) -> None:
+    """Warnings quote the image's own text: shown escaped, one line each."""
+    from sdbatch.replay import one_line
+
+    for warning in warnings:
+        print(f"warning: {one_line(image)}: {one_line(warning)}", file=sys.stderr)

@@ -210,6 +210,18 @@ def test_unknown_name_lists_available_names_and_the_closest_match(models_dir):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("name", ["../outside", "/abs/model", "~/model", "C:\\m", "a/../../b"])
+def test_a_name_that_leaves_model_dir_is_refused_before_looking(models_dir, name):
+    (models_dir.parent / "outside.safetensors").write_bytes(b"")
+    with pytest.raises(RecipeError) as err:
+        resolve_models({"dir": str(models_dir), "name": name})
+    assert str(err.value) == (
+        f"model.name: {name!r} is not allowed; a checkpoint in model.dir: its file stem or a "
+        "path relative to it like anime/AnythingV5 (no '..' part, not absolute); a file "
+        "elsewhere goes in model.path"
+    )
+
+
 def test_long_listings_are_cut_at_twenty(tmp_path):
     for i in range(25):
         fake_safetensors(tmp_path / f"model_{i:02d}.safetensors", SD1_KEYS)
