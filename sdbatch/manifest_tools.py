@@ -382,7 +382,7 @@ def _check(paths: ImagePaths, job_ids: list, images: list, shas: list) -> list:
 def check_image_paths(paths: ImagePaths, table: pa.Table) -> None:
     """Refuse (``UnsafeImagePath``, naming the first such row) any ``image`` that would lead
     outside the output folder, before a single file is opened. Columnar: fast at 1M rows."""
-    t = table.filter(pc.is_valid(table["image"]))
+    t = table.filter(pc.fill_null(pc.not_equal(table["image"], ""), False))  # "": "no image"
     allowed = paths.allowed(t["image"].combine_chunks())
     bad = pc.indices_nonzero(pc.invert(allowed))
     if len(bad):

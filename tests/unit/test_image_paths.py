@@ -176,3 +176,10 @@ def test_resume_scan_helpers_also_refuse_a_symlinked_image(out, monkeypatch):
     done, _, _ = scan_manifest(jobs, out, Manifest(out / "manifest"), verify="size")
     assert done == {"j0", "j1", "j2", "ok"}
     assert os.path.exists(out / ways["symlink file"])  # on disk, readable: still not done
+
+
+def test_verify_reports_an_empty_image_path_as_no_image(out, capsys):
+    crafted(out, "")
+    code, stdout, _ = tool(capsys, "manifest", "verify", out)
+    assert code == 1
+    assert stdout.splitlines()[0] == "no image: job evil is ok but its row names no image file"

@@ -286,3 +286,13 @@ def test_a_read_racing_a_compaction_lists_the_files_again(tmp_path, monkeypatch)
     monkeypatch.setattr(pq, "read_table", vanish_once)
     assert len(m.read()) == 4 and len(calls) == 3
     assert os.path.exists(calls[0])
+
+
+def test_repair_waits_for_no_run(tmp_path, capsys):
+    from sdbatch.control import OutputLock
+
+    out = tmp_path / "out"
+    output(out)
+    with OutputLock(out):  # a live run
+        code, _, err = tool(capsys, "manifest", "repair", out)
+    assert code == 5 and "is in use by another sdbatch run" in err and len(err.splitlines()) == 1
