@@ -25,6 +25,7 @@ from sdbatch.control import EXIT_STOPPED, OutputLock
 from sdbatch.errors import UserError
 from sdbatch.faults import Faults
 from sdbatch.hashing import sha256_bytes
+from sdbatch.heal import dry_run_notes, heal_output
 from sdbatch.infotext import format_infotext, png_info
 from sdbatch.manifest import Manifest
 from sdbatch.recipe import Batch, Job, Plan, iter_preview
@@ -247,8 +248,10 @@ def execute(
     jobs, settings = setup.jobs, setup.settings
     manifest = Manifest(out_dir / "manifest")
     if settings.dry_run:
-        done, _, _ = scan_manifest(jobs, out_dir, manifest, settings.verify)
+        done, _, _ = scan_manifest(jobs, out_dir, manifest, settings.verify, skip_damaged=True)
         _print_plan(setup, len(done))
+        for note in dry_run_notes(manifest):
+            print(note)
         random = setup.plan.random_seeds if setup.plan.seeds_provisional else frozenset()
         for line in iter_preview(jobs, settings.show_jobs, random):
             print(line)
@@ -256,12 +259,13 @@ def execute(
             print(f"  ... ({len(jobs)} jobs in {len(setup.batches)} batches; dry run, "
                   "nothing written)")  # fmt: skip
         return Summary(skipped=len(done))
-    scan = scan_manifest(jobs, out_dir, manifest, settings.verify)
+    # read only, so a bad model fails before anything exists; damaged files are healed later
+    scan = scan_manifest(jobs, out_dir, manifest, settings.verify, skip_damaged=True)
     first = _first_pending(setup, scan, settings.retry_failed)
     stop = setup.stop.install()  # from here on a first Ctrl-C or SIGTERM is a clean stop
     try:
         renderer = None
-        if first is not None:
+        if first is not None and not manifest.damaged:  # (else: after healing, if still needed)
             print(f"loading model {first.model.name} ...", flush=True)
             renderer = load_renderer(first.model, setup.device, setup.dtype)
         if first is not None and stop.should_stop():  # while loading: stop, nothing written
@@ -342,6 +346,8 @@ def draw_grids(out_dir: Path, grids: list[dict]) -> None:
 def _run_locked(setup: Setup, out_dir: Path, manifest: Manifest, context: dict | None,
                 t_start: float, renderer) -> Summary:  # fmt: skip
     settings, jobs = setup.settings, setup.jobs
+    for message in heal_output(out_dir, manifest, setup.plan.jobs, _recovered_row(setup)):
+        print(message, flush=True)
     done, failed, seen = scan_manifest(jobs, out_dir, manifest, settings.verify)
     failed_before = failed - done
     if settings.retry_failed:
@@ -361,6 +367,19 @@ def _run_locked(setup: Setup, out_dir: Path, manifest: Manifest, context: dict |
     summary.seconds = time.perf_counter() - t_start
     _print_summary(summary, out_dir, len(jobs))
     return summary
+
+
+def _recovered_row(setup: Setup):
+    """The row of a finished image whose row was lost with a damaged manifest file: what the
+    plan knows (everything that decides the pixels, the batch); timings and device unknown."""
+    batch_of = {j.job_id: b.index for b in setup.plan.batches for j in b.jobs}
+
+    def make_row(job: Job, image: str, sha256: str) -> dict:
+        batch = Batch(batch_of[job.job_id], ())
+        env = {"dtype": job.extras.dtype}
+        return _row(job, setup.plan, batch, env, status="ok", image=image, image_sha256=sha256)
+
+    return make_row
 
 
 def _render_all(pending, setup: Setup, out_dir, manifest, context, summary, done, full_compact,
@@ -384,6 +403,7 @@ def _render_all(pending, setup: Setup, out_dir, manifest, context, summary, done
                 break
             if renderer is None or renderer.model != batch.jobs[0].model:
                 renderer = None  # free the previous model first
+                bar.write(f"loading model {batch.jobs[0].model.name} ...", file=sys.stdout)
                 renderer = load_renderer(batch.jobs[0].model, setup.device, setup.dtype)
             if env_model is not renderer.model:
                 env_model = renderer.model
