@@ -224,3 +224,51 @@ def test_a_read_only_folder_of_finished_work_reports_what_is_done(tmp_path, monk
     text = capsys.readouterr().out
     assert summary.exit_code == 0 and summary.skipped == 4
     assert "4 done" in text and "done: 0 written, 4 skipped" in text
+
+
+# sdbatch-tools on crafted or damaged output folders: (arguments, exit code, words in the line).
+# OUT is a folder with one honest row and one row "evil" pointing at IMAGE with the sha256 of a
+# file outside the folder; DAMAGED gets a truncated manifest part.
+TOOL_CASES = [
+    (["manifest", "verify", "OUT"], {"image": "../../secret.txt"}, 2, ["row evil", "'..'"]),
+    (["manifest", "verify", "OUT"], {"image": "SECRET"}, 2, ["row evil", "is absolute"]),
+    (["export", "OUT", "-o", "DEST"], {"image": "../../secret.txt"}, 2, ["row evil", "refusing"]),
+    (["gallery", "OUT", "--thumbs", "32"], {"image": "SECRET"}, 2, ["row evil", "absolute"]),
+    (["grid", "OUT", "--x", "seed"], {"image": "../../secret.txt"}, 2, ["row evil"]),
+    (["manifest", "summary", "OUT"], {"damage": True}, 2, ["manifest file", "is damaged"]),
+    (["export", "OUT", "-o", "DEST"], {"damage": True}, 2, ["is damaged"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "craft", "code", "words"), TOOL_CASES, ids=[" ".join(c[0]) for c in TOOL_CASES]
+)
+def test_tools_refuse_crafted_and_damaged_folders(tmp_path, capsys, argv, craft, code, words):
+    import hashlib
+
+    from sdbatch import tools
+    from sdbatch.manifest import Manifest
+    from tests.unit.test_manifest import row
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"private")
+    out = tmp_path / "runs" / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "1-good.png").write_bytes(b"png")
+    good = row("good", seed=1, image="images/1-good.png",
+               image_sha256=hashlib.sha256(b"png").hexdigest())  # fmt: skip
+    image = craft.get("image", "images/1-good.png").replace("SECRET", str(secret))
+    evil = row("evil", seed=2, image=image, image_sha256=hashlib.sha256(b"private").hexdigest())
+    part = Manifest(out / "manifest").append([good, evil])
+    if craft.get("damage"):
+        part.write_bytes(part.read_bytes()[:100])
+    dest = tmp_path / "dest"
+    args = [a.replace("OUT", str(out)).replace("DEST", str(dest)) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        tools.main(args)
+    _, err = capsys.readouterr()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert exit_.value.code == code, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert all(w in lines[0] for w in words), lines[0]
+    assert "Traceback" not in err and not dest.exists()
