@@ -40,10 +40,12 @@ def _cache_path() -> Path:
 
 
 def _load_cache() -> dict:
+    """The cache, or an empty one when it is missing, unreadable or not what we wrote."""
     try:
-        return json.loads(_cache_path().read_text())
-    except (OSError, ValueError):
+        cache = json.loads(_cache_path().read_text())
+    except (OSError, ValueError, RecursionError):
         return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def _save_cache(cache: dict) -> None:
@@ -66,7 +68,12 @@ def cached_sha256(path: str | os.PathLike) -> str:
     key = str(p)
     cache = _load_cache()
     hit = cache.get(key)
-    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+    if (
+        isinstance(hit, dict)
+        and hit.get("size") == st.st_size
+        and hit.get("mtime_ns") == st.st_mtime_ns
+        and isinstance(hit.get("sha256"), str)
+    ):
         return hit["sha256"]
     digest = sha256_file(p)
     cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}

@@ -374,6 +374,16 @@ def test_model_hash_is_a1111s_and_cached_by_size_and_mtime(tmp_path, monkeypatch
     assert hashing.model_hash(path) == expected and len(calls) == 2  # mtime moved: re-read
 
 
+@pytest.mark.parametrize("cache", ["[1, 2]", "{not json", '{"KEY": "oops"}', '{"KEY": {}}'])
+def test_a_damaged_hash_cache_costs_a_reread_not_a_traceback(tmp_path, monkeypatch, cache):
+    path = fake_safetensors(tmp_path / "m.safetensors", SD1_KEYS)
+    monkeypatch.setenv("SDBATCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    key = json.dumps(str(path.resolve()))[1:-1]
+    (tmp_path / "cache" / "hashes.json").write_text(cache.replace("KEY", key))
+    assert hashing.model_hash(path) == hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+
+
 def test_resolving_models_imports_no_torch(models_dir):
     code = (
         "import sys; from sdbatch.checkpoints import resolve_models; "
