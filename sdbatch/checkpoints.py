@@ -310,7 +310,9 @@ WEIGHTS_ONLY = "torch.load(weights_only=True)"  # how diffusers and transformers
 def pickle_globals(ops: list[tuple[str, object]]) -> list[str]:
     """``module.name`` of every global a pickle's opcodes import (GLOBAL, and STACK_GLOBAL with
     its two strings pushed just before), in order, as torch names them (Python 2's
-    ``__builtin__`` is ``builtins``)."""
+    ``__builtin__`` is ``builtins``). STACK_GLOBAL's names are read back best effort, for the
+    message only: torch's weights-only unpickler has no STACK_GLOBAL, so the opcode check
+    refuses such a pickle whatever it names."""
     found: list[str] = []
     recent: list[object] = []  # values the last string pushes and memo reads left on the stack
     memo: dict[object, object] = {}
