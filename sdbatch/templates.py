@@ -34,9 +34,10 @@ _VAR = re.compile(r"(?<!\\)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _WILDCARD = re.compile(r"__[~@]?([^(${}#]+?)__")
 _NAME_PART = re.compile(r"[\w\-. *?\[\]!]+")
 _GLOB = re.compile(r"[*?\[]")
+_SAMPLING = re.compile(r"(?:__|\{)[~@]")  # where a random or cyclical sampling mark can be
 ENDLESS = (
-    "combinatorial syntax: sdbatch makes every combination, and '~' (random) or '@' (cyclical) "
-    "sampling never runs out; remove the ~ or @"
+    "combinatorial syntax: sdbatch makes every combination once, and '~' (random) or '@' "
+    "(cyclical) sampling picks without end; remove the ~ or @"
 )
 WILDCARD_NAMES = (
     "a name inside wildcards/: letters, digits, - _ . and spaces, / between subfolders (no '..' "
@@ -163,6 +164,13 @@ def _expand_dynamic(text: str, wildcards: dict[str, Path], field: str, cap: int)
     from dynamicprompts.generators import CombinatorialPromptGenerator
     from dynamicprompts.parser.parse import parse
 
+    if _SAMPLING.search(text):
+        try:
+            endless = _endless(parse(text))
+        except Exception:
+            endless = False  # the generator below names the parse error
+        if endless:
+            raise RecipeError(field, text, ENDLESS)
     roots = list(dict.fromkeys(_root_of(name, p) for name, p in wildcards.items()))
     generator = CombinatorialPromptGenerator(_manager(roots, wildcards, field))
     try:
@@ -174,12 +182,9 @@ def _expand_dynamic(text: str, wildcards: dict[str, Path], field: str, cap: int)
         raise RecipeError(field, text, f"a valid template ({msg})") from None
     if len(prompts) > cap:
         try:
-            command = parse(text)
-            n, endless = _count(command), _endless(command)
+            n = _count(parse(text))
         except Exception:
-            n, endless = None, False
-        if endless:
-            raise RecipeError(field, text, ENDLESS)
+            n = None
         many = f"{n:,}" if n else f"more than {cap:,}"
         raise RecipeError(field, text, f"at most {cap:,} prompts per template; it makes {many}")
     return prompts

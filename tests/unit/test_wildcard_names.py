@@ -119,7 +119,7 @@ def test_a_wildcard_in_a_file_that_matches_nothing_is_an_error_not_endless_text(
     assert str(err).startswith("prompt[0]: '__nowhere__' is not allowed; no file in wildcards/")
 
 
-@pytest.mark.parametrize("prompt", ["__~hair__", "__@hair__", "{~a|b}", "{@a|b}"])
+@pytest.mark.parametrize("prompt", ["__~hair__", "__@hair__", "{~a|b}", "{@a|b}", "x {a|{~b|c}}"])
 def test_random_and_cyclical_sampling_are_refused_with_the_real_reason(recipes, capsys, prompt):
     err = refused(recipes, prompt, capsys)
     assert str(err) == f"prompt[0]: {prompt!r} is not allowed; {ENDLESS}"
