@@ -24,6 +24,7 @@ from sdbatch.rows import axis_name, distinct, load_rows, show, value
 
 PAGE_SIZE = 200
 MAX_OPTIONS = 300  # more distinct values than this: a "contains" box instead of a dropdown
+MAX_CAPTION_VARS = 4  # variables that differ between images, shown under each thumbnail
 META = ["recipe", "model", "sampler", "steps", "cfg", "seed", "size", "status", "template"]
 META += ["overrides"]
 
@@ -41,11 +42,15 @@ nav{margin-top:6px}
 .ph.failed,.badge.failed{background:#c82828}.ph.nan,.badge.nan{background:#808080}
 .ph.missing,.badge.missing{background:#5a5a5a}
 .badge{position:absolute;top:6px;left:6px;color:#fff;padding:1px 6px;border:1px solid #fff}
-.cap{font-size:12px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.cap{font-size:12px;overflow-wrap:anywhere}
+.cap.seed{font-weight:600}
+.cap.prompt{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;color:#555}
+img.px{image-rendering:pixelated}
 #detail{position:fixed;inset:0;background:rgba(0,0,0,.75);display:flex;z-index:2}
 #detail[hidden]{display:none}
 .panel{margin:auto;background:#fff;padding:12px;max-width:95vw;max-height:95vh;overflow:auto}
 #full{max-width:90vw;max-height:60vh;min-width:min(256px,90vw);display:block;margin:auto}
+#dname{margin:6px 0;overflow-wrap:anywhere}
 #infotext{white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:8px}
 #error{color:#c82828}
 """
@@ -69,6 +74,14 @@ function kind(r) {
   const st = get(r, "status");
   return st === "ok" && !get(r, "src") ? "missing" : st;
 }
+function fit(img) {
+  // pixelated when the browser draws the image larger than it is (the embedded model's 32x32),
+  // smooth when it is shown at its size or smaller
+  if (!img.naturalWidth || !img.clientWidth) return;
+  const scale = Math.min(img.clientWidth / img.naturalWidth, img.clientHeight / img.naturalHeight);
+  img.classList.toggle("px", scale * (window.devicePixelRatio || 1) > 1);
+}
+function fitAll() { for (const img of document.querySelectorAll("#grid img, #full")) fit(img); }
 function buildFilters() {
   const box = $("filters");
   for (const f of D.filters) {
@@ -121,14 +134,17 @@ function card(i) {
   if (k === "ok") {
     const img = el("img");
     img.loading = "lazy";
-    img.alt = get(r, "caption");
+    img.alt = `seed ${get(r, "seed")}, ${get(r, "caption")}`;
+    img.addEventListener("load", () => fit(img));
     img.src = get(r, "thumb") || get(r, "src");
     c.append(img);
   } else {
     c.append(el("div", "ph " + k, PH[k] || k));
     c.append(el("span", "badge " + k, PH[k] || k));
   }
-  c.append(el("div", "cap", get(r, "caption")), el("div", "cap", get(r, "prompt")));
+  // the seed on its own line and the key values wrapped, never cut; only the prompt is ellipsized
+  c.append(el("div", "cap seed", `seed ${get(r, "seed")}`));
+  c.append(el("div", "cap keys", get(r, "caption")), el("div", "cap prompt", get(r, "prompt")));
   c.addEventListener("click", () => openDetail(i));
   c.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetail(i); });
   return c;
@@ -148,6 +164,10 @@ function openDetail(i) {
   const full = $("full");
   full.hidden = k !== "ok";
   if (k === "ok") full.src = get(r, "src"); else full.removeAttribute("src");
+  $("djob").textContent = get(r, "job_id");
+  const file = $("dfile");
+  file.textContent = get(r, "file") || "(none)";
+  if (get(r, "src")) file.href = get(r, "src"); else file.removeAttribute("href");
   $("dstatus").textContent = k === "ok" ? "" : PH[k] || k;
   $("dstatus").className = "badge " + k;
   $("dstatus").hidden = k === "ok";
@@ -159,6 +179,7 @@ function openDetail(i) {
   $("copied").textContent = "";
   $("detail").hidden = false;
   $("close").focus();
+  if (k === "ok" && full.complete) fit(full);
 }
 function closeDetail() { $("detail").hidden = true; state.current = -1; }
 async function copyInfotext() {
@@ -179,6 +200,8 @@ function step(d) {
   const at = state.shown.indexOf(state.current) + d;
   if (at >= 0 && at < state.shown.length) openDetail(state.shown[at]);
 }
+$("full").addEventListener("load", () => fit($("full")));
+window.addEventListener("resize", fitAll);
 $("close").addEventListener("click", closeDetail);
 $("copy").addEventListener("click", copyInfotext);
 $("detail").addEventListener("click", (e) => { if (e.target === $("detail")) closeDetail(); });
@@ -199,6 +222,8 @@ BODY = """<header><strong>{title}</strong> <span id="stats">{stats}</span>
 <main id="grid"></main>
 <div id="detail" hidden><div class="panel" role="dialog" aria-modal="true">
 <button id="close" type="button">close</button> <span id="dstatus" class="badge" hidden></span>
+<div id="dname"><div>Job id: <code id="djob"></code></div>
+<div>File: <a id="dfile" target="_blank" rel="noopener"></a></div></div>
 <img id="full" alt="full image"><p id="error"></p><pre id="infotext"></pre>
 <button id="copy" type="button">copy infotext</button> <span id="copied"></span>
 <div id="meta"></div></div></div>"""
@@ -241,25 +266,36 @@ def make_thumbnail(src: Path, dest: Path, size: int) -> bool:
     return True
 
 
-def gallery_data(rows: list[dict], base: Path, thumbs: int = 0) -> dict:
-    """The JSON the page embeds: columns, rows as lists, filter definitions."""
+def caption(row: dict, varying: list[str]) -> str:
+    """The key values under a thumbnail (the seed gets its own line): sampler, CFG, steps and
+    the variables that differ between images (``style: bob``)."""
+    keys = [show(row["sampler"]), f"CFG {show(row['cfg'])}", f"{show(row['steps'])} steps"]
+    return ", ".join(keys + [f"{axis_name(c)}: {show(value(row, c))}" for c in varying])
+
+
+def gallery_data(rows: list[dict], base: Path, thumbs: int = 0, folder: Path | None = None) -> dict:
+    """The JSON the page embeds: columns, rows as lists, filter definitions. ``file`` is each
+    image's path relative to ``folder`` (the folder the gallery is of; default ``base``)."""
     var_cols = sorted({f"vars.{k}" for r in rows for k in r["vars"]})
+    varying = [c for c in var_cols if len(distinct(rows, c)) > 1][:MAX_CAPTION_VARS]
     meta_cols = META + var_cols
     cols = ["job_id", "src", "thumb", "status", "error", "note", "prompt", "infotext", "caption"]
-    cols += meta_cols
+    cols += ["file"] + meta_cols
+    folder = Path(os.path.abspath(folder if folder is not None else base))
     out_rows = []
     for r in rows:
-        src = thumb = None
+        src = thumb = file = None
         path = Path(r["_root"]) / r["image"] if r.get("image") else None
+        if path is not None:
+            file = os.path.relpath(os.path.abspath(path), folder).replace(os.sep, "/")
         if r["status"] == "ok" and path is not None and path.is_file():
             src = _url(path, base)
             if thumbs:
                 dest = base / "gallery" / thumb_name(r["job_id"])
                 thumb = _url(dest, base) if make_thumbnail(path, dest, thumbs) else None
-        caption = f"{r['sampler']}, CFG {show(r['cfg'])}, {r['steps']} steps, seed {r['seed']}"
         fixed = [r["job_id"], src, thumb, r["status"], r["error"], r.get("note")]
         fixed += [r["prompt"] or ""]
-        fixed += [r["infotext"], caption]
+        fixed += [r["infotext"], caption(r, varying), file]
         out_rows.append(fixed + [show(value(r, c)) for c in meta_cols])
     filters = []
     for c in meta_cols:
@@ -310,7 +346,7 @@ def build_gallery(folder: str | os.PathLike, out: str | os.PathLike | None = Non
         raise UserError(f"--thumbs: {thumbs} is not allowed; give a size in pixels, or 0 for none")
     rows = load_rows(folder)
     out.parent.mkdir(parents=True, exist_ok=True)
-    data = gallery_data(rows, Path(os.path.abspath(out.parent)), thumbs)
+    data = gallery_data(rows, Path(os.path.abspath(out.parent)), thumbs, folder)
     title = f"sdbatch gallery: {folder.resolve().name}"
     with atomic_file(out, "w", encoding="utf-8") as f:
         f.write(render_html(data, title))

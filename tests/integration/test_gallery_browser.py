@@ -1,5 +1,6 @@
 """The gallery page in a real headless Chromium, opened from file://: filters, the detail view,
-untrusted prompts shown as text, and a 10,000-image page that stays small in the DOM."""
+untrusted prompts shown as text, captions that keep the seed, small images drawn pixelated, and a
+10,000-image page that stays small in the DOM."""
 
 from __future__ import annotations
 
@@ -191,3 +192,149 @@ def test_ten_thousand_images_render_one_page(browser, tmp_path):
     assert cards(browser)[0].get_attribute("data-job") == f"{PAGE_SIZE:016x}"
     print(f"10,000-row gallery: built in {built:.2f}s, first page in {loaded:.2f}s")
     assert built < 20 and loaded < 15
+
+
+BIG_SEED = 9223372036854775807  # the largest seed the manifest holds: 19 digits
+LONG_PROMPT = "a cat, " + "extremely detailed fluffy fur, " * 12 + "bob"
+# True when every character of ``needle`` (a text inside ``card``) is drawn where a user sees it:
+# inside the card and inside every ancestor that clips (an ellipsized or overflowing box)
+VISIBLE_JS = """
+const [card, needle] = arguments;
+const walk = document.createTreeWalker(card, NodeFilter.SHOW_TEXT);
+for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+  const at = n.data.indexOf(needle);
+  if (at < 0) continue;
+  const range = document.createRange();
+  range.setStart(n, at);
+  range.setEnd(n, at + needle.length);
+  let c = card.getBoundingClientRect();
+  c = {left: c.left, right: c.right, top: c.top, bottom: c.bottom};
+  for (let e = n.parentElement; e !== card; e = e.parentElement) {
+    if (getComputedStyle(e).overflowX === "visible") continue;
+    const b = e.getBoundingClientRect();
+    c = {left: Math.max(c.left, b.left), right: Math.min(c.right, b.right),
+         top: Math.max(c.top, b.top), bottom: Math.min(c.bottom, b.bottom)};
+  }
+  const rects = [...range.getClientRects()].filter((r) => r.width > 0);
+  return rects.length > 0 && rects.every((r) => r.left >= c.left - 0.5 &&
+    r.right <= c.right + 0.5 && r.top >= c.top - 0.5 && r.bottom <= c.bottom + 0.5);
+}
+return null;
+"""
+
+
+def checkerboard(path: Path, size: int, cell: int = 2) -> None:
+    """Black and white squares: drawn pixelated they stay black and white, smoothed they blur."""
+    im = Image.new("L", (size, size))
+    im.putdata([255 * ((x // cell + y // cell) % 2) for y in range(size) for x in range(size)])
+    im.save(path)
+
+
+def grey_share(png: bytes) -> float:
+    """The share of pixels neither near black nor near white, in a screenshot."""
+    with Image.open(io.BytesIO(png)) as shot:
+        hist = shot.convert("L").histogram()
+    return sum(hist[40:216]) / sum(hist)
+
+
+@pytest.fixture(scope="module")
+def sized_gallery(tmp_path_factory):
+    """32x32 images (the embedded model's size) beside a 512x512 one, big seeds, a long prompt."""
+    root = tmp_path_factory.mktemp("sized") / "out"
+    small = [
+        dict(job_id="s0", style="bob", seed=BIG_SEED, prompt=LONG_PROMPT, colour=(0, 0, 0)),
+        dict(job_id="s1", style="braids", seed=4294967295, colour=(0, 0, 0)),
+        dict(job_id="f0", style="ponytail", seed=7, status="failed", error="CUDA out of memory"),
+    ]
+    make_run(root / "small", small, size=32)
+    make_run(root / "big", [dict(job_id="b0", style="bob", seed=3, colour=(0, 0, 0))], size=512)
+    checkerboard(root / "small" / "images" / "s0.png", 32)
+    checkerboard(root / "small" / "images" / "s1.png", 32)
+    checkerboard(root / "big" / "images" / "b0.png", 512)
+    page, n = build_gallery(root)
+    assert n == 4
+    return page
+
+
+def card_of(driver, job: str):
+    return driver.find_element("css selector", f"#grid .card[data-job='{job}']")
+
+
+def test_captions_show_the_seed_and_key_values(browser, sized_gallery):
+    open_page(browser, sized_gallery)
+    seen = {}
+    for job, seed, style in [("s0", BIG_SEED, "bob"), ("s1", 4294967295, "braids"),
+                             ("f0", 7, "ponytail"), ("b0", 3, "bob")]:  # fmt: skip
+        card = card_of(browser, job)
+        for text in (f"seed {seed}", "Euler a", "CFG 7", "20 steps", f"style: {style}"):
+            seen[job, text] = browser.execute_script(VISIBLE_JS, card, text)
+    assert all(seen.values()), [k for k, v in seen.items() if not v]
+    # the long prompt is ellipsized on its own line; the card's tooltip holds all of it
+    card = card_of(browser, "s0")
+    assert card.get_attribute("title") == LONG_PROMPT
+    assert browser.execute_script(VISIBLE_JS, card, "a cat, extremely") is True
+    assert browser.execute_script(VISIBLE_JS, card, LONG_PROMPT) is False
+    cut = browser.execute_script(
+        """const e = [...arguments[0].querySelectorAll("*")].find((e) =>
+             e.childElementCount === 0 && e.textContent === arguments[1]);
+           return [getComputedStyle(e).textOverflow, e.scrollWidth > e.clientWidth];""",
+        card,
+        LONG_PROMPT,
+    )
+    assert cut == ["ellipsis", True]
+
+
+def wait_rendering(driver, element, want: str) -> str:
+    """The image's computed ``image-rendering`` once it has loaded (``want`` or a timeout)."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    get = "const i = arguments[0]; return i.complete && i.naturalWidth > 0 && "
+    get += "getComputedStyle(i).imageRendering"
+    try:
+        WebDriverWait(driver, 3).until(lambda d: d.execute_script(get, element) == want)
+    except TimeoutException:
+        pass
+    return driver.execute_script(get, element)
+
+
+def test_small_images_are_drawn_pixelated_big_ones_smooth(browser, sized_gallery):
+    open_page(browser, sized_gallery)
+    thumb = card_of(browser, "s0").find_element("css selector", "img")
+    assert wait_rendering(browser, thumb, "pixelated") == "pixelated"
+    assert thumb.size["width"] >= 4 * 32  # a 32x32 image, drawn 4x or more
+    assert grey_share(thumb.screenshot_as_png) < 0.05  # crisp squares, not a grey blur
+    big = card_of(browser, "b0").find_element("css selector", "img")
+    assert wait_rendering(browser, big, "auto") == "auto"  # 512 px in a small card: smoothed
+    assert grey_share(big.screenshot_as_png) > 0.5
+
+    card_of(browser, "s1").click()  # the detail view draws it 256 px wide: pixelated too
+    full = browser.find_element("id", "full")
+    assert wait_rendering(browser, full, "pixelated") == "pixelated"
+    assert full.size["width"] >= 256 and grey_share(full.screenshot_as_png) < 0.05
+    browser.find_element("id", "close").click()
+    card_of(browser, "b0").click()  # shown at its own size or smaller: smooth
+    assert wait_rendering(browser, full, "auto") == "auto"
+    browser.find_element("id", "close").click()
+
+
+def test_detail_view_shows_file_name_and_job_id(browser, sized_gallery):
+    open_page(browser, sized_gallery)
+    card_of(browser, "s1").click()
+    detail = browser.find_element("id", "detail")
+    lines = detail.text.splitlines()  # what is visible, line by line
+    assert "Job id: s1" in lines and "File: small/images/s1.png" in lines
+    link = browser.find_element("id", "dfile")
+    assert link.is_displayed() and link.get_attribute("href").endswith("/small/images/s1.png")
+    assert browser.find_element("id", "infotext").text.startswith("a cat, braids")
+    assert "CFG scale: 7" in lines and "Seed: 4294967295" in lines and "style: braids" in lines
+    browser.find_element("css selector", "body").send_keys("\ue014")  # ArrowRight: next image
+    lines = detail.text.splitlines()
+    assert "Job id: s1" not in lines and any(line.startswith("Job id: ") for line in lines)
+    browser.find_element("id", "close").click()
+
+    card_of(browser, "f0").click()  # a failed job: its id, no file, the error
+    lines = detail.text.splitlines()
+    assert "Job id: f0" in lines and "File: (none)" in lines and "CUDA out of memory" in lines
+    assert browser.find_element("id", "dfile").get_attribute("href") is None
+    browser.find_element("id", "close").click()
