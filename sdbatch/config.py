@@ -126,6 +126,7 @@ def register_configs() -> None:
     """Store the schema and every recipe that is plain data in Hydra's ConfigStore."""
     cs = ConfigStore.instance()
     cs.store(name="base_sdbatch", node=SdbatchConfig)
+    cs.repo.pop("recipe", None)  # registering again (another SDBATCH_RECIPES) starts afresh
     PROBLEMS.clear()
     for name, path in available_recipes().items():
         try:
