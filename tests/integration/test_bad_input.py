@@ -113,6 +113,11 @@ CASES = [
     (["+recipe=quick", "shard.index=3", "shard.count=2"], 2, ["shard.index"]),
     (["+recipe=quick", "prompt='(x:1.2.3)'"], 2, ["prompt", "(x:1.2.3)"]),
     (["+recipe=quick", "model.path=/nonexistent.safetensors"], 2, ["model.path"]),
+    (["+recipe=quick", "prompt=a __../../etc/passwd__ cat"], 2, ["prompt[0]", "no '..' part"]),
+    (["+recipe=quick", "prompt=__../x/sec*__"], 2, ["prompt[0]", "a name inside wildcards/"]),
+    (["+recipe=quick", "prompt=__/etc/passwd__"], 2, ["prompt[0]", "no leading /"]),
+    (["+recipe=quick", "prompt=__nope*__"], 2, ["prompt[0]", "available:"]),
+    (["+recipe=quick", "model.dir=.", "model.name=../x"], 2, ["model.name", "'../x'"]),
     (["+recipe=quick", "model.path={truncated}"], 2, ["model.path", "truncated"]),
 ]
 
@@ -237,6 +242,9 @@ TOOL_CASES = [
     (["grid", "OUT", "--x", "seed"], {"image": "../../secret.txt"}, 2, ["row evil"]),
     (["manifest", "summary", "OUT"], {"damage": True}, 2, ["manifest file", "is damaged"]),
     (["export", "OUT", "-o", "DEST"], {"damage": True}, 2, ["is damaged"]),
+    (["replay", "BOMB"], {}, 2, ["bomb.png", "100,000x100,000", "decompression-bomb limit"]),
+    (["infotext", "BOMB"], {}, 2, ["bomb.png", "decompression-bomb limit"]),
+    (["replay", "HUGE"], {}, 2, ["huge.png", "at most 1,048,576 bytes (1 MiB)"]),
 ]
 
 
@@ -262,8 +270,13 @@ def test_tools_refuse_crafted_and_damaged_folders(tmp_path, capsys, argv, craft,
     part = Manifest(out / "manifest").append([good, evil])
     if craft.get("damage"):
         part.write_bytes(part.read_bytes()[:100])
+    from tests.unit.test_replay_limits import png, text
+
+    bomb = png(tmp_path / "bomb.png", size=(100_000, 100_000))
+    huge = png(tmp_path / "huge.png", text("x" * (2 << 20)))
     dest = tmp_path / "dest"
-    args = [a.replace("OUT", str(out)).replace("DEST", str(dest)) for a in argv]
+    fill = {"OUT": out, "DEST": dest, "BOMB": bomb, "HUGE": huge}
+    args = [str(fill.get(a, a)) for a in argv]
     with pytest.raises(SystemExit) as exit_:
         tools.main(args)
     _, err = capsys.readouterr()
