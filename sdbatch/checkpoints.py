@@ -301,8 +301,8 @@ _STRING_OPS = {
 }  # fmt: skip
 WEIGHT_FILES = "a weight file: .safetensors (or with model.allow_pickle a .ckpt, .pt, .pth or .bin)"
 PICKLE_REFUSED = (
-    "pickle weights can run code when loaded; convert it to .safetensors or set "
-    "model.allow_pickle: true"
+    "pickle weights can run code when loaded; convert it to .safetensors or pass "
+    "model.allow_pickle=true on the command line"
 )
 WEIGHTS_ONLY = "torch.load(weights_only=True)"  # how diffusers and transformers read pickles
 

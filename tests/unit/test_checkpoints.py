@@ -112,7 +112,7 @@ def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path):
         resolve_models({"path": str(ckpt)})
     message = str(err.value)
     assert message.startswith("model.path: ") and "old.ckpt" in message
-    assert "convert it to .safetensors or set model.allow_pickle: true" in message
+    assert "convert it to .safetensors or pass model.allow_pickle=true on the command line" in message
     model = resolve_models({"path": str(ckpt), "allow_pickle": True})[0]
     assert (model.family, model.name) == ("sd1", "old")
     assert model.config == str(SHIPPED_CONFIGS["sd1"])
@@ -337,7 +337,7 @@ def test_vae_files_are_checked_and_pickles_refused(tmp_path):
         resolve_models({"vae": str(not_vae)})
     pt = tmp_path / "kl-f8-anime2.ckpt"
     pt.write_bytes(b"x")
-    with pytest.raises(RecipeError, match="model.vae: .*allow_pickle: true"):
+    with pytest.raises(RecipeError, match="model.vae: .*allow_pickle=true on the command line"):
         resolve_models({"vae": str(pt)})
     folder = tmp_path / "vae-folder"
     folder.mkdir()

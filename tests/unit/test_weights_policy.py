@@ -33,7 +33,7 @@ from sdbatch.checkpoints import (
 from sdbatch.errors import RecipeError
 from tests.conftest import ROOT
 
-PICKLE_REFUSED = "convert it to .safetensors or set model.allow_pickle: true"
+PICKLE_REFUSED = "convert it to .safetensors or pass model.allow_pickle=true on the command line"
 SD1 = {
     "model.diffusion_model.input_blocks.0.0.weight": np.zeros((8, 4, 1, 1), np.float16),
     "cond_stage_model.transformer.text_model.final_layer_norm.bias": np.zeros(8, np.float16),
