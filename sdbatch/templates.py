@@ -28,7 +28,7 @@ from pathlib import Path
 from sdbatch.errors import RecipeError
 
 MAX_PROMPTS_PER_TEMPLATE = 10_000
-_VAR = re.compile(r"(?<!\\)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VAR = re.compile(r"(?<![\\$])\{([A-Za-z_][A-Za-z0-9_]*)\}")  # not ${name}: dynamicprompts
 # A wildcard as dynamicprompts' parser reads one: anything but ( $ { } # between "__" and "__",
 # after an optional sampling method (~ random, @ cyclical).
 _WILDCARD = re.compile(r"__[~@]?([^(${}#]+?)__")

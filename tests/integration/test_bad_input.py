@@ -188,11 +188,16 @@ def test_a_broken_or_unsafe_user_recipe_fails_only_the_run_that_uses_it(
 def test_dynamic_prompts_variables_are_text_not_interpolations(tmp_path, monkeypatch, capsys):
     """sd-dynamic-prompts' ${var=...} in a recipe or on the command line reaches dynamicprompts."""
     (tmp_path / "dp.yaml").write_text("name: dp\nprompt: '${c=!{red|blue}} a ${c} circle'\n")
+    (tmp_path / "dpt.yaml").write_text(
+        "name: dpt\ntemplate: '${c=!{red|blue}} a ${c} {shape}'\nvars: {shape: [circle, square]}\n"
+    )
     monkeypatch.setenv("SDBATCH_RECIPES", str(tmp_path))
     config.register_configs()
     try:
         code, out, err = run_cli(monkeypatch, capsys, "+recipe=dp", "run.dry_run=true")
         assert code == 0 and "' a red circle'" in out, err
+        code, out, err = run_cli(monkeypatch, capsys, "+recipe=dpt", "run.dry_run=true")
+        assert code == 0 and "' a red circle'" in out and "' a red square'" in out, err
         code, out, err = run_cli(
             monkeypatch, capsys, "+recipe=quick", "run.dry_run=true", "prompt=${s={a|b}} ${s} cat"
         )
