@@ -25,10 +25,13 @@ def register(sub) -> None:
 
 
 def _text(file: str, info, header: bool) -> str:
-    def block(label: str, value: str) -> str:
-        return f"{label}: " + value.replace("\n", "\n  ")  # continuation lines indented
+    from sdbatch.replay import one_line
 
-    lines = [f"== {file} =="] if header else []
+    def block(label: str, value: str) -> str:
+        # continuation lines indented; escape sequences from the image shown, never acted on
+        return f"{one_line(label)}: " + "\n  ".join(one_line(v) for v in value.split("\n"))
+
+    lines = [f"== {one_line(file)} =="] if header else []
     lines.append(block("prompt", info.prompt))
     lines.append(block("negative prompt", info.negative_prompt))
     lines.extend(block(key, value) for key, value in info.params.items())

@@ -251,3 +251,12 @@ def test_escape_sequences_in_warnings_are_shown_escaped(tmp_path, capsys):
     path = png(tmp_path / "img.png", text(f"{INFOTEXT}, Foo: \x1b[31mred"))
     code, _out, err = run(capsys, "replay", str(path))
     assert code == 0 and "\x1b" not in err and "\\u001b[31mred" in err
+
+
+def test_infotext_shows_escape_sequences_from_an_image_instead_of_sending_them(tmp_path, capsys):
+    image = png(
+        tmp_path / "esc.png", text("a \x1b[31mred\x1b[0m cat\nSteps: 20, Sampler: Euler a, Seed: 1")
+    )
+    code, out, _ = run(capsys, "infotext", str(image))
+    assert code == 0 and "\x1b" not in out
+    assert "a \\u001b[31mred\\u001b[0m cat" in out
