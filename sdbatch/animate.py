@@ -10,10 +10,19 @@ import re
 from pathlib import Path
 
 from sdbatch.errors import UserError
-from sdbatch.grid import font_for, label_metrics, load_cell_image
+from sdbatch.fonts import fit, line_height
+from sdbatch.grid import (
+    _slug,
+    check_scale,
+    font_for,
+    label_metrics,
+    load_cell_image,
+    name_suffix,
+    ordered,
+    plan_order,
+)
 from sdbatch.rows import (
     check_column,
-    distinct,
     filter_rows,
     label,
     pick_first,
@@ -23,6 +32,11 @@ from sdbatch.rows import (
 )
 
 FORMATS = {".webp": "WEBP", ".gif": "GIF"}
+
+
+def default_path(out_dir, axis: str, where: str | None = None, scale: int = 1) -> Path:
+    """``DIR/animations/<axis>[-where-...][-scaleN].webp``: other filters, other files."""
+    return Path(out_dir) / "animations" / f"{_slug(axis)}{name_suffix(where, scale)}.webp"
 
 
 def where_hint(column: str, v) -> str:
@@ -40,16 +54,17 @@ def _few(values: list) -> str:
 def frames_for(
     rows: list[dict], axis: str, where: str | None = None
 ) -> tuple[list, list[dict | None], list[str]]:
-    """(axis values in order, the row shown for each, notes); refuses incomparable frames."""
+    """(axis values in the order the plan made them, which is the recipe's; the row shown for
+    each; notes). Refuses incomparable frames."""
     check_column(rows, axis, "--axis")
-    rows = filter_rows(rows, where)
+    rows = plan_order(filter_rows(rows, where))
     others = varying(rows, [axis])
     if others:
         shown = "; ".join(f"{c} has {len(v)} values ({_few(v)})" for c, v in others.items())
         first = next(iter(others))
         hint = where_hint(first, others[first][0])
         raise UserError(f"frames would not be comparable: {shown}; pin them, e.g. {hint}")
-    values = distinct(rows, axis)
+    values = ordered(rows, axis)
     picked, notes = [], []
     for v in values:
         group = [r for r in rows if show(value(r, axis)) == show(v)]
@@ -61,22 +76,37 @@ def frames_for(
     return values, picked, notes
 
 
-def render_frames(axis: str, values: list, picked: list[dict], caption: bool = False) -> list:
-    """Pillow frames at the images' size (placeholders for failed/NaN rows), optional caption."""
+def render_frames(axis: str, values: list, picked: list[dict], caption: bool = False,
+                  scale: int = 1, font=None) -> list:  # fmt: skip
+    """Pillow frames at the images' size times ``scale`` (nearest neighbour, crisp pixels;
+    placeholders for failed/NaN rows), optionally captioned underneath.
+
+    A caption wraps at spaces and gets smaller when a word is wider than the frame (a word is
+    broken only past that); the band under the frames is as tall as the longest caption needs,
+    the same for every frame, so nothing is clipped. ``font``: ``--font``, tried first.
+    """
     from PIL import Image, ImageDraw
 
+    scale = check_scale(scale)
     ok = [r for r in picked if r["status"] == "ok"] or picked
     size = (max(r["width"] or 64 for r in ok), max(r["height"] or 64 for r in ok))
-    font_size, line_h, pad, _ = label_metrics(*size)
-    font = font_for(font_size)
+    size = (size[0] * scale, size[1] * scale)
+    font_size, _, pad, _ = label_metrics(*size)
+    fonts = font_for(font_size, font)
+    texts = [label(axis, v) for v in values]
+    cap_fonts, cap_lines = fit(texts, fonts, size[0] - pad) if caption else (fonts, [])
+    line_h = line_height(cap_fonts.size)
+    band = line_h * max(map(len, cap_lines), default=0) + 2 * pad
     frames = []
-    for v, row in zip(values, picked, strict=True):
-        frame = load_cell_image(row, size, font)
+    for k, row in enumerate(picked):
+        frame = load_cell_image(row, size, fonts, scale)
         if caption:
-            framed = Image.new("RGB", (size[0], size[1] + line_h + 2 * pad), "white")
+            framed = Image.new("RGB", (size[0], size[1] + band), "white")
             framed.paste(frame, (0, 0))
-            text_pos = (size[0] / 2, size[1] + pad + line_h / 2)
-            ImageDraw.Draw(framed).text(text_pos, label(axis, v), "black", font, "mm")
+            draw, lines = ImageDraw.Draw(framed), cap_lines[k]
+            y0 = size[1] + (band - line_h * len(lines)) / 2
+            for n, line in enumerate(lines):
+                cap_fonts.draw(draw, (size[0] / 2, y0 + n * line_h + line_h / 2), line, "black")
             frame = framed
         frames.append(frame)
     return frames
@@ -109,10 +139,13 @@ def animate(
     where: str | None = None,
     duration_ms: int = 500,
     caption: bool = False,
+    scale: int = 1,
+    font=None,
 ) -> list[str]:
     """Write the animation; returns notes for stderr."""
+    scale = check_scale(scale)
     values, picked, notes = frames_for(rows, axis, where)
-    frames = render_frames(axis, values, picked, caption)
+    frames = render_frames(axis, values, picked, caption, scale, font)
     for k in range(1, len(frames)):
         if frames[k].tobytes() == frames[k - 1].tobytes():  # GIF and WebP encoders merge these
             notes.append(

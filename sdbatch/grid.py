@@ -7,17 +7,18 @@ start fast.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdbatch.errors import RecipeError, UserError
+from sdbatch.fonts import Fonts, fit, fonts_for, line_height
 from sdbatch.infotext import format_infotext, parse_infotext, png_info
 from sdbatch.rows import (
     axis_name,
     check_column,
-    distinct,
     filter_rows,
     label,
     load_rows,
@@ -50,6 +51,8 @@ def load_cell_image(row: dict | None, size: tuple[int, int], text_font=None, sca
 
     ``scale`` > 1: ``size`` is the scaled cell; the image is brought to ``size // scale`` as
     before, then enlarged with nearest-neighbour resampling (each pixel a crisp block).
+    ``text_font`` is the label font chain (``sdbatch.fonts.Fonts``); the placeholder's word is
+    made smaller to fit a small cell.
     """
     from PIL import Image, ImageDraw
 
@@ -66,45 +69,49 @@ def load_cell_image(row: dict | None, size: tuple[int, int], text_font=None, sca
     cell = Image.new("RGB", size, COLOURS[kind])
     text = PLACEHOLDER_TEXT[kind]
     if text:
-        font = text_font or font_for(12)
-        draw = ImageDraw.Draw(cell)
-        draw.text((size[0] / 2, size[1] / 2), text, fill="white", font=font, anchor="mm")
+        fonts, _ = fit([text], text_font or font_for(12), size[0] - 4, smallest=6)
+        fonts.draw(ImageDraw.Draw(cell), (size[0] / 2, size[1] / 2), text, "white")
     return cell
 
 
-def font_for(size: int):
-    """DejaVu Sans (A1111's grid font) when installed, else Pillow's bundled font."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", size)
-    except OSError:
-        try:
-            return ImageFont.load_default(size=size)
-        except TypeError:  # Pillow < 10.1: one small bitmap font
-            return ImageFont.load_default()
+def font_for(size: int, font=None) -> Fonts:
+    """The label font chain at ``size`` (``sdbatch.fonts``): ``font`` (``--font``) first, the
+    shipped Hangul font, DejaVu Sans (A1111's grid font) when installed, installed fonts for
+    other scripts, Pillow's own font last."""
+    return fonts_for(size, font)
 
 
 def label_metrics(cell_w: int, cell_h: int) -> tuple[int, int, int, int]:
     """(font size, line height, padding, left band width) for a cell size; A1111's proportions."""
     font_size = max(12, (cell_w + cell_h) // 25)
     left = max(cell_w * 3 // 4, font_size * 8)
-    return font_size, font_size + font_size // 3, font_size // 2, left
+    return font_size, line_height(font_size), font_size // 2, left
 
 
-def wrap(text: str, font, width: int) -> list[str]:
-    """Greedy word wrap; a word longer than the width is cut."""
-    lines: list[str] = []
-    for word in text.split(" "):
-        while len(word) > 1 and font.getlength(word) > width:
-            cut = max([1] + [i for i in range(1, len(word)) if font.getlength(word[:i]) <= width])
-            lines.append(word[:cut])
-            word = word[cut:]
-        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
-            lines[-1] += f" {word}"
-        else:
-            lines.append(word)
-    return lines or [""]
+def plan_order(rows: list[dict]) -> list[dict]:
+    """Rows in the order their plan made them, which is the order the recipe lists each axis's
+    values: run by run (a multirun sweep by job number), then by the ``batch`` column, then as
+    the manifest holds them. Rows without a batch number keep their manifest order."""
+    runs: dict[str, int] = {}
+    for r in rows:
+        runs.setdefault(str(r.get("_root")), len(runs))
+
+    def key(item: tuple[int, dict]) -> tuple:
+        i, r = item
+        job, batch = r.get("hydra_job"), r.get("batch")
+        run = (0, job, 0) if job is not None else (1, 0, runs[str(r.get("_root"))])
+        return (run, batch is None, batch or 0, i)
+
+    return [r for _, r in sorted(enumerate(rows), key=key)]
+
+
+def ordered(rows: list[dict], column: str) -> list:
+    """A column's values in order of first appearance (A1111 keeps the order typed)."""
+    seen: dict[str, object] = {}
+    for r in rows:
+        v = value(r, column)
+        seen.setdefault(show(v), v)
+    return list(seen.values())
 
 
 @dataclass
@@ -152,112 +159,181 @@ def draw_grids(*args, **kwargs) -> list[Sheet]:
     return list(iter_grids(*args, **kwargs))
 
 
-def iter_grids(
-    rows: list[dict],
-    x: str,
-    y: str | None = None,
-    z: str | None = None,
-    where: str | None = None,
-    max_megapixels: float = 200,
-    scale: int = 1,
-):
-    """One labelled sheet per z value: x across, y down, sorted values, placeholders for gaps.
+def iter_grids(rows: list[dict], x: str, y: str | None = None, z: str | None = None,
+               where: str | None = None, max_megapixels: float = 200, scale: int = 1,
+               font=None):  # fmt: skip
+    """One labelled sheet per z value: x across, y down, placeholders for gaps (``Grid``)."""
+    return Grid(rows, x, y, z, where, max_megapixels, scale, font).sheets()
 
-    ``scale`` enlarges every cell by that integer factor (nearest neighbour) before the labels
-    are laid out, so they are sized for the enlarged cells; 1 is A1111's (cells at image size).
+
+class Grid:
+    """The layout of a set of sheets: x across, y down, one sheet per z value.
+
+    Values keep the order the plan made them (the recipe's order, as A1111 keeps the order
+    typed). Labels wrap at spaces; an axis whose longest word is wider than its line gets a
+    smaller size (as A1111 shrinks a label), long words are broken only past that, and every
+    band grows to hold its labels: nothing is clipped. ``scale`` enlarges every cell by that
+    integer factor (nearest neighbour) before the labels are laid out, so they are sized for
+    the enlarged cells; 1 is A1111's (cells at image size). ``font``: ``--font``, tried first.
     """
-    from PIL import Image, ImageDraw
 
-    scale = check_scale(scale)
-    for col, opt in ((x, "--x"), (y, "--y"), (z, "--z")):
-        if col is not None:
-            check_column(rows, col, opt)
-    rows = filter_rows(rows, where)
-    xs = distinct(rows, x)
-    ys = distinct(rows, y) if y else [None]
-    zs = distinct(rows, z) if z else [None]
-    ok = [r for r in rows if r["status"] == "ok"] or rows
-    cw, ch = max(r["width"] or 0 for r in ok) or 64, max(r["height"] or 0 for r in ok) or 64
-    cw, ch = cw * scale, ch * scale
-    font_size, line_h, pad, left = label_metrics(cw, ch)
-    left = left if y else 0
-    font = font_for(font_size)
-    col_lines = [wrap(label(x, v), font, cw - 2 * pad) for v in xs]
-    top = 2 * pad + line_h * max(len(lines) for lines in col_lines)
-    width, height = left + cw * len(xs), top + ch * len(ys)
-    mp = width * height / 1e6
-    if mp > max_megapixels:
-        lower = f", lower --scale {scale}" if scale > 1 else ""
-        raise UserError(
-            f"grid would be {width}x{height} = {mp:.1f} megapixels per sheet, above "
-            f"--max-megapixels {max_megapixels:g}; narrow it with --where{lower} or raise the limit"
-        )
-    axes = [("X", x, xs)] + ([("Y", y, ys)] if y else []) + ([("Z", z, zs)] if z else [])
-    for zv in zs:
-        cells: dict[tuple[int, int], list[dict]] = {}
-        xi, yi = {show(v): i for i, v in enumerate(xs)}, {show(v): i for i, v in enumerate(ys)}
-        for r in rows:
-            if z and show(value(r, z)) != show(zv):
-                continue
-            key = (xi[show(value(r, x))], yi[show(value(r, y))] if y else 0)
-            cells.setdefault(key, []).append(r)
-        sheet = Image.new("RGB", (width, height), "white")
-        draw = ImageDraw.Draw(sheet)
-        for i, lines in enumerate(col_lines):
-            for k, line in enumerate(lines):
-                pos = (left + i * cw + cw / 2, pad + k * line_h + line_h / 2)
-                draw.text(pos, line, fill="black", font=font, anchor="mm")
-        for j, yv in enumerate(ys if y else []):
-            lines = wrap(label(y, yv), font, left - 2 * pad)[: max(1, ch // line_h)]
-            y0 = top + j * ch + ch / 2 - len(lines) * line_h / 2
-            for k, line in enumerate(lines):
-                pos = (left / 2, y0 + k * line_h + line_h / 2)
-                draw.text(pos, line, fill="black", font=font, anchor="mm")
-        if z and left:
-            for k, line in enumerate(wrap(label(z, zv), font, left - 2 * pad)[: top // line_h]):
-                draw.text((left / 2, pad + k * line_h + line_h / 2), line, "black", font, "mm")
-        crowded = 0
-        for j in range(len(ys)):
-            for i in range(len(xs)):
-                found = cells.get((i, j), [])
-                crowded += len(found) > 1
-                row = pick_first(found) if found else None
-                cell = load_cell_image(row, (cw, ch), font, scale)
-                sheet.paste(cell, (left + i * cw, top + j * ch))
-        notes = []
-        if crowded:
-            picked = [r for group in cells.values() for r in group]
-            more = varying(picked, [c for c in (x, y, z) if c])
-            what = "; ".join(f"{c} varies" for c in more) or "duplicate rows"
-            where_z = f" ({label(z, zv)})" if z else ""
-            notes.append(
-                f"note: {crowded} cell{'s' if crowded > 1 else ''}{where_z} match several "
-                f"images ({what}); showing the lowest seed; pin the others with --where"
+    def __init__(self, rows: list[dict], x: str, y: str | None = None, z: str | None = None,
+                 where: str | None = None, max_megapixels: float = 200, scale: int = 1,
+                 font=None):  # fmt: skip
+        self.scale = scale = check_scale(scale)
+        for col, opt in ((x, "--x"), (y, "--y"), (z, "--z")):
+            if col is not None:
+                check_column(rows, col, opt)
+        base = font_for(12, font)  # a bad --font fails before anything is drawn
+        self.x, self.y, self.z = x, y, z
+        self.rows = rows = plan_order(filter_rows(rows, where))
+        self.xs = ordered(rows, x)
+        self.ys = ordered(rows, y) if y else [None]
+        self.zs = ordered(rows, z) if z else [None]
+        ok = [r for r in rows if r["status"] == "ok"] or rows
+        cw = (max(r["width"] or 0 for r in ok) or 64) * scale
+        ch = (max(r["height"] or 0 for r in ok) or 64) * scale
+        self.cell = (cw, ch)
+        size, _, self.pad, left = label_metrics(cw, ch)
+        pad = self.pad
+        self.fonts = base = base.at(size)
+        self.col_fonts, self.col_lines = fit([label(x, v) for v in self.xs], base, cw - pad)
+        col_h = line_height(self.col_fonts.size) * max(map(len, self.col_lines))
+        self.row_fonts, self.row_lines, left = base, [], left if y else 0
+        while y:  # row labels fit their cell's height: smaller, then a wider band
+            texts = [label(y, v) for v in self.ys]
+            self.row_fonts, self.row_lines = fit(texts, base, left - 2 * pad, ch)
+            tall = line_height(self.row_fonts.size) * max(map(len, self.row_lines)) > ch
+            if not tall or left >= 2 * pad + max(map(base.getlength, texts)):
+                break
+            left += 2 * size
+        self.left = left
+        z_width = (left if y else cw * len(self.xs)) - 2 * pad
+        z_texts = [label(z, v) if z else "" for v in self.zs]
+        self.z_fonts, self.z_lines = fit(z_texts, base, z_width)
+        z_h = line_height(self.z_fonts.size) * max(map(len, self.z_lines)) if z else 0
+        self.title = pad + z_h if z and not y else 0  # no left band: the z label on top
+        self.band = max(col_h, z_h if y else 0)
+        self.top = self.title + 2 * pad + self.band
+        self.size = (left + cw * len(self.xs), self.top + ch * len(self.ys))
+        width, height = self.size
+        mp = width * height / 1e6
+        if mp > max_megapixels:
+            lower = f", lower --scale {scale}" if scale > 1 else ""
+            raise UserError(
+                f"grid would be {width}x{height} = {mp:.1f} megapixels per sheet, above "
+                f"--max-megapixels {max_megapixels:g}; narrow it with --where{lower} or raise "
+                "the limit"
             )
-        first = next((pick_first(cells[k]) for k in sorted(cells, key=lambda k: k[::-1])), None)
-        z_rows = [r for group in cells.values() for r in group] or rows
-        yield Sheet(sheet, _sheet_infotext(z_rows, first, axes, zv), zv, notes, None, sheet.size)
+        self.axes = [("X", x, self.xs)] + ([("Y", y, self.ys)] if y else [])
+        self.axes += [("Z", z, self.zs)] if z else []
+
+    def _block(self, draw, fonts: Fonts, lines: list[str], cx: float, y0: float) -> None:
+        """Lines centred on ``cx``, the first one's top at ``y0``."""
+        line_h = line_height(fonts.size)
+        for k, line in enumerate(lines):
+            fonts.draw(draw, (cx, y0 + k * line_h + line_h / 2), line, "black")
+
+    def _height(self, fonts: Fonts, lines: list[str]) -> int:
+        return line_height(fonts.size) * len(lines)
+
+    def sheets(self):
+        from PIL import Image, ImageDraw
+
+        x, y, z, rows = self.x, self.y, self.z, self.rows
+        (cw, ch), pad, left, top = self.cell, self.pad, self.left, self.top
+        xi = {show(v): i for i, v in enumerate(self.xs)}
+        yi = {show(v): i for i, v in enumerate(self.ys)}
+        band_y = self.title + pad
+        for zv, z_lines in zip(self.zs, self.z_lines, strict=True):
+            cells: dict[tuple[int, int], list[dict]] = {}
+            for r in rows:
+                if z and show(value(r, z)) != show(zv):
+                    continue
+                key = (xi[show(value(r, x))], yi[show(value(r, y))] if y else 0)
+                cells.setdefault(key, []).append(r)
+            sheet = Image.new("RGB", self.size, "white")
+            draw = ImageDraw.Draw(sheet)
+            for i, lines in enumerate(self.col_lines):
+                y0 = band_y + (self.band - self._height(self.col_fonts, lines)) / 2
+                self._block(draw, self.col_fonts, lines, left + i * cw + cw / 2, y0)
+            for j, lines in enumerate(self.row_lines):
+                y0 = top + j * ch + (ch - self._height(self.row_fonts, lines)) / 2
+                self._block(draw, self.row_fonts, lines, left / 2, y0)
+            if z and y:  # the top-left corner
+                y0 = band_y + (self.band - self._height(self.z_fonts, z_lines)) / 2
+                self._block(draw, self.z_fonts, z_lines, left / 2, y0)
+            elif z:  # a title line above the column labels
+                self._block(draw, self.z_fonts, z_lines, self.size[0] / 2, pad)
+            crowded = 0
+            for j in range(len(self.ys)):
+                for i in range(len(self.xs)):
+                    found = cells.get((i, j), [])
+                    crowded += len(found) > 1
+                    row = pick_first(found) if found else None
+                    cell = load_cell_image(row, (cw, ch), self.fonts, self.scale)
+                    sheet.paste(cell, (left + i * cw, top + j * ch))
+            notes = []
+            if crowded:
+                picked = [r for group in cells.values() for r in group]
+                more = varying(picked, [c for c in (x, y, z) if c])
+                what = "; ".join(f"{c} varies" for c in more) or "duplicate rows"
+                where_z = f" ({label(z, zv)})" if z else ""
+                notes.append(
+                    f"note: {crowded} cell{'s' if crowded > 1 else ''}{where_z} match several "
+                    f"images ({what}); showing the lowest seed; pin the others with --where"
+                )
+            first = next((pick_first(cells[k]) for k in sorted(cells, key=lambda k: k[::-1])), None)
+            z_rows = [r for group in cells.values() for r in group] or rows
+            info = _sheet_infotext(z_rows, first, self.axes, zv)
+            yield Sheet(sheet, info, zv, notes, None, sheet.size)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.=+-]+", "_", text).strip("_") or "_"
 
 
-def grid_path(out_dir: Path, x: str, y: str | None, z: str | None, zv, out=None) -> Path:
-    """``DIR/grids/grid-<x>-<y>[-<z>=<value>].png``; ``-o`` names the file (z value appended)."""
+_OP_NAMES = {"==": "=", "!=": "-ne-", "<": "-lt-", "<=": "-le-", ">": "-gt-", ">=": "-ge-"}
+
+
+def name_suffix(where: str | None = None, scale: int = 1) -> str:
+    """What a default file name adds for ``--where`` and ``--scale``, so that different ones
+    never overwrite each other: ``-where-seed=1``, ``-scale4``. Filters that do not make a
+    safe short name as written get a short hash of the parsed filter as well."""
+    clauses = parse_where(where)
+    part = ""
+    if clauses:
+        text = "_and_".join(f"{c}{_OP_NAMES[op]}{v}" for c, op, v in clauses)
+        slug = _slug(text)
+        if slug != text or len(slug) > 48:
+            digest = hashlib.sha256(repr(clauses).encode()).hexdigest()[:6]
+            slug = f"{slug[:40].rstrip('_')}-{digest}"
+        part = f"-where-{slug}"
+    return part + (f"-scale{scale}" if scale > 1 else "")
+
+
+def grid_path(out_dir: Path, x: str, y: str | None, z: str | None, zv, out=None,
+              where: str | None = None, scale: int = 1, sheets: int = 2) -> Path:  # fmt: skip
+    """``DIR/grids/grid-<x>-<y>[-where-...][-scaleN][-<z>=<value>].png``. ``-o`` names the
+    file exactly; with several sheets (a z axis) each gets ``-<z>=<value>`` before the suffix."""
     if out:
+        if not z or sheets == 1:
+            return Path(out)
         stem, suffix = Path(out).with_suffix(""), Path(out).suffix or ".png"
     else:
-        stem, suffix = out_dir / "grids" / _slug("-".join(["grid", x] + ([y] if y else []))), ".png"
+        name = "-".join(["grid", x] + ([y] if y else []))
+        stem, suffix = out_dir / "grids" / f"{_slug(name)}{name_suffix(where, scale)}", ".png"
     return Path(f"{stem}-{_slug(f'{z}={show(zv)}')}{suffix}" if z else f"{stem}{suffix}")
 
 
 def write_grids(rows: list[dict], x: str, y=None, z=None, where=None, max_megapixels=200.0,
-                out_dir: str | os.PathLike = ".", out=None, scale=1) -> list[Sheet]:  # fmt: skip
+                out_dir: str | os.PathLike = ".", out=None, scale=1,
+                font=None) -> list[Sheet]:  # fmt: skip
     """Draw and save one sheet at a time (a 200-megapixel sheet is 600 MB in memory)."""
+    grid = Grid(rows, x, y, z, where, max_megapixels, scale, font)
     written: list[Sheet] = []
-    for sheet in iter_grids(rows, x, y, z, where, max_megapixels, scale):
-        path = grid_path(Path(out_dir), x, y, z, sheet.z, out)
+    for sheet in grid.sheets():
+        path = grid_path(Path(out_dir), x, y, z, sheet.z, out, where, grid.scale, len(grid.zs))
         if any(path == s.path for s in written):  # two z values with the same file name
             path = path.with_name(f"{path.stem}-{len(written) + 1}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from sdbatch.commands.grid import FONT_HELP
+
 
 def register(sub) -> None:
     p = sub.add_parser("animate", help="animate one sweep axis (WebP or GIF)")
@@ -14,17 +16,32 @@ def register(sub) -> None:
     p.add_argument("--where", help="pin the other columns, e.g. 'seed == 1'")
     p.add_argument("--duration", type=int, default=500, help="milliseconds per frame (500)")
     p.add_argument("--caption", action="store_true", help="write the axis value under each frame")
-    p.add_argument("-o", "--out", help="output .webp or .gif (default DIR/animations/<axis>.webp)")
+    p.add_argument(
+        "--scale",
+        type=int,
+        metavar="N",
+        default=1,
+        help="enlarge each frame N times, nearest neighbour: crisp pixels (default 1)",
+    )
+    p.add_argument("--font", metavar="PATH", help=FONT_HELP)
+    p.add_argument(
+        "-o",
+        "--out",
+        help="output .webp or .gif (default DIR/animations/<axis>[-where-...][-scaleN].webp)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbatch.animate import animate
+    from sdbatch.animate import animate, default_path
+    from sdbatch.grid import check_scale
     from sdbatch.rows import load_rows
 
-    out = Path(args.out) if args.out else Path(args.dir) / "animations" / f"{args.axis}.webp"
+    scale = check_scale(args.scale)
+    out = Path(args.out) if args.out else default_path(args.dir, args.axis, args.where, scale)
     rows = load_rows(args.dir)
-    for note in animate(rows, args.axis, out, args.where, args.duration, args.caption):
+    notes = animate(rows, args.axis, out, args.where, args.duration, args.caption, scale, args.font)
+    for note in notes:
         print(note, file=sys.stderr)
     print(out)
     return 0

@@ -14,7 +14,12 @@ def register(sub) -> None:
     p.add_argument("--y", help="column down")
     p.add_argument("--z", help="one sheet per value of this column")
     p.add_argument("--where", help="filter, e.g. \"seed == 1 and sampler == 'Euler a'\"")
-    p.add_argument("-o", "--out", help="output PNG (default DIR/grids/grid-<x>-<y>.png)")
+    p.add_argument(
+        "-o",
+        "--out",
+        help="output PNG, written as named; several --z sheets each add -<z>=<value> "
+        "(default DIR/grids/grid-<x>-<y>[-where-...][-scaleN].png)",
+    )
     p.add_argument(
         "--max-megapixels",
         type=float,
@@ -28,7 +33,14 @@ def register(sub) -> None:
         default=1,
         help="enlarge each cell N times, nearest neighbour: crisp pixels (default 1, as A1111)",
     )
+    p.add_argument("--font", metavar="PATH", help=FONT_HELP)
     p.set_defaults(func=run)
+
+
+FONT_HELP = (
+    "font file for the labels, tried before the built-in ones (a Korean font ships with "
+    "sdbatch; characters this font lacks fall back to it, DejaVu Sans and installed fonts)"
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     rows = load_rows(args.dir)
     sheets = write_grids(
         rows, args.x, args.y, args.z, args.where, args.max_megapixels, Path(args.dir), args.out,
-        scale,
+        scale, args.font,
     )  # fmt: skip
     for sheet in sheets:
         for note in sheet.notes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sdbatch import animate as anim
-from sdbatch import grid
+from sdbatch import fonts, grid
 from sdbatch import rows as row_tools
 from sdbatch.errors import UserError
 from sdbatch.gallery import gallery_data, script_json
@@ -109,17 +110,46 @@ def test_sheet_infotext_describes_the_axes(run6, tmp_path):
     assert 'X Values: "a, b, c"' in read_png_infotext(paths[0])
 
 
-def test_values_sort_numerically(tmp_path):
-    specs = [dict(cfg=c, style=s, colour=(10 * i, 0, 0)) for i, c in enumerate([10, 9, 7.5])
-             for s in ["10", "9", "x"]]  # fmt: skip
+def test_values_keep_the_recipe_order(tmp_path):
+    """A1111 keeps the order typed: cfg [10, 9, 7.5] stays 10, 9, 7.5 (not sorted), numbers
+    and variable values alike, and the cells follow."""
+    specs = [dict(cfg=c, style=s, colour=(10 * i, 20 * k, 0)) for i, c in enumerate([10, 9, 7.5])
+             for k, s in enumerate(["10", "9", "x"])]  # fmt: skip
+    rows = row_tools.load_rows(make_run(tmp_path, specs))
+    (sheet,) = grid.draw_grids(rows, "cfg", "vars.style")
+    info = parse_infotext(sheet.infotext).params
+    assert info["X Values"] == "10, 9, 7.5" and info["Y Values"] == "10, 9, x"
+    _, _, _, left = grid.label_metrics(64, 64)
+    top = sheet.image.height - 3 * 64
+    assert sheet.image.getpixel(cell_centre(left, top, 0, 1)) == (0, 20, 0)  # cfg 10, style 9
+    assert sheet.image.getpixel(cell_centre(left, top, 2, 0)) == (20, 0, 0)  # cfg 7.5, style 10
+
+
+def test_rows_distinct_still_sorts_numerically(tmp_path):
+    """The gallery's filters and the notes list values sorted, numbers numerically."""
+    specs = [dict(cfg=c, style=s) for c in [10, 9, 7.5] for s in ["10", "9", "x"]]
     rows = row_tools.load_rows(make_run(tmp_path, specs))
     assert row_tools.distinct(rows, "cfg") == [7.5, 9, 10]
     assert row_tools.distinct(rows, "vars.style") == ["9", "10", "x"]
     ordered = sorted(["nan", "2", None, "b", "10"], key=row_tools.sort_key)
     assert ordered == ["2", "10", "b", "nan", None]
-    (sheet,) = grid.draw_grids(rows, "cfg", "vars.style")
-    info = parse_infotext(sheet.infotext).params
-    assert info["X Values"] == "7.5, 9, 10" and info["Y Values"] == "9, 10, x"
+
+
+def test_values_follow_the_plan_not_the_file_order(tmp_path):
+    """Rows are ordered by the plan's batch number (a retried job's row lands later in the
+    manifest), then by run: a multirun sweep by job number, not by folder name."""
+    specs = [dict(cfg=c, batch=b, colour=(int(c) * 20, 0, 0))
+             for c, b in ((5.0, 1), (7.0, 2), (9.0, 0))]  # fmt: skip
+    rows = row_tools.load_rows(make_run(tmp_path / "one", specs))
+    (sheet,) = grid.draw_grids(rows, "cfg")
+    assert parse_infotext(sheet.infotext).params["X Values"] == "9, 5, 7"
+    reds = [sheet.image.getpixel((32 + 64 * i, sheet.image.height - 32))[0] for i in range(3)]
+    assert reds == [180, 100, 140]
+    for job, cfg in ((2, 2.0), (10, 1.0)):  # folder "10" sorts before "2" as text
+        run = make_run(tmp_path / "multi" / str(job), [dict(cfg=cfg, batch=0, hydra_job=job)])
+        assert run.is_dir()
+    (sheet,) = grid.draw_grids(row_tools.load_rows(tmp_path / "multi"), "cfg")
+    assert parse_infotext(sheet.infotext).params["X Values"] == "2, 1"
 
 
 def test_failed_nan_and_empty_cells_are_placeholders(tmp_path):
@@ -324,8 +354,8 @@ def test_cli_scale(run6, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["grid", str(run6), "--x", "vars.style", "--y", "cfg", "--scale", "2"])
     assert exc.value.code == 0
-    assert capsys.readouterr().out.strip().endswith("grid-vars.style-cfg.png (480x284)")
-    with Image.open(run6 / "grids" / "grid-vars.style-cfg.png") as im:
+    assert capsys.readouterr().out.strip().endswith("grid-vars.style-cfg-scale2.png (480x284)")
+    with Image.open(run6 / "grids" / "grid-vars.style-cfg-scale2.png") as im:
         assert im.size == (480, 284)
     for bad in ("0", "-1"):
         out = run6.parent / f"scale{bad}.png"
@@ -338,11 +368,12 @@ def test_cli_scale(run6, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["grid", str(run6), "--x", "cfg", "--scale", "big"])
     assert exc.value.code == 2 and "--scale: invalid int value: 'big'" in capsys.readouterr().err
-    assert sorted(p.name for p in (run6 / "grids").iterdir()) == ["grid-vars.style-cfg.png"]
+    names = sorted(p.name for p in (run6 / "grids").iterdir())
+    assert names == ["grid-vars.style-cfg-scale2.png"]
 
 
 @pytest.mark.parametrize("suffix", [".webp", ".gif"])
-def test_animation_frames_order_and_duration(tmp_path, suffix):
+def test_animation_frames_keep_the_recipe_order_and_duration(tmp_path, suffix):
     colours = {9.0: (0, 0, 255), 5.0: (255, 0, 0), 7.0: (0, 255, 0)}
     specs = [dict(cfg=c, colour=col) for c, col in colours.items()]
     specs.append(dict(cfg=11.0, status="failed", error="boom"))
@@ -357,7 +388,7 @@ def test_animation_frames_order_and_duration(tmp_path, suffix):
             im.seek(k)
             seen.append(im.convert("RGB").getpixel((2, 2)))  # loads the frame and its info
             assert im.info["duration"] == 120
-    expected = [(255, 0, 0), (0, 255, 0), (0, 0, 255), grid.COLOURS["failed"]]
+    expected = [(0, 0, 255), (255, 0, 0), (0, 255, 0), grid.COLOURS["failed"]]  # 9, 5, 7, 11
     for got, want in zip(seen, expected, strict=True):
         assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 8, (got, want)
 
@@ -396,8 +427,8 @@ def test_animation_notes_identical_frames_and_caption_keeps_them(tmp_path):
     ]
     assert anim.animate(rows, "cfg", tmp_path / "b.webp", caption=True) == []
     with Image.open(tmp_path / "b.webp") as im:
-        _, line_h, pad, _ = grid.label_metrics(64, 64)
-        assert (im.n_frames, im.size) == (2, (64, 64 + line_h + 2 * pad))
+        _, line_h, pad, _ = grid.label_metrics(64, 64)  # "CFG" / "scale: 5": two lines fit
+        assert (im.n_frames, im.size) == (2, (64, 64 + 2 * line_h + 2 * pad))
 
 
 def test_gallery_data_and_script_escaping(tmp_path):
@@ -412,3 +443,130 @@ def test_gallery_data_and_script_escaping(tmp_path):
     text = script_json(data)
     assert "<" not in text and ">" not in text and json.loads(text) == data
     assert {f["col"] for f in data["filters"]} >= {"status", "seed"}
+
+
+def ink_lines(image: Image.Image, box: tuple[int, int, int, int]) -> int:
+    """How many lines of text a region shows: bands of rows that hold dark pixels."""
+    crop = image.crop(box).convert("L").point(lambda v: 255 if v < 128 else 0)
+    lines, inside = 0, False
+    for v in range(crop.height):
+        dark = crop.crop((0, v, crop.width, v + 1)).getbbox() is not None
+        lines += dark and not inside
+        inside = dark
+    return lines
+
+
+def test_z_sheets_show_the_axis_and_its_value(tmp_path):
+    specs = [dict(style=s, cfg=c, sampler=m, colour=(0, 0, 0)) for s in ("a", "b") for c in CFGS
+             for m in ["Euler a", "DPM++ 2M Karras"]]  # fmt: skip
+    rows = row_tools.load_rows(make_run(tmp_path, specs))
+    sheets = grid.draw_grids(rows, "vars.style", "cfg", "sampler")
+    _, _, pad, left = grid.label_metrics(64, 64)
+    corner = {s.z: ink_lines(s.image, (0, 0, left, s.image.height - 2 * 64)) for s in sheets}
+    assert corner == {"Euler a": 2, "DPM++ 2M Karras": 3}  # "Sampler:" "DPM++ 2M" "Karras"
+    assert [s.z for s in sheets] == ["Euler a", "DPM++ 2M Karras"]  # the recipe's order
+    assert sheets[0].image.size == sheets[1].image.size
+    # no --y, so no corner: the z label is a title line above the column labels
+    no_y = grid.draw_grids(rows, "vars.style", None, "sampler")
+    for sheet in no_y:  # the title (one or two lines), then "style: a" and "style: b"
+        assert ink_lines(sheet.image, (0, 0, sheet.image.width, sheet.image.height - 64)) >= 2
+    assert (
+        no_y[0].image.crop((0, 0, 128, pad + 16)).tobytes()
+        != no_y[1].image.crop((0, 0, 128, pad + 16)).tobytes()
+    )  # each sheet says its own value
+
+
+def test_labels_wrap_at_spaces_and_break_only_a_word_too_long(tmp_path):
+    f = grid.font_for(12)
+    assert fonts.wrap("style: bob cut", f, f.getlength("style: bob")) == ["style: bob", "cut"]
+    assert fonts.wrap("CFG scale: 7", f, f.getlength("scale:")) == ["CFG", "scale:", "7"]
+    pieces = fonts.wrap("dreadlocks", f, 30)  # alone longer than the line: broken, in order
+    assert len(pieces) > 1 and "".join(pieces) == "dreadlocks"
+    assert all(f.getlength(p) <= 30 for p in pieces)
+    # 64-pixel cells at scale 1: "style: dreadlocks" is two lines, the word whole (smaller)
+    specs = [dict(style=s, colour=(200, 200, 200)) for s in ("dreadlocks", "twin tails")]
+    (sheet,) = grid.draw_grids(row_tools.load_rows(make_run(tmp_path, specs)), "vars.style")
+    top = sheet.image.height - 64
+    assert [ink_lines(sheet.image, (64 * i, 0, 64 * i + 64, top)) for i in range(2)] == [2, 2]
+    # row labels too tall for their cell get smaller or a wider band, never cut off
+    long = "a long variable value that would never fit a small cell's height at all"
+    specs = [dict(style=s, colour=(200, 200, 200)) for s in ("x", long)]
+    (sheet,) = grid.draw_grids(row_tools.load_rows(make_run(tmp_path / "long", specs, 32)),
+                               "cfg", "vars.style")  # fmt: skip
+    top = sheet.image.height - 2 * 32
+    assert sheet.image.width > grid.label_metrics(32, 32)[3] + 32  # the band widened
+    assert ink_lines(sheet.image, (0, top + 32, sheet.image.width - 32, top + 64)) >= 2
+    assert dark_pixels(sheet.image, (0, top + 31, sheet.image.width - 32, top + 33)) == 0
+
+
+def test_out_is_exact_with_one_sheet_and_default_names_follow_where_and_scale(run6, capsys):
+    here = run6.parent
+    args = ["grid", str(run6), "--x", "vars.style", "--z", "cfg"]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--where", "cfg == 5", "-o", str(here / "one.png")])
+    assert exc.value.code == 0 and sorted(p.name for p in here.glob("*.png")) == ["one.png"]
+    with pytest.raises(SystemExit):
+        main([*args, "-o", str(here / "many.png")])  # several sheets: each adds its z value
+    assert sorted(p.name for p in here.glob("many*")) == ["many-cfg=5.png", "many-cfg=7.png"]
+    capsys.readouterr()
+    printed = []
+    for extra in ([], ["--where", "cfg == 5"], ["--where", "cfg==5"], ["--where", "cfg > 5"],
+                  ["--scale", "2"], ["--where", "vars.style != b", "--scale", "2"],
+                  ["--where", "sampler == 'Euler a'"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            main(["grid", str(run6), "--x", "vars.style", *extra])
+        assert exc.value.code == 0
+        printed.append(Path(capsys.readouterr().out.split(" (")[0]).name)
+    assert printed[:6] == [
+        "grid-vars.style.png", "grid-vars.style-where-cfg=5.png",
+        "grid-vars.style-where-cfg=5.png",  # the same filter written differently: same file
+        "grid-vars.style-where-cfg-gt-5.png", "grid-vars.style-scale2.png",
+        "grid-vars.style-where-vars.style-ne-b-scale2.png",
+    ]  # fmt: skip
+    assert re.fullmatch(r"grid-vars\.style-where-sampler=Euler_a-[0-9a-f]{6}\.png", printed[6])
+    assert len({p.name for p in (run6 / "grids").iterdir()}) == 6
+    specs = [{"x": "vars.style", "where": "cfg == 5"}, {"x": "vars.style", "where": "cfg == 7"}]
+    paths = grid.draw_recipe_grids(run6, specs)
+    assert [p.name for p in paths] == ["grid-vars.style-where-cfg=5.png",
+                                       "grid-vars.style-where-cfg=7.png"]  # fmt: skip
+    for where in ("cfg == 5", "cfg == 7"):
+        with pytest.raises(SystemExit) as exc:
+            main(["animate", str(run6), "--axis", "vars.style", "--where", where])
+        assert exc.value.code == 0
+    names = sorted(p.name for p in (run6 / "animations").iterdir())
+    assert names == ["vars.style-where-cfg=5.webp", "vars.style-where-cfg=7.webp"]
+
+
+def test_animation_scale_draws_exact_pixel_blocks(run32, capsys):
+    out, sources = run32
+    args = ["animate", str(out), "--axis", "vars.style", "--where", "cfg == 5"]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--scale", "4"])
+    assert exc.value.code == 0
+    path = out / "animations" / "vars.style-where-cfg=5-scale4.webp"
+    assert capsys.readouterr().out.strip() == str(path)
+    with Image.open(path) as im:
+        assert (im.n_frames, im.size) == (3, (128, 128))
+        for k, style in enumerate(STYLES):
+            im.seek(k)
+            assert im.convert("RGB").tobytes() == blocks(sources[style, 5.0], 4).tobytes()
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--scale", "0", "-o", str(out / "bad.gif")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("error: --scale: 0 ")
+    assert not (out / "bad.gif").exists()
+
+
+def test_animation_captions_fit_small_frames(tmp_path):
+    specs = [dict(style=s, colour=(0, 0, 255)) for s in ("twin tails", "단발머리", "x")]
+    rows = row_tools.load_rows(make_run(tmp_path, specs, size=32))
+    assert anim.animate(rows, "vars.style", tmp_path / "c.webp", caption=True) == []
+    with Image.open(tmp_path / "c.webp") as im:
+        assert im.width == 32 and im.height > 32 + 2 * grid.label_metrics(32, 32)[1]
+        for k in range(im.n_frames):
+            im.seek(k)
+            band = im.convert("RGB").crop((0, 32, 32, im.height))
+            assert ink_lines(band, (0, 0, 32, band.height)) >= 2  # wrapped, not one cut line
+            for edge in ((0, 0, 1, band.height), (31, 0, 32, band.height),
+                         (0, band.height - 1, 32, band.height)):  # fmt: skip
+                assert dark_pixels(band, edge) == 0, (k, edge)  # nothing runs off the frame
