@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# A bare `torch` would pull a multi-GB CUDA build; pin the CPU wheel when none is installed.
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[test]"
+	@# The editable install maps recipes/ to sdbatch.recipes with an import hook, and setuptools
+	@# says so with an "Editable installation." notice each time: nothing to act on.
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[test]"
 	@touch $(STAMP)
 
 run: install  ## install if needed, then run the demo recipe (sdbatch +recipe=shapes_demo)
