@@ -259,10 +259,10 @@ def doc_env(home: Path) -> dict:
 
 def run_console(block: Block, cwd: Path, env: dict) -> Result:
     commands = console_commands(substitute(block.text))
-    script = []
+    script = ["__rc=0"]  # each command sees the exit code of the one before it, as $?
     for n, c in enumerate(commands):
-        script += [f"printf '\\n@@docs-cmd {n}\\n'", c.text,
-                   f"__rc=$?; printf '\\n@@docs-rc {n} %s\\n' $__rc; (exit $__rc)"]  # fmt: skip
+        script += [f"printf '\\n@@docs-cmd {n}\\n'; (exit $__rc)", c.text,
+                   f"__rc=$?; printf '\\n@@docs-rc {n} %s\\n' $__rc"]  # fmt: skip
     res = subprocess.run(["bash", "-c", "\n".join(script)], cwd=cwd, env=env, timeout=300,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     for n, c in enumerate(commands):
@@ -338,7 +338,7 @@ def run_section(blocks: list[Block], world: Path, where: Path, env: dict) -> dic
 
 @pytest.fixture(scope="module")
 def pool():
-    with ThreadPoolExecutor(max_workers=2) as executor:
+    with ThreadPoolExecutor(max_workers=3) as executor:
         yield executor
 
 
@@ -490,6 +490,12 @@ def test_block(block: Block, ran) -> None:
         check_console(block, result)
     else:
         assert result.rc == 0, f"{block.where} ({block.kind}) exited {result.rc}:\n{result.output}"
+
+
+def test_the_docs_say_how_their_example_outputs_are_made() -> None:
+    """The Manifest tools examples name the sweep they read; it is the one WORLD renders."""
+    sweep = " ".join([".venv/bin/sdbatch", *WORLD[1][1:]])
+    assert any(sweep in path.read_text(encoding="utf-8") for path in DOC_FILES), sweep
 
 
 def test_every_marker_names_a_known_kind_and_a_reason() -> None:
@@ -651,7 +657,7 @@ batch_size: 2
 """
 
 
-def test_the_nightly_example_stops_at_the_deadline_and_the_next_night_finishes(tmp_path):
+def two_nights(tmp_path: Path) -> None:
     """The crontab line and the systemd service, run as written against one folder: the first
     night is over before it starts (the deadline has passed: exit 4, the log says how to go on),
     the next night renders everything (exit 0)."""
@@ -693,3 +699,20 @@ def test_the_nightly_example_stops_at_the_deadline_and_the_next_night_finishes(t
     # both examples run the same command, and the service's exit codes say what a night means
     assert argv[1:] == command.split(".venv/bin/sdbatch ", 1)[1].split(" >>")[0].split()
     assert service["SuccessExitStatus"] == ["4"]
+
+
+@pytest.fixture(scope="module")
+def nights(request, tmp_path_factory, pool) -> Future | None:
+    wanted = any(item.name == "test_the_nightly_example_stops_and_resumes" for item in
+                 request.session.items)  # fmt: skip
+    return pool.submit(two_nights, tmp_path_factory.mktemp("nights")) if wanted else None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _started(nights, ran) -> None:
+    """Everything slow starts at once, side by side; each test then waits for its own part."""
+
+
+@pytest.mark.slow
+def test_the_nightly_example_stops_and_resumes(nights) -> None:
+    nights.result()
