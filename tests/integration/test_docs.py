@@ -355,12 +355,14 @@ def ran(request, tmp_path_factory, pool) -> dict[Block, Future]:
     home.mkdir()
     env = doc_env(home)
     world = tmp / "world"
-    world_done = pool.submit(run_world, world, env)
     sections: dict[tuple[Path, str], list[Block]] = {}
     for block in RUNNABLE:
         if executes(block) and block in selected:
             sections.setdefault((block.path, block.section), []).append(block)
     futures: dict[Block, Future] = {}
+    if not sections:
+        return futures
+    world_done = pool.submit(run_world, world, env)
 
     def section_job(n: int, blocks: list[Block]) -> dict:
         world_done.result()
