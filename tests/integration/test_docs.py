@@ -94,7 +94,7 @@ VOLATILE = [
     (re.compile(r"\b[0-9a-f]{64}\b"), "<sha256>"),
     (re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?( ?UTC|[+-]\d\d:\d\d|Z)?"), "<time>"),
     (re.compile(r"\d+(\.\d+)? ?(images|img)/s"), "<rate>"),
-    (re.compile(r"\b\d+(\.\d+)?(ms|s)\b"), "<duration>"),
+    (re.compile(r"\b(\d+h)?(\d+m)?\d+(\.\d+)?(ms|s)\b"), "<duration>"),
 ]
 MARKER = re.compile(r"^\s*<!--\s*docs:\s*(?P<kind>[\w-]+)\s*(?:\((?P<reason>.*)\))?\s*-->\s*$")
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*?)\s*$")
@@ -251,7 +251,10 @@ def console_commands(text: str) -> list[Command]:
 
 
 def doc_env(home: Path) -> dict:
-    env = sdbatch_env(HOME=str(home), HF_HOME=str(home / ".cache" / "huggingface"))
+    # One thread per process: the blocks run side by side, and torch's threads of several
+    # processes on two cores wait on each other (5x slower under load).
+    env = sdbatch_env(HOME=str(home), HF_HOME=str(home / ".cache" / "huggingface"),
+                      OMP_NUM_THREADS="1")  # fmt: skip
     env["SDBATCH_CACHE"] = str(home.parent / "sdbatch-cache")
     env.pop("SDBATCH_RECIPES", None)
     return env
@@ -558,6 +561,9 @@ def test_the_extractor_reads_markers_blocks_and_sections(tmp_path) -> None:
     assert [(c.text, c.expected) for c in console_commands(console.text)] == [("echo hi", ["hi"])]
     assert output_matches(["a", "...", "done in 1.5s"], ["a", "x", "y", "done in 2.0s"])
     assert output_matches(["file:///.../index.html"], ["file:///tmp/q/index.html"])
+    assert output_matches(
+        ["span: 2026-11-25 03:12:39 UTC (32.3s)"], ["span: 2026-12-03 09:30:59 UTC (1m11s)"]
+    )
     assert not output_matches(["Steps: 2"], ["Steps: 8"])
 
 
@@ -670,7 +676,8 @@ def two_nights(tmp_path: Path) -> None:
     (home / "my_recipes" / "big.yaml").write_text(BIG)
     # cron's environment: little more than HOME, a short PATH and /bin/sh
     env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh", "LOGNAME": "me",
-           "HF_HUB_OFFLINE": "1", "SDBATCH_CACHE": str(tmp_path / "cache")}  # fmt: skip
+           "HF_HUB_OFFLINE": "1", "SDBATCH_CACHE": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
     (entry,) = cron_entries((EXAMPLES / "sdbatch-nightly.crontab").read_text())
     command = entry[1]
     assert "run.deadline=07:00" in command
