@@ -36,8 +36,9 @@ Where the blocks run: each ``##`` section of a file starts in a fresh temporary 
 copy of ``outputs/`` as ``WORLD`` leaves it (the recipes below, rendered once per session) and a
 ``.venv`` link to this environment, so ``.venv/bin/sdbatch`` means what the README says; the
 blocks of one section share that folder in document order, as a reader following along would.
-``HOME`` is a temporary folder too. Text substitutions are kept to ``SUBSTITUTIONS``, each with
-its reason.
+``HOME`` is a temporary folder too, and each process gets one torch thread (sections run side by
+side). Text substitutions are kept to ``SUBSTITUTIONS``, each with its reason. ``extract(path)``
+reads any Markdown file, so a docs site only has to add its pages to ``DOC_FILES``.
 """
 
 from __future__ import annotations
