@@ -46,13 +46,13 @@ bench: install  ## benchmarks (see BENCHMARKS.md)
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache
 
-# The shapes-world embedded model (sdbatch/shapes, sdbatch/models/train_tiny.py).
+# The shapes-world embedded model (sdbatch/shapes, sdbatch/shapes/train.py).
 TINY_OUT  ?= build/sdbatch-shapes
 TINY_WORK ?= build/shapes-work
 .PHONY: train-tiny eval-tiny
 
 train-tiny: install  ## train the shapes model on CPU (~55 min on 2 cores, resumable) into build/sdbatch-shapes
-	$(PY) -m sdbatch.models.train_tiny --out $(TINY_OUT) --work $(TINY_WORK) --threads 2
+	$(PY) -m sdbatch.shapes.train --out $(TINY_OUT) --work $(TINY_WORK) --threads 2
 
 eval-tiny: install  ## judge the trained model: every sampler, CFG 7 and 1, 20 steps
-	$(PY) -m sdbatch.models.eval_tiny --model $(TINY_OUT) --out build/eval-tiny/report.md
+	$(PY) -m sdbatch.shapes.evaluate --model $(TINY_OUT) --out build/eval-tiny/report.md

@@ -26,7 +26,7 @@ from diffusers import StableDiffusionPipeline
 from workloads import batches  # bench/ is sys.path[0] when run as a script
 
 from sdbatch.models import EMBEDDED_MODEL_PATH
-from sdbatch.samplers import build_scheduler, resolve_sampler
+from sdbatch.plan.samplers import build_scheduler, resolve_sampler
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdbatch.manifest import SCHEMA, Manifest  # noqa: E402
+from sdbatch.outputs.manifest import SCHEMA, Manifest  # noqa: E402
 
 TOOLS = str(Path(sys.executable).parent / "sdbatch-tools")
 T0_US = 1_795_000_000 * 1_000_000
@@ -158,7 +158,8 @@ def main() -> None:
         build = [py, __file__, "--build", str(tmp), "--rows", str(args.rows),
                  "--outputs", str(args.outputs), "--files", str(args.files)]  # fmt: skip
         report(f"build ({args.outputs} output folder(s))", *timed(*build))
-        scan = ("import sys; from pathlib import Path; from sdbatch.manifest import Manifest; "
+        scan = ("import sys; from pathlib import Path; "
+                "from sdbatch.outputs.manifest import Manifest; "
                 "print(sum(Manifest(m).read(['job_id', 'status', 'image', 'image_sha256'])"
                 ".num_rows for m in Path(sys.argv[1]).rglob('manifest')), 'rows')")  # fmt: skip
         report("Manifest.read, 4 columns (verify's scan)", *timed(py, "-c", scan, outputs))

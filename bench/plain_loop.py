@@ -4,7 +4,7 @@
 (a') the same loop hand-batched by seed: one call per (prompt, sampler, cfg) with
 ``num_images_per_prompt=len(seeds)`` and one generator per seed.
 
-The scheduler comes from ``sdbatch.samplers.build_scheduler`` so "Euler a" is the same
+The scheduler comes from ``sdbatch.plan.samplers.build_scheduler`` so "Euler a" is the same
 scheduler as in sdbatch (a pure module: it costs no extra imports). Progress bars are off, as in
 sdbatch's timed run. Jobs come from the JSON the harness wrote, so every way renders the same
 set; images are named ``<index>.png``. The last stdout line is JSON with the moment the model
@@ -25,7 +25,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from sdbatch.models import EMBEDDED_MODEL_PATH
-from sdbatch.samplers import build_scheduler, resolve_sampler
+from sdbatch.plan.samplers import build_scheduler, resolve_sampler
 
 
 def main() -> None:

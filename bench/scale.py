@@ -59,7 +59,7 @@ def child_plan() -> dict:
     import resource
 
     import sdbatch.config  # noqa: F401  (build_plan imports it for the recipe folders)
-    from sdbatch.recipe import build_plan
+    from sdbatch.plan.recipe import build_plan
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
@@ -132,7 +132,7 @@ def table(n: int, start: int = 0):
     """A pyarrow table of n rows with sdbatch's manifest SCHEMA, whatever its columns are."""
     import pyarrow as pa
 
-    from sdbatch.manifest import SCHEMA
+    from sdbatch.outputs.manifest import SCHEMA
 
     cols = _columns(n, start)
     arrays = []
@@ -189,8 +189,8 @@ def child_resume(folder: str) -> dict:
     timing; both reported), so all ROWS jobs come out done; the dentry cache is warm."""
     import shutil
 
-    from sdbatch.manifest import Manifest
-    from sdbatch.resume import scan_manifest
+    from sdbatch.outputs.manifest import Manifest
+    from sdbatch.run.resume import scan_manifest
 
     jobs = [SimpleNamespace(job_id=f"{i:016x}") for i in range(ROWS)]  # reads only .job_id
     out = Path(folder).parent
@@ -222,7 +222,7 @@ def child_resume(folder: str) -> dict:
 
 def child_append(folder: str, empty_root: str) -> dict:
     """Median time of appending one 4-row batch: to empty manifests, then to the 1M-row one."""
-    from sdbatch.manifest import Manifest
+    from sdbatch.outputs.manifest import Manifest
 
     rows = table(4, start=ROWS + 10).to_pylist()
 
@@ -252,7 +252,7 @@ def child_append(folder: str, empty_root: str) -> dict:
 
 def child_compact(folder: str) -> dict:
     """The runner's compaction (new parts only) beside a full rewrite, at ROWS rows."""
-    from sdbatch.manifest import Manifest
+    from sdbatch.outputs.manifest import Manifest
 
     manifest = Manifest(folder)
     manifest.append(table(4, start=ROWS + 100).to_pylist())

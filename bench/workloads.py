@@ -2,8 +2,9 @@
 
 Pure Python (no torch): imported by the harness and by the worker scripts. ``Workload.jobs()``
 lists jobs in sdbatch's plan order (sampler -> cfg -> prompt -> seed, outermost first) and
-``batches()`` mirrors ``sdbatch.recipe.make_batches``, so the compute-alone script runs the same
-forward passes as sdbatch. The same workload is written as a recipe for ``sdbatch +recipe=...``.
+``batches()`` mirrors ``sdbatch.plan.recipe.make_batches``, so the compute-alone script runs
+the same forward passes as sdbatch. The same workload is written as a recipe for
+``sdbatch +recipe=...``.
 
 Prompts are plain on purpose (no emphasis, well under 75 tokens, no ``{``/``|``/``__``): then
 sdbatch's A1111 encoder is bit-identical to diffusers' ``encode_prompt`` and images can be

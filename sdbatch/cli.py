@@ -25,11 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import sdbatch.config as config  # registers the schema and the recipes
-from sdbatch import __version__, gpus
+from sdbatch import __version__
 from sdbatch.errors import RecipeError, UserError, quiet_broken_pipe
 from sdbatch.overrides import a1111_argv, normal_form
-from sdbatch.recipe_files import OUTPUT_ROOT, check_name, inside_outputs
-from sdbatch.run_settings import PIXEL_RUN_KEYS
+from sdbatch.plan.recipe_files import OUTPUT_ROOT, check_name, inside_outputs
+from sdbatch.plan.run_settings import PIXEL_RUN_KEYS
+from sdbatch.run import gpus
 
 EXIT_BAD_INPUT = 2
 EXIT_ABORTED = 130  # the shell's code for Ctrl-C
@@ -64,7 +65,7 @@ def job_folder(overrides: list[str], job_num: int) -> str:
 
 def pick_gpu(cfg: DictConfig) -> None:
     """A multirun job with ``run.device=auto`` on a machine with several visible GPUs takes one
-    of them (GPU ``hydra.job.num % N``; sdbatch/gpus.py) before torch initialises CUDA."""
+    of them (GPU ``hydra.job.num % N``; sdbatch/run/gpus.py) before torch initialises CUDA."""
     try:
         hc = HydraConfig.get()
     except ValueError:
@@ -125,7 +126,7 @@ def check_composed(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> int:
     """Compose -> plain dict -> runner. Returns the exit code."""
-    from sdbatch.runner import execute
+    from sdbatch.run.runner import execute
 
     check_composed(cfg)
     pick_gpu(cfg)

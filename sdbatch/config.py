@@ -2,7 +2,7 @@
 
 Every field has a type and a default, so a misspelt key fails at compose time with Hydra's own
 message. Sweep axes are typed ``Any`` because each accepts a scalar *or* a list (OmegaConf has
-no unions); `sdbatch.recipe` validates their values.
+no unions); `sdbatch.plan.recipe` validates their values.
 
 Recipes live in the top-level ``recipes/`` folder, which is packaged as ``sdbatch.recipes``.
 Hydra maps the config group ``recipe`` to a folder named ``recipe/``, so instead of renaming the
@@ -22,7 +22,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from sdbatch.recipe_files import RECIPE_NAME, RecipeFileError, load_recipe
+from sdbatch.plan.recipe_files import RECIPE_NAME, RecipeFileError, load_recipe
 
 RECIPES_ENV = "SDBATCH_RECIPES"
 
@@ -113,7 +113,7 @@ def available_recipes() -> dict[str, Path]:
     return found
 
 
-# Recipes that failed to load or to pass the checks of sdbatch.recipe_files: name -> reason.
+# Recipes that failed to load or to pass the checks of sdbatch.plan.recipe_files: name -> reason.
 # They are not registered, so only a run that asks for one fails (with this reason).
 PROBLEMS: dict[str, str] = {}
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from sdbatch.recipe_files import escape_foreign
+from sdbatch.plan.recipe_files import escape_foreign
 
 TEXT_KEYS = ("prompt", "negative_prompt", "template", "name")
 AXIS_KEYS = ("sampler", "steps", "cfg", "size", "seeds", "subseed")
@@ -78,7 +78,7 @@ def normal_form(overrides: list[str]) -> str | None:
     """The overrides that decide the job, in one order and spelling: ``+`` prefixes dropped,
     ``~key`` replaced by the value given after it, cosmetic keys (``run.*`` except the ones that
     decide pixels, ``output.*``, Hydra's own) left out, sorted. None when nothing is left."""
-    from sdbatch.run_settings import PIXEL_RUN_KEYS
+    from sdbatch.plan.run_settings import PIXEL_RUN_KEYS
 
     values: dict[str, str] = {}
     for item in overrides:

@@ -1,7 +1,7 @@
 """Tiny SD-1.x UNet and VAE for tests, shaped by the embedded model's own configs.
 
 One source of truth for the shapes (the embedded model's */config.json, see
-sdbatch/models/shapes_model.py), seeded random weights so each test file can build its own
+sdbatch/shapes/model.py), seeded random weights so each test file can build its own
 pipeline without the trained weights.
 """
 

@@ -33,9 +33,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbatch.animate import animate, default_path
-    from sdbatch.grid import check_scale
-    from sdbatch.rows import load_rows
+    from sdbatch.outputs.reading import load_rows
+    from sdbatch.views.animate import animate, default_path
+    from sdbatch.views.grid import check_scale
 
     scale = check_scale(args.scale)
     out = Path(args.out) if args.out else default_path(args.dir, args.axis, args.where, scale)

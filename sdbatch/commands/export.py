@@ -1,6 +1,6 @@
 """``sdbatch-tools export DIR... --format imagefolder -o OUT``: images + metadata for ``datasets``.
 
-The logic lives in ``sdbatch.export`` (pyarrow only), imported when the command runs.
+The logic lives in ``sdbatch.outputs.export`` (pyarrow only), imported when the command runs.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbatch.export import export_imagefolder
-    from sdbatch.manifest_tools import all_sources
+    from sdbatch.outputs.export import export_imagefolder
+    from sdbatch.outputs.manifest_tools import all_sources
 
     result = export_imagefolder(all_sources(args.dirs), args.output, link=not args.copy)
     how = ", ".join(

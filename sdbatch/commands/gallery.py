@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbatch.gallery import build_gallery
+    from sdbatch.views.gallery import build_gallery
 
     out, n = build_gallery(args.dir, args.out, args.thumbs)
     print(f"{out} ({n} images); open it in a browser: file://{out.resolve()}")

@@ -44,8 +44,8 @@ FONT_HELP = (
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbatch.grid import check_scale, write_grids
-    from sdbatch.rows import load_rows
+    from sdbatch.outputs.reading import load_rows
+    from sdbatch.views.grid import check_scale, write_grids
 
     scale = check_scale(args.scale)
     rows = load_rows(args.dir)

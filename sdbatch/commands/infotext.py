@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def _text(file: str, info, header: bool) -> str:
-    from sdbatch.replay import one_line
+    from sdbatch.views.replay import one_line
 
     def block(label: str, value: str) -> str:
         # continuation lines indented; escape sequences from the image shown, never acted on
@@ -40,8 +40,8 @@ def _text(file: str, info, header: bool) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Prints every readable image; a file without infotext is one error line, exit code 2."""
-    from sdbatch.infotext import parse_infotext
-    from sdbatch.replay import read_infotext_file
+    from sdbatch.outputs.infotext import parse_infotext
+    from sdbatch.views.replay import read_infotext_file
 
     several = len(args.images) > 1
     found, failed = [], 0

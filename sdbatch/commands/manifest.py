@@ -1,8 +1,9 @@
 """``sdbatch-tools manifest summary|merge|verify|repair DIR...``: one table from many manifests.
 
 DIR is an output folder, a manifest folder, or a folder above many (a multirun sweep). The logic
-lives in ``sdbatch.manifest_tools`` (pyarrow only), imported when a subcommand runs. ``repair``
-does what a run does first (``sdbatch.heal``), for folders whose recipe is not at hand.
+lives in ``sdbatch.outputs.manifest_tools`` (pyarrow only), imported when a subcommand runs.
+``repair`` does what a run does first (``sdbatch.outputs.heal``), for folders whose recipe is not
+at hand.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _duration(seconds: float) -> str:
 
 def format_summary(s) -> str:
     """A ``manifest_tools.Summary`` as plain aligned text."""
-    from sdbatch.manifest_tools import rate
+    from sdbatch.outputs.manifest_tools import rate
 
     where = s.manifests[0] if len(s.manifests) == 1 else f"{len(s.manifests)} output folders"
     counts = ", ".join(f"{k} {v}" for k, v in s.status.items())
@@ -98,7 +99,7 @@ def format_summary(s) -> str:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from sdbatch.manifest_tools import all_sources, summarize
+    from sdbatch.outputs.manifest_tools import all_sources, summarize
 
     summary = summarize(all_sources(args.dirs), args.by)
     if args.json:
@@ -109,7 +110,7 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from sdbatch.manifest_tools import all_sources, merge
+    from sdbatch.outputs.manifest_tools import all_sources, merge
 
     result = merge(all_sources(args.dirs), args.output)
     dropped = f", {result.dropped} duplicate jobs dropped" if result.dropped else ""
@@ -121,7 +122,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from sdbatch.manifest_tools import all_sources, verify
+    from sdbatch.outputs.manifest_tools import all_sources, verify
 
     result = verify(all_sources(args.dirs), args.workers)
     for line in result.problems:
@@ -137,10 +138,10 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_repair(args: argparse.Namespace) -> int:
     """What a run does before it starts, without a recipe: images with no row get one from
     their PNG infotext. Takes each output folder's lock (exit code 5 while a run holds it)."""
-    from sdbatch.control import OutputLock
-    from sdbatch.heal import heal_output
-    from sdbatch.manifest import Manifest
-    from sdbatch.manifest_tools import all_sources
+    from sdbatch.outputs.heal import heal_output
+    from sdbatch.outputs.manifest import Manifest
+    from sdbatch.outputs.manifest_tools import all_sources
+    from sdbatch.run.control import OutputLock
 
     for s in all_sources(args.dirs):
         with OutputLock(s.out_dir):

@@ -43,7 +43,7 @@ def _token_label(tokenizer, token: int, weight: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbatch.prompts import is_break, parse_attention, prompt_chunks
+    from sdbatch.plan.prompts import is_break, parse_attention, prompt_chunks
 
     runs = parse_attention(args.text)
     if args.json:

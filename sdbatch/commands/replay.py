@@ -18,8 +18,8 @@ import re
 import sys
 from pathlib import Path
 
-from sdbatch.atomic import atomic_file
 from sdbatch.errors import UserError
+from sdbatch.outputs.atomic import atomic_file
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
@@ -45,7 +45,7 @@ def register(sub) -> None:
 
 def _names(args: argparse.Namespace, to_file: Path | None) -> list[str]:
     """One recipe name per image, unique, usable as ``+recipe=NAME``."""
-    from sdbatch.replay import default_name
+    from sdbatch.views.replay import default_name
 
     n = len(args.images)
     if args.name:
@@ -68,7 +68,7 @@ def _names(args: argparse.Namespace, to_file: Path | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbatch.replay import read_infotext_file, recipe_from_infotext
+    from sdbatch.views.replay import read_infotext_file, recipe_from_infotext
 
     out = Path(args.output).expanduser() if args.output else None
     to_file = out if out is not None and out.suffix.lower() in (".yaml", ".yml") else None
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _warn(image: str, warnings: list[str]) -> None:
     """Warnings quote the image's own text: shown escaped, one line each."""
-    from sdbatch.replay import one_line
+    from sdbatch.views.replay import one_line
 
     for warning in warnings:
         print(f"warning: {one_line(image)}: {one_line(warning)}", file=sys.stderr)

@@ -56,7 +56,7 @@ schedule and reading back its ``sigmas`` (20 steps, SD's betas):
 4. Fractional t, interpolated linearly (k-diffusion: log-linearly), a final 0 appended. Exact
    sigmas (1e-7) need t chosen so that diffusers' linear interpolation lands on them, which
    hands the UNet a t a fraction of a step off k-diffusion's; k-diffusion's t give 3e-3 (Karras).
-5. Through the API; a subclass that replaces ``set_timesteps``, as ``sdbatch.a1111_schedules``
+5. Through the API; a subclass that replaces ``set_timesteps``, as ``sdbatch.render.schedulers``
    does for KDPM2, can run any of them.
 6. A1111 ignores the schedule type for DDIM and PLMS.
 

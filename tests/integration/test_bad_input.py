@@ -219,7 +219,7 @@ def test_command_line_keeps_hydra_power_a_recipe_does_not(user_recipes, monkeypa
 
 def test_a_read_only_folder_of_finished_work_reports_what_is_done(tmp_path, monkeypatch, capsys):
     """All jobs done and the folder cannot be locked (read-only): the summary says so, exit 0."""
-    from sdbatch import runner
+    from sdbatch.run import runner
     from tests.conftest import quick_cfg
 
     out = tmp_path / "out"
@@ -260,7 +260,7 @@ def test_tools_refuse_crafted_and_damaged_folders(tmp_path, capsys, argv, craft,
     import hashlib
 
     from sdbatch import tools
-    from sdbatch.manifest import Manifest
+    from sdbatch.outputs.manifest import Manifest
     from tests.unit.test_manifest import row
 
     secret = tmp_path / "secret.txt"

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sdbatch.infotext import parse_infotext, read_png_infotext
+from sdbatch.outputs.infotext import parse_infotext, read_png_infotext
 from tests.conftest import BIN, ROOT, sdbatch_env
 
 SDBATCH = str(BIN / "sdbatch")

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from transformers import CLIPTokenizer
 
 from sdbatch.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_PATH
-from sdbatch.models.clip_files import folder_bytes
+from sdbatch.shapes.clip_files import folder_bytes
 from sdbatch.shapes.judge import judge
 from tests.conftest import BIN, sdbatch_env
 
@@ -152,7 +152,7 @@ def draw(out, *overrides: str) -> dict[str, np.ndarray]:
         timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    from sdbatch.infotext import read_png_infotext
+    from sdbatch.outputs.infotext import read_png_infotext
 
     images = {}
     for png in sorted((out / "images").glob("*.png")):
@@ -224,9 +224,9 @@ def test_emphasis_moves_the_colour_of_two_colour_captions():
     12 seeds: first colour 49/72 vs 11/72, second colour 19/72 vs 54/72 (plain: 26/72 and
     36/72). Here the same measurement (`eval_tiny.emphasis`) on 4 seeds with weights 2 / 0.5
     and 0.5 / 2 (measured: first colour 22/24 vs 0/24, second 2/24 vs 24/24)."""
-    from sdbatch.checkpoints import resolve_model
-    from sdbatch.models.eval_tiny import emphasis
-    from sdbatch.pipeline import Renderer
+    from sdbatch.plan.checkpoints import resolve_model
+    from sdbatch.render.pipeline import Renderer
+    from sdbatch.shapes.evaluate import emphasis
 
     model = resolve_model({})
     renderer = Renderer.load(model, device="cpu")

@@ -1,4 +1,4 @@
-"""A1111-style prompt encoding (sdbatch.encode) against diffusers, on a tiny random pipeline.
+"""A1111-style prompt encoding (sdbatch.render.encode) against diffusers, on a tiny random pipeline.
 
 The components are built here the way diffusers' own pipeline tests build them, so the test
 depends only on the committed CLIP tokenizer files, not on any other model folder.
@@ -12,8 +12,8 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from sdbatch.encode import chunk_count, encode_prompt_pair, prompt_chunks
 from sdbatch.models import EMBEDDED_MODEL_PATH
+from sdbatch.render.encode import chunk_count, encode_prompt_pair, prompt_chunks
 from tests.tiny import tiny_unet, tiny_vae
 
 TOKENIZER_DIR = EMBEDDED_MODEL_PATH / "tokenizer"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sdbatch.manifest import SCHEMA, Manifest
-from sdbatch.runner import execute
+from sdbatch.outputs.manifest import SCHEMA, Manifest
+from sdbatch.run.runner import execute
 from tests.conftest import BIN, quick_cfg, sdbatch_env
 
 

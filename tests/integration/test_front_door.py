@@ -10,8 +10,8 @@ import subprocess
 import pyarrow.parquet as pq
 import pytest
 
-from sdbatch import runner
 from sdbatch.overrides import a1111_argv, normal_form
+from sdbatch.run import runner
 from tests.conftest import BIN, quick_cfg, run_cli, sdbatch_env
 
 DRY = ["+recipe=quick", "run.dry_run=true", "run.device=cpu"]

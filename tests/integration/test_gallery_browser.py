@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sdbatch.gallery import PAGE_SIZE, build_gallery
-from sdbatch.manifest import Manifest
+from sdbatch.outputs.manifest import Manifest
+from sdbatch.views.gallery import PAGE_SIZE, build_gallery
 from tests.unit.test_grid import NOW, make_run
 
 CHROMIUM = Path("/usr/bin/chromium")

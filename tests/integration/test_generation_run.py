@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from sdbatch.infotext import parse_infotext, read_png_infotext
-from sdbatch.runner import execute
+from sdbatch.outputs.infotext import parse_infotext, read_png_infotext
+from sdbatch.run.runner import execute
 from tests.conftest import quick_cfg
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from sdbatch.runner import execute
+from sdbatch.run.runner import execute
 from tests.conftest import quick_cfg
 
 

@@ -4,7 +4,7 @@ Real processes with the tiny model on the CPU: Hydra's basic launcher, the jobli
 (hydra/launcher=local) and submitit's local executor. Slurm without a cluster: the sbatch script
 submitit would submit for hydra/launcher=slurm, against tests/data/slurm_golden.sbatch
 (UPDATE_GOLDEN=1 rewrites it). Ray only where its plugin is installed. The GPU choice of
-sdbatch/gpus.py with made-up GPU lists.
+sdbatch/run/gpus.py with made-up GPU lists.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from sdbatch import gpus
 from sdbatch.cli import job_folder
+from sdbatch.run import gpus
 from tests.conftest import BIN, ROOT, sdbatch_env
 
 SDBATCH = str(BIN / "sdbatch")
@@ -261,7 +261,7 @@ def test_wheel_ships_the_launcher_configs(tmp_path):
     assert "gpus_per_task: 1" in show.stdout and "max_num_timeout: 3" in show.stdout
 
 
-# --- GPU choice (sdbatch/gpus.py), with made-up GPUs ----------------------------------------
+# --- GPU choice (sdbatch/run/gpus.py), with made-up GPUs ----------------------------------------
 
 SMI_4 = "\n".join(f"GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i}aaa-bbb)" for i in range(4))
 SMI_MIG = """GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5d5ba0d6-d33d)
@@ -321,7 +321,7 @@ def test_pin_narrows_cuda_visible_devices_once(tmp_path, release_locks):
 TWO = "GPU 0: NVIDIA L4 (UUID: GPU-0)\nGPU 1: NVIDIA L4 (UUID: GPU-1)\n"
 HOLDER = """
 import pathlib, sys
-from sdbatch import gpus
+from sdbatch.run import gpus
 env = {}
 gpus.pin(0, env=env, smi=lambda: sys.argv[1], locks=pathlib.Path(sys.argv[2]))
 print(env["CUDA_VISIBLE_DEVICES"], flush=True)

@@ -1,4 +1,4 @@
-"""Settings that decide the pixels (sdbatch/run_settings.py): the dtype is part of a job's
+"""Settings that decide the pixels (sdbatch/plan/run_settings.py): the dtype is part of a job's
 identity, of a multirun job's folder and of its manifest row; the device is recorded per row."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 
 from sdbatch.cli import job_folder
-from sdbatch.recipe import build_plan
-from sdbatch.runner import execute
+from sdbatch.plan.recipe import build_plan
+from sdbatch.run.runner import execute
 from tests.conftest import quick_cfg
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from sdbatch.runner import execute
+from sdbatch.run.runner import execute
 from tests.conftest import quick_cfg
 
 

@@ -20,7 +20,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from sdbatch.infotext import parse_infotext, png_info, read_png_infotext
+from sdbatch.outputs.infotext import parse_infotext, png_info, read_png_infotext
 from tests.conftest import BIN, ROOT, sdbatch_env
 
 SAMPLES_FILE = Path(__file__).resolve().parents[1] / "data" / "a1111-infotext-samples.txt"

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from sdbatch.samplers import SAMPLERS, build_scheduler  # noqa: E402
+from sdbatch.plan.samplers import SAMPLERS, build_scheduler  # noqa: E402
 from tests.tiny import tiny_unet, tiny_vae  # noqa: E402
 
 # Stable Diffusion 1.5's scheduler_config.json.
@@ -251,8 +251,9 @@ def _kdiffusion_dpm2(sigmas, x, denoise, ancestral, noise):
 
 @pytest.mark.parametrize("name", ["DPM2", "DPM2 a", "DPM2 Karras", "DPM2 a Karras"])
 def test_dpm2_family_steps_like_a1111(name):
-    """Every step of diffusers + sdbatch.a1111_schedules equals k-diffusion's loop on A1111's sigmas
-    (steps + 1 of them, the next-to-last dropped): same sigmas, midpoints, noise and result."""
+    """Every step of diffusers + sdbatch.render.schedulers equals k-diffusion's loop on A1111's
+    sigmas (steps + 1 of them, the next-to-last dropped): same sigmas, midpoints, noise and
+    result."""
     ancestral = " a" in name
     scheduler = build_scheduler(SAMPLERS[name], SD15_SCHEDULER)
     scheduler.set_timesteps(10)
@@ -317,7 +318,7 @@ def _a1111_timesteps_loop(x, eps, steps, plms):
 @pytest.mark.parametrize("steps", [20, 30])
 @pytest.mark.parametrize("name", ["DDIM", "PLMS"])
 def test_ddim_and_plms_step_like_a1111(name, steps):
-    """diffusers + sdbatch.a1111_schedules equals A1111's loop: the same timesteps evaluated
+    """diffusers + sdbatch.render.schedulers equals A1111's loop: the same timesteps evaluated
     (30 steps: 30 calls from t=991, where diffusers' own grid starts at 958), the same result."""
     scheduler = build_scheduler(SAMPLERS[name], SD15_SCHEDULER)
     scheduler.set_timesteps(steps)

@@ -18,11 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sdbatch.checkpoints import SHIPPED_CONFIGS, resolve_models
-from sdbatch.loading import load_tokenizer, load_vae
 from sdbatch.models import EMBEDDED_MODEL_PATH
-from sdbatch.pipeline import Renderer
-from sdbatch.recipe import build_plan
+from sdbatch.plan.checkpoints import SHIPPED_CONFIGS, resolve_models
+from sdbatch.plan.recipe import build_plan
+from sdbatch.render.loading import load_tokenizer, load_vae
+from sdbatch.render.pipeline import Renderer
 from tests.conftest import quick_cfg
 
 TINY = EMBEDDED_MODEL_PATH

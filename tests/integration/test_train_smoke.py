@@ -11,8 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sdbatch.models import eval_tiny, shapes_model  # noqa: E402
-from sdbatch.models.train_tiny import TrainConfig, Trainer, lr_factor  # noqa: E402
+from sdbatch.shapes import evaluate as eval_tiny  # noqa: E402
+from sdbatch.shapes import model as shapes_model  # noqa: E402
+from sdbatch.shapes.train import TrainConfig, Trainer, lr_factor  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +85,7 @@ def test_train_interrupt_resume_export_and_render(tmp_path):
     ).images
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
     card = (out / "README.md").read_text(encoding="utf-8")
-    assert "python -m sdbatch.models.train_tiny" in card and "--vae-steps 3" in card
+    assert "python -m sdbatch.shapes.train" in card and "--vae-steps 3" in card
     assert (out / "training_loss.png").is_file()
     assert json.loads((out / "model_index.json").read_text())["_name_or_path"] == "sdbatch-shapes"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sdbatch.axes import expand_axis
 from sdbatch.errors import RecipeError
-from sdbatch.recipe import build_plan
+from sdbatch.plan.axes import expand_axis
+from sdbatch.plan.recipe import build_plan
 from tests.conftest import quick_cfg
 
 

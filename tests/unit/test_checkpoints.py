@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from sdbatch import hashing
-from sdbatch.checkpoints import (
+from sdbatch.errors import RecipeError
+from sdbatch.plan import hashing
+from sdbatch.plan.checkpoints import (
     SHIPPED_CONFIGS,
     Model,
     checkpoint_family,
@@ -27,9 +28,8 @@ from sdbatch.checkpoints import (
     list_checkpoints,
     resolve_models,
 )
-from sdbatch.errors import RecipeError
-from sdbatch.recipe import build_plan
-from sdbatch.runner import infotext_for
+from sdbatch.plan.recipe import build_plan
+from sdbatch.run.runner import infotext_for
 from tests.conftest import ROOT, quick_cfg
 
 UNET = "model.diffusion_model.input_blocks.0.0.weight"
@@ -112,7 +112,9 @@ def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path):
         resolve_models({"path": str(ckpt)})
     message = str(err.value)
     assert message.startswith("model.path: ") and "old.ckpt" in message
-    assert "convert it to .safetensors or pass model.allow_pickle=true on the command line" in message
+    assert (
+        "convert it to .safetensors or pass model.allow_pickle=true on the command line" in message
+    )
     model = resolve_models({"path": str(ckpt), "allow_pickle": True})[0]
     assert (model.family, model.name) == ("sd1", "old")
     assert model.config == str(SHIPPED_CONFIGS["sd1"])
@@ -386,7 +388,7 @@ def test_a_damaged_hash_cache_costs_a_reread_not_a_traceback(tmp_path, monkeypat
 
 def test_resolving_models_imports_no_torch(models_dir):
     code = (
-        "import sys; from sdbatch.checkpoints import resolve_models; "
+        "import sys; from sdbatch.plan.checkpoints import resolve_models; "
         f"resolve_models({{'dir': {str(models_dir)!r}, 'name': 'sd_xl_base_1.0'}}); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

@@ -1,4 +1,4 @@
-"""The CLIP tokenizer conversion (``sdbatch.models.clip_files``) on a synthetic BPE file.
+"""The CLIP tokenizer conversion (``sdbatch.shapes.clip_files``) on a synthetic BPE file.
 
 The real input (open_clip's ``bpe_simple_vocab_16e6.txt.gz``) is not on this machine; the
 shipped vocab is checked against CLIP's real ids in tests/integration/test_embedded_model.py.
@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from sdbatch.models import clip_files as cf
+from sdbatch.shapes import clip_files as cf
 
 
 def fake_bpe(n_merges: int) -> bytes:

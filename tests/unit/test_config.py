@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 import sdbatch.config as config
-from sdbatch.recipe import build_plan
+from sdbatch.plan.recipe import build_plan
 
 SHIPPED = ["cfg_sweep", "hair_styles", "quick", "sampler_comparison"]
 
@@ -46,7 +46,7 @@ def test_command_line_overrides_replace_a_swept_axis_with_a_scalar():
 
 
 def test_sampler_comparison_has_every_sampler():
-    from sdbatch.samplers import SAMPLERS
+    from sdbatch.plan.samplers import SAMPLERS
 
     plan = build_plan(composed("+recipe=sampler_comparison"))
     assert sorted(j.sampler for j in plan.jobs) == sorted(SAMPLERS)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from sdbatch import fonts, grid
-from sdbatch import rows as row_tools
+from sdbatch.outputs import reading as row_tools
 from sdbatch.tools import main
+from sdbatch.views import fonts, grid
 from tests.unit.test_grid import make_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def test_grid_labels_in_korean(korean_run):
 
 
 def test_animation_captions_in_korean(korean_run, tmp_path):
-    from sdbatch import animate as anim
+    from sdbatch.views import animate as anim
 
     rows = row_tools.load_rows(korean_run)
     assert anim.animate(rows, "vars.style", tmp_path / "k.webp", caption=True) == []
@@ -160,6 +160,6 @@ def test_the_font_and_its_licence_are_package_data():
     assert "SIL OPEN FONT LICENSE" in licence and "Version 1.1" in licence
     assert fonts.BUNDLED.name in licence
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    patterns = data["package-data"]["sdbatch"]
+    patterns = data["package-data"]["sdbatch.views"]
     for name in shipped:
         assert any(fnmatch.fnmatch(f"fonts/{name}", p) for p in patterns), name

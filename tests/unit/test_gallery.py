@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from sdbatch import rows as row_tools
-from sdbatch.gallery import build_gallery, gallery_data
+from sdbatch.outputs import reading as row_tools
+from sdbatch.views.gallery import build_gallery, gallery_data
 from tests.unit.test_grid import make_run
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sdbatch.errors import RecipeError
-from sdbatch.recipe import build_plan
-from sdbatch.runner import infotext_for
+from sdbatch.plan.recipe import build_plan
+from sdbatch.run.runner import infotext_for
 from tests.conftest import quick_cfg
 
 HIRES = {"scale": 2, "upscaler": "latent", "steps": 10, "denoise": 0.5}
@@ -70,7 +70,7 @@ def test_bad_generation_options_are_one_line_errors(override, field):
 
 
 def test_hires_jobs_never_share_a_batch_with_plain_ones():
-    from sdbatch.recipe import make_batches
+    from sdbatch.plan.recipe import make_batches
 
     a = build_plan(quick_cfg()).jobs
     b = build_plan(quick_cfg(hires=HIRES)).jobs

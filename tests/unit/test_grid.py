@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sdbatch import animate as anim
-from sdbatch import fonts, grid
-from sdbatch import rows as row_tools
 from sdbatch.errors import UserError
-from sdbatch.gallery import gallery_data, script_json
-from sdbatch.infotext import format_infotext, parse_infotext, read_png_infotext
-from sdbatch.manifest import SCHEMA, Manifest
+from sdbatch.outputs import reading as row_tools
+from sdbatch.outputs.infotext import format_infotext, parse_infotext, read_png_infotext
+from sdbatch.outputs.manifest import SCHEMA, Manifest
 from sdbatch.tools import main
+from sdbatch.views import animate as anim
+from sdbatch.views import fonts, grid
+from sdbatch.views.gallery import gallery_data, script_json
 
 NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
 STYLES = ["a", "b", "c"]

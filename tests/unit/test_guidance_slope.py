@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sdbatch.models.guidance_slope import GUIDANCE, REL_STEP, guidance_slope  # noqa: E402
+from sdbatch.shapes.guidance_slope import GUIDANCE, REL_STEP, guidance_slope  # noqa: E402
 
 EMPTY = torch.zeros(1, 3, dtype=torch.long)
 

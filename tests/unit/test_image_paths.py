@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 
 from sdbatch import tools
-from sdbatch.manifest import ImagePaths, Manifest, UnsafeImagePath, safe_image_path
-from sdbatch.resume import scan_manifest
+from sdbatch.outputs.manifest import ImagePaths, Manifest, UnsafeImagePath, safe_image_path
+from sdbatch.run.resume import scan_manifest
 from tests.unit.test_manifest import row
 
 SECRET = b"the neighbour's private key"
@@ -163,7 +163,7 @@ def test_resume_scan_counts_an_outside_path_as_not_done(out, verify):
 
 
 def test_resume_scan_helpers_also_refuse_a_symlinked_image(out, monkeypatch):
-    from sdbatch import resume
+    from sdbatch.run import resume
 
     monkeypatch.setattr(resume, "STAT_SPLIT", 1)  # the stats go to helper processes
     monkeypatch.setattr(resume.os, "cpu_count", lambda: 2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sdbatch.infotext import (
+from sdbatch.outputs.infotext import (
     Infotext,
     format_infotext,
     parse_infotext,

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from sdbatch.manifest import SCHEMA, Manifest
+from sdbatch.outputs.manifest import SCHEMA, Manifest
 
 # The schema is part of the interface (the README documents it): changing it is deliberate.
 EXPECTED = [

@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 
 from sdbatch import tools
-from sdbatch.heal import RECOVERED, RECOVERED_INFOTEXT, dry_run_notes, heal_output
-from sdbatch.infotext import format_infotext, png_info
-from sdbatch.manifest import QUARANTINE, DamagedManifest, Manifest
-from sdbatch.resume import scan_manifest
+from sdbatch.outputs.heal import RECOVERED, RECOVERED_INFOTEXT, dry_run_notes, heal_output
+from sdbatch.outputs.infotext import format_infotext, png_info
+from sdbatch.outputs.manifest import QUARANTINE, DamagedManifest, Manifest
+from sdbatch.run.resume import scan_manifest
 from tests.unit.test_manifest import row
 
 
@@ -36,7 +36,7 @@ def png(path: Path, infotext: str | None = None, colour=(200, 30, 30)) -> str:
 
 
 def job(job_id: str, seed: int) -> SimpleNamespace:
-    """The parts of sdbatch.recipe.Job that heal_output uses."""
+    """The parts of sdbatch.plan.recipe.Job that heal_output uses."""
     return SimpleNamespace(job_id=job_id, seed=seed, image_name=f"{seed}-{job_id}.png")
 
 
@@ -289,7 +289,7 @@ def test_a_read_racing_a_compaction_lists_the_files_again(tmp_path, monkeypatch)
 
 
 def test_repair_waits_for_no_run(tmp_path, capsys):
-    from sdbatch.control import OutputLock
+    from sdbatch.run.control import OutputLock
 
     out = tmp_path / "out"
     output(out)

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sdbatch import tools
-from sdbatch.heal import heal_output
-from sdbatch.manifest import JOURNAL, Manifest
+from sdbatch.outputs.heal import heal_output
+from sdbatch.outputs.manifest import JOURNAL, Manifest
 from tests.unit.test_manifest import row
 
 JOBS = [f"j{i}" for i in range(8)]

@@ -17,9 +17,9 @@ import pytest
 
 from sdbatch.commands.manifest import format_summary
 from sdbatch.errors import UserError
-from sdbatch.export import _rows_first_typed, export_imagefolder
-from sdbatch.manifest import SCHEMA, Manifest
-from sdbatch.manifest_tools import (
+from sdbatch.outputs.export import _rows_first_typed, export_imagefolder
+from sdbatch.outputs.manifest import SCHEMA, Manifest
+from sdbatch.outputs.manifest_tools import (
     DataError,
     all_sources,
     find_sources,

@@ -1,4 +1,4 @@
-"""A1111 emphasis parsing and 75-token chunking (sdbatch.prompts), with a fake tokenizer."""
+"""A1111 emphasis parsing and 75-token chunking (sdbatch.plan.prompts), with a fake tokenizer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from sdbatch.errors import UserError
-from sdbatch.prompts import (
+from sdbatch.plan.prompts import (
     BREAK_RUN,
     PromptChunk,
     PromptSyntaxError,
@@ -217,7 +217,7 @@ def test_is_break():
 
 def test_pure_module_imports_no_torch():
     code = (
-        "import sys, sdbatch.prompts; "
+        "import sys, sdbatch.plan.prompts; "
         "bad = [m for m in ('torch', 'numpy', 'transformers', 'diffusers') if m in sys.modules]; "
         "assert not bad, bad"
     )

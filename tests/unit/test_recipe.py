@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from sdbatch.errors import RecipeError
-from sdbatch.recipe import build_plan, job_id, make_batches, parse_seeds, parse_size
+from sdbatch.plan.recipe import build_plan, job_id, make_batches, parse_seeds, parse_size
 from tests.conftest import ROOT, quick_cfg
 
 
@@ -134,9 +134,10 @@ def test_templates_multiply_like_axes_and_keep_their_variables():
 
 def test_pure_modules_import_no_torch():
     code = (
-        "import sys, sdbatch.recipe, sdbatch.manifest, sdbatch.infotext, sdbatch.templates,"
-        " sdbatch.prompts, sdbatch.samplers, sdbatch.config, sdbatch.hashing;"
-        " from sdbatch.recipe import build_plan;"
+        "import sys, sdbatch.plan.recipe, sdbatch.outputs.manifest, sdbatch.outputs.infotext,"
+        " sdbatch.plan.templates,"
+        " sdbatch.plan.prompts, sdbatch.plan.samplers, sdbatch.config, sdbatch.plan.hashing;"
+        " from sdbatch.plan.recipe import build_plan;"
         " from tests.conftest import quick_cfg; build_plan(quick_cfg());"
         " assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     )

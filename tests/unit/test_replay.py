@@ -12,20 +12,20 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 import sdbatch.config as config
-from sdbatch.generation import Hires
-from sdbatch.hashing import model_hash
-from sdbatch.infotext import format_infotext, parse_infotext
 from sdbatch.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_PATH
-from sdbatch.recipe import build_plan
-from sdbatch.replay import (
+from sdbatch.outputs.infotext import format_infotext, parse_infotext
+from sdbatch.plan.generation import Hires
+from sdbatch.plan.hashing import model_hash
+from sdbatch.plan.recipe import build_plan
+from sdbatch.plan.samplers import SAMPLERS
+from sdbatch.run.runner import infotext_for
+from sdbatch.views.replay import (
     FIELDS,
     ReplayError,
     a1111_sampler,
     default_name,
     recipe_from_infotext,
 )
-from sdbatch.runner import infotext_for
-from sdbatch.samplers import SAMPLERS
 from tests.conftest import ROOT, quick_cfg
 
 EMBEDDED_HASH = model_hash(EMBEDDED_MODEL_PATH)
@@ -285,8 +285,8 @@ def test_clip_skip_goes_into_the_model_and_its_job_id():
 
 
 def test_our_embedded_model_leaves_the_model_unset():
-    from sdbatch.hashing import model_hash
     from sdbatch.models import EMBEDDED_MODEL_PATH
+    from sdbatch.plan.hashing import model_hash
 
     recipe = recipe_from_infotext(
         our_infotext(**{"Model hash": model_hash(EMBEDDED_MODEL_PATH)}), "x"
@@ -523,8 +523,8 @@ def test_default_name_is_a_usable_recipe_name():
 
 def test_replay_imports_no_torch():
     code = (
-        "import sys, sdbatch.replay, sdbatch.commands.replay, sdbatch.commands.infotext\n"
-        "from sdbatch.replay import recipe_from_infotext\n"
+        "import sys, sdbatch.views.replay, sdbatch.commands.replay, sdbatch.commands.infotext\n"
+        "from sdbatch.views.replay import recipe_from_infotext\n"
         f"recipe_from_infotext({SAMPLES[1]!r}, 'x')\n"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

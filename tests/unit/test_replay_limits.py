@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from sdbatch import tools
-from sdbatch.infotext import INFOTEXT_MAX_BYTES, read_png_infotext
+from sdbatch.outputs.infotext import INFOTEXT_MAX_BYTES, read_png_infotext
 
 PARAMS = "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512"
 INFOTEXT = f"a red circle\nNegative prompt: blurry\n{PARAMS}"

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from sdbatch import resume
-from sdbatch.hashing import sha256_bytes
-from sdbatch.manifest import Manifest
+from sdbatch.outputs.manifest import Manifest
+from sdbatch.plan.hashing import sha256_bytes
+from sdbatch.run import resume
 from tests.unit.test_manifest import row
 
 PNG = b"\x89PNG not really"

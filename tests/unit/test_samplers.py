@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from sdbatch.errors import RecipeError, UserError
-from sdbatch.samplers import SAMPLERS, Sampler, resolve_sampler, scheduler_spec
+from sdbatch.plan.samplers import SAMPLERS, Sampler, resolve_sampler, scheduler_spec
 
 A1111_NAMES = [  # A1111's dropdown order (1.5), less DPM fast / DPM adaptive
     "Euler a",
@@ -38,7 +38,7 @@ A1111_NAMES = [  # A1111's dropdown order (1.5), less DPM fast / DPM adaptive
 
 def test_import_does_not_import_torch_or_diffusers():
     code = (
-        "import sys, sdbatch.samplers\n"
+        "import sys, sdbatch.plan.samplers\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )

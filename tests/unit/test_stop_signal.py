@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from sdbatch.control import StopSignal
+from sdbatch.run.control import StopSignal
 
 
 def ctrl_c() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from sdbatch.errors import RecipeError
-from sdbatch.recipe import build_plan
-from sdbatch.templates import expand_template, prompt_set, wildcard_files
+from sdbatch.plan.recipe import build_plan
+from sdbatch.plan.templates import expand_template, prompt_set, wildcard_files
 from tests.conftest import quick_cfg
 
 

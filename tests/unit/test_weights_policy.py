@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from sdbatch.checkpoints import (
+from sdbatch.errors import RecipeError
+from sdbatch.plan.checkpoints import (
     WEIGHTS_ONLY_GLOBALS,
     check_weights_file,
     from_pretrained_kwargs,
     resolve_models,
     weights_only_problem,
 )
-from sdbatch.errors import RecipeError
 from tests.conftest import ROOT
 
 PICKLE_REFUSED = "convert it to .safetensors or pass model.allow_pickle=true on the command line"
@@ -298,8 +298,8 @@ import torch
 from safetensors.torch import load_file
 from torch._weights_only_unpickler import _get_allowed_globals
 
-from sdbatch.checkpoints import Model
-from sdbatch.loading import load_pipeline
+from sdbatch.plan.checkpoints import Model
+from sdbatch.render.loading import load_pipeline
 from sdbatch.models import EMBEDDED_MODEL_PATH
 
 out = Path(sys.argv[1])
@@ -382,7 +382,7 @@ def test_at_load_time_a_pickle_only_folder_needs_allow_pickle(torch_made):
 def test_checking_weights_imports_no_torch(tmp_path):
     folder = diffusers_folder(tmp_path / "sd15", pickled=("unet",))
     code = (
-        "import sys; from sdbatch.checkpoints import resolve_models; "
+        "import sys; from sdbatch.plan.checkpoints import resolve_models; "
         f"resolve_models({{'path': {str(folder)!r}, 'allow_pickle': True}}); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from sdbatch.errors import RecipeError
-from sdbatch.templates import ENDLESS, WILDCARD_NAMES, expand_template, prompt_set, wildcard_files
+from sdbatch.plan.templates import (
+    ENDLESS,
+    WILDCARD_NAMES,
+    expand_template,
+    prompt_set,
+    wildcard_files,
+)
 
 SECRET = "the secret outside wildcards/"
 

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdbatch.axes import expand_axis
-from sdbatch.checkpoints import Model, resolve_models
 from sdbatch.errors import RecipeError
-from sdbatch.generation import Extras, parse_hires, parse_rng, parse_subseed_strength
-from sdbatch.prompts import PromptSyntaxError, parse_attention
-from sdbatch.run_settings import MAX_JOBS
-from sdbatch.samplers import resolve_sampler, scheduler_spec
-from sdbatch.templates import PromptItem, prompt_set, wildcard_files
+from sdbatch.plan.axes import expand_axis
+from sdbatch.plan.checkpoints import Model, resolve_models
+from sdbatch.plan.generation import Extras, parse_hires, parse_rng, parse_subseed_strength
+from sdbatch.plan.prompts import PromptSyntaxError, parse_attention
+from sdbatch.plan.run_settings import MAX_JOBS
+from sdbatch.plan.samplers import resolve_sampler, scheduler_spec
+from sdbatch.plan.templates import PromptItem, prompt_set, wildcard_files
 
 SEED_MAX = 2**32 - 1
 RANDOM_SEED = -1  # A1111's "random seed"; see random_seed()

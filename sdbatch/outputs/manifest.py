@@ -21,15 +21,15 @@ progress). They do not apply newest-row-wins, so sdbatch keeps the folder at one
   row.
 * A run that re-renders jobs which already have a row (``run.retry_failed``, lost images) ends
   with a full compaction. If it was killed first, duplicates remain; the next run
-  (``sdbatch.heal``) compacts everything, newest row winning.
+  (``sdbatch.outputs.heal``) compacts everything, newest row winning.
 * "The next writer" is any sdbatch command that reads the folder: the run, and the tools
   (summary, merge, verify, export, gallery, grid...) when their read finds a journal or a
-  superseded row and the output lock is free (``sdbatch.heal.tidy``; a live run holding the
+  superseded row and the output lock is free (``sdbatch.outputs.heal.tidy``; a live run holding the
   lock tidies up itself when it ends). A dry run writes nothing.
 
 A damaged file (truncated, not Parquet, not a manifest) makes ``read()`` raise
 ``DamagedManifest`` naming it, or, with ``skip_damaged=True``, read the rest and list it in
-``Manifest.damaged``. ``sdbatch.heal`` moves such files into ``_quarantine/`` (never deletes
+``Manifest.damaged``. ``sdbatch.outputs.heal`` moves such files into ``_quarantine/`` (never deletes
 them) and recovers the lost rows from the images on disk.
 
 Image paths in rows are relative to the output folder; ``safe_image_path`` (and
@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sdbatch.atomic import atomic_file, fsync_dir
+from sdbatch.outputs.atomic import atomic_file, fsync_dir
 from sdbatch.errors import UserError
 
 TS = pa.timestamp("us", tz="UTC")
@@ -483,7 +483,7 @@ class Manifest:
         """Merge the part files into one new segment (O(parts), not O(manifest)); the old
         files go once the new one is durable, under the journal (see the module docstring).
         ``full`` (or many segments) merges everything, dropping rows that newer ones replaced.
-        Damaged files are left where they are, for ``sdbatch.heal``. Call it only as the
+        Damaged files are left where they are, for ``sdbatch.outputs.heal``. Call it only as the
         folder's writer (holding the output lock)."""
         self.finish_compaction()
         if self._journal() is not None:  # its replaced files could not be removed: not now

@@ -20,17 +20,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sdbatch import __version__
-from sdbatch.atomic import fsync_dir, write_bytes_atomic
-from sdbatch.control import EXIT_STOPPED, OutputLock
 from sdbatch.errors import UserError
-from sdbatch.faults import Faults
-from sdbatch.hashing import sha256_bytes
-from sdbatch.heal import dry_run_notes, heal_output
-from sdbatch.infotext import format_infotext, png_info
-from sdbatch.manifest import Manifest
-from sdbatch.recipe import Batch, Job, Plan, iter_preview
-from sdbatch.resume import scan_manifest
-from sdbatch.run_setup import Setup, load_renderer, make_salt, prepare
+from sdbatch.outputs.atomic import fsync_dir, write_bytes_atomic
+from sdbatch.outputs.heal import dry_run_notes, heal_output
+from sdbatch.outputs.infotext import format_infotext, png_info
+from sdbatch.outputs.manifest import Manifest
+from sdbatch.plan.hashing import sha256_bytes
+from sdbatch.plan.recipe import Batch, Job, Plan, iter_preview
+from sdbatch.run.control import EXIT_STOPPED, OutputLock
+from sdbatch.run.faults import Faults
+from sdbatch.run.resume import scan_manifest
+from sdbatch.run.setup import Setup, load_renderer, make_salt, prepare
 
 EXIT_OK, EXIT_FAILED, EXIT_OUTPUT = 0, 3, 6
 
@@ -148,7 +148,7 @@ def _render_halving(render, jobs: tuple[Job, ...]) -> tuple[list, int]:
     except Exception as exc:
         if not is_out_of_memory(exc) or len(jobs) == 1:
             raise
-    from sdbatch.pipeline import free_accelerator_memory
+    from sdbatch.render.pipeline import free_accelerator_memory
 
     free_accelerator_memory()
     half = (len(jobs) + 1) // 2
@@ -334,7 +334,7 @@ def _print_summary(summary: Summary, out_dir: Path, n_jobs: int) -> None:
 
 def draw_grids(out_dir: Path, grids: list[dict]) -> None:
     """The recipe's ``grids:``; a grid problem is a warning, never a failed run."""
-    from sdbatch.grid import draw_recipe_grids
+    from sdbatch.views.grid import draw_recipe_grids
 
     try:
         for path in draw_recipe_grids(out_dir, grids):

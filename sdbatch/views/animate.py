@@ -10,8 +10,17 @@ import re
 from pathlib import Path
 
 from sdbatch.errors import UserError
-from sdbatch.fonts import fit, line_height
-from sdbatch.grid import (
+from sdbatch.outputs.reading import (
+    check_column,
+    filter_rows,
+    label,
+    pick_first,
+    show,
+    value,
+    varying,
+)
+from sdbatch.views.fonts import fit, line_height
+from sdbatch.views.grid import (
     _slug,
     check_scale,
     font_for,
@@ -20,15 +29,6 @@ from sdbatch.grid import (
     name_suffix,
     ordered,
     plan_order,
-)
-from sdbatch.rows import (
-    check_column,
-    filter_rows,
-    label,
-    pick_first,
-    show,
-    value,
-    varying,
 )
 
 FORMATS = {".webp": "WEBP", ".gif": "GIF"}

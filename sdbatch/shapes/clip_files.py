@@ -7,7 +7,7 @@ once from open_clip's MIT-licensed ``bpe_simple_vocab_16e6.txt.gz`` (read straig
 open_clip_torch wheel, or from the bare ``.txt.gz``), so open-clip-torch is never a
 dependency; later exports copy the committed files::
 
-    python -m sdbatch.models.clip_files --bpe open_clip_torch-3.3.0-py3-none-any.whl --out DIR
+    python -m sdbatch.shapes.clip_files --bpe open_clip_torch-3.3.0-py3-none-any.whl --out DIR
 """
 
 from __future__ import annotations

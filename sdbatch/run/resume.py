@@ -17,9 +17,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sdbatch.hashing import sha256_file
-from sdbatch.manifest import ImagePaths, Manifest
-from sdbatch.recipe import Job
+from sdbatch.outputs.manifest import ImagePaths, Manifest
+from sdbatch.plan.hashing import sha256_file
+from sdbatch.plan.recipe import Job
 
 
 def scan_manifest(jobs: list[Job], out_dir: Path, manifest: Manifest, verify: str = "hash",

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from sdbatch.models import EMBEDDED_MODEL_PATH
-from sdbatch.models.clip_files import (
+from sdbatch.shapes import world
+from sdbatch.shapes.clip_files import (
     MAX_LENGTH,
     SD15_SCHEDULER_CONFIG,
     VOCAB_SIZE,
@@ -41,7 +42,6 @@ from sdbatch.models.clip_files import (
     write_json,
     write_tokenizer,
 )
-from sdbatch.shapes import world
 
 MODEL_NAME = "sdbatch-shapes"
 IMAGE_SIZE = 32
@@ -264,7 +264,7 @@ Size: generate at 32x32 (`size: 32x32`); other sizes change the latent grid it n
   EMA restarted, plus a penalty on the slope of the guidance term (for {cfg[slope_batch]}
   images a step: how much 7 x (cond - uncond) changes when the noisy latent moves 20% of sigma
   towards another training picture's; slopes above {cfg[slope_limit]:g} cost
-  {cfg[slope_weight]:g} x excess squared; `sdbatch/models/guidance_slope.py`);
+  {cfg[slope_weight]:g} x excess squared; `sdbatch/shapes/guidance_slope.py`);
   CPU threads {threads}; {minutes:.1f} minutes of training.
 - Held out from training (never shown): {heldout}.
 - Final mean losses (last 100 steps of each phase): VAE {vae_loss}, UNet {unet_loss},
@@ -274,7 +274,7 @@ Size: generate at 32x32 (`size: 32x32`); other sizes change the latent grid it n
 
 ## Evaluation
 
-`python -m sdbatch.models.eval_tiny --model <this folder>` renders held-out and training
+`python -m sdbatch.shapes.evaluate --model <this folder>` renders held-out and training
 prompts at 20 steps and judges colour, shape and background from pixels
 (`sdbatch.shapes.judge`).
 

@@ -30,7 +30,7 @@ class Sampler:
     options: dict = field(default_factory=dict, hash=False)  # kwargs for Cls.from_config
     exact: bool = True
     note: str = ""
-    # An A1111 schedule diffusers lacks, by its key in sdbatch.a1111_schedules.SCHEDULES:
+    # An A1111 schedule diffusers lacks, by its key in sdbatch.render.schedulers.SCHEDULES:
     # "discard_next_to_last_sigma" (the DPM2 family) or "a1111_grid" (DDIM, PLMS).
     a1111_schedule: str = ""
 
@@ -42,12 +42,12 @@ class Sampler:
 _K = {"timestep_spacing": "linspace"}
 _KARRAS = {**_K, "use_karras_sigmas": True}
 # DDIM/PLMS: diffusers' leading grid (t = 1, 51, ..., 951 at 20 steps), which a1111_grid replaces
-# by A1111's own (sdbatch.a1111_schedules): the same points when 1000 is a multiple of steps.
+# by A1111's own (sdbatch.render.schedulers): the same points when 1000 is a multiple of steps.
 _COMPVIS = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
 _2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 _2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
 
-# A1111 computes steps+1 sigmas and drops the next-to-last one (sdbatch.a1111_schedules).
+# A1111 computes steps+1 sigmas and drops the next-to-last one (sdbatch.render.schedulers).
 _DPM2 = {"a1111_schedule": "discard_next_to_last_sigma"}
 _2SA_NOTE = (
     "no DPM++ 2S a in diffusers; uses DPMSolverSDEScheduler (A1111's DPM++ SDE): the same "
@@ -167,7 +167,7 @@ def build_scheduler(sampler: Sampler | str, base_config: Any, seeds: list[int] |
     options = dict(s.options)
     cls = getattr(diffusers, s.cls)
     if s.a1111_schedule:
-        from sdbatch.a1111_schedules import SCHEDULES
+        from sdbatch.render.schedulers import SCHEDULES
 
         cls = SCHEDULES[s.a1111_schedule](cls)
     if s.cls == "DPMSolverSDEScheduler":

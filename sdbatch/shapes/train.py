@@ -4,7 +4,7 @@ Why: sdbatch's embedded model should draw real, checkable pictures offline. This
 SD-1.x-shaped pipeline (see ``shapes_model`` for the architecture and why) from the
 procedural shapes world in about an hour on two CPU cores::
 
-    python -m sdbatch.models.train_tiny --out build/sdbatch-shapes --work build/shapes-work
+    python -m sdbatch.shapes.train --out build/sdbatch-shapes --work build/shapes-work
 
 Phase 1 trains the VAE alone (L1 + 1e-6 KL), then fixes its latent scaling factor (1 / std
 of the latents, as SD's 0.18215 was chosen). Phase 2 trains UNet and text encoder jointly on
@@ -38,13 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdbatch.models import shapes_model as sm
-from sdbatch.models.guidance_slope import guidance_slope
-from sdbatch.models.threads import ThreadPicker
-from sdbatch.models.train_config import RESUME_KEYS, TUNE_KEYS, TrainConfig, parse_args
+from sdbatch.shapes import model as sm
 from sdbatch.shapes import world
+from sdbatch.shapes.guidance_slope import guidance_slope
 from sdbatch.shapes.judge import accuracy, judge
 from sdbatch.shapes.plot import plot_losses
+from sdbatch.shapes.threads import ThreadPicker
+from sdbatch.shapes.train_config import RESUME_KEYS, TUNE_KEYS, TrainConfig, parse_args
 
 CHECK_INDEX = 10**9  # the data stream index of the fixed VAE check batch (never a step)
 

@@ -42,7 +42,7 @@ class TrainConfig:
 
     def command(self) -> str:
         """The exact command line that reproduces this run (for the model card)."""
-        parts = ["python -m sdbatch.models.train_tiny"]
+        parts = ["python -m sdbatch.shapes.train"]
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in ("progress", "fresh"):

@@ -29,10 +29,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sdbatch.atomic import atomic_file
+from sdbatch.outputs.atomic import atomic_file
 from sdbatch.errors import UserError
-from sdbatch.manifest import ImagePaths
-from sdbatch.manifest_tools import (
+from sdbatch.outputs.manifest import ImagePaths
+from sdbatch.outputs.manifest_tools import (
     DataError,
     Source,
     default_workers,

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sdbatch.errors import UserError
-from sdbatch.infotext import format_value
-from sdbatch.manifest import SCHEMA, ImagePaths, Manifest
+from sdbatch.outputs.infotext import format_value
+from sdbatch.outputs.manifest import SCHEMA, ImagePaths, Manifest
 
 # Infotext names (what A1111 writes) for manifest columns; others are shown as named.
 LABELS = {
@@ -33,7 +33,7 @@ def load_rows(folder: str | os.PathLike, recursive: bool = True) -> list[dict]:
     whose ``image`` would lead outside its output folder is refused (``UnsafeImagePath``, one
     line naming the row, exit code 2), so grid, animate and gallery never open such a path.
     """
-    from sdbatch.manifest_tools import find_sources, tidy
+    from sdbatch.outputs.manifest_tools import find_sources, tidy
 
     root = Path(folder)
     if recursive:

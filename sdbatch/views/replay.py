@@ -17,9 +17,8 @@ from typing import Any
 
 import yaml
 
-from sdbatch.checkpoints import CHECKPOINT_NAMES, inside_model_dir
 from sdbatch.errors import RecipeError, UserError
-from sdbatch.infotext import (
+from sdbatch.outputs.infotext import (
     Infotext,
     PngTextError,
     format_params,
@@ -27,7 +26,8 @@ from sdbatch.infotext import (
     read_png_infotext,
     sampler_name,
 )
-from sdbatch.infotext import parse_size as parse_infotext_size
+from sdbatch.outputs.infotext import parse_size as parse_infotext_size
+from sdbatch.plan.checkpoints import CHECKPOINT_NAMES, inside_model_dir
 
 __all__ = [
     "A1111_DEFAULT_SCHEDULE",
@@ -243,8 +243,8 @@ def _bad(source: str, key: str, value: str, allowed: str) -> ReplayError:
 
 def _core(info: Infotext, source: str, out: ReplayRecipe) -> None:
     """Steps, sampler, CFG, seed and size: validated as the planner will."""
-    from sdbatch.recipe import SEED_MAX, parse_cfg
-    from sdbatch.samplers import SAMPLERS, resolve_sampler
+    from sdbatch.plan.recipe import SEED_MAX, parse_cfg
+    from sdbatch.plan.samplers import SAMPLERS, resolve_sampler
 
     p = info.params
     for key in _REQUIRED:
@@ -300,7 +300,7 @@ def _model(params: Mapping[str, str], source: str, out: ReplayRecipe) -> None:
             out.model_note = f"Model hash: {want}"
         return
     if name == EMBEDDED_MODEL_NAME:
-        from sdbatch.hashing import model_hash
+        from sdbatch.plan.hashing import model_hash
 
         have = model_hash(EMBEDDED_MODEL_PATH)
         if want and want != have:
@@ -385,7 +385,7 @@ def _no_hires(key: str, params: Mapping[str, str]) -> str:
 
 def read_infotext_file(path: str | Path) -> str:
     """The A1111 infotext of an image file, or a one-line ReplayError naming the file. The
-    reader is capped (sdbatch.infotext.read_png_infotext): no pixels are decoded, a header
+    reader is capped (sdbatch.outputs.infotext.read_png_infotext): no pixels are decoded, a header
     over Pillow's decompression-bomb limit is refused, and so is infotext over 1 MiB."""
     shown = one_line(str(path))
     try:

@@ -9,7 +9,7 @@ Everything is columnar, so a million rows take seconds; only ``verify`` touches 
 A damaged manifest file stops ``summary``, ``merge`` and ``export`` with one line naming it
 (``DamagedManifest``, exit code 2); ``verify`` lists it as a problem and checks the rest. An
 image path that leads outside its output folder is refused with one line naming the row
-(``UnsafeImagePath``, exit code 2). After reading, ``sdbatch.heal.tidy`` finishes what a
+(``UnsafeImagePath``, exit code 2). After reading, ``sdbatch.outputs.heal.tidy`` finishes what a
 killed run left for plain Parquet readers (a journal, a job twice) when no run holds the folder.
 """
 
@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sdbatch.atomic import atomic_file
+from sdbatch.outputs.atomic import atomic_file
 from sdbatch.errors import UserError
-from sdbatch.manifest import SCHEMA, ImagePaths, Manifest, UnsafeImagePath
+from sdbatch.outputs.manifest import SCHEMA, ImagePaths, Manifest, UnsafeImagePath
 
 OUTPUT = "output"  # the added column: the output folder a row came from
 SKIP_DIRS = {"manifest", "images"}  # never walked into: images/ may hold a million files
@@ -92,7 +92,7 @@ def all_sources(paths: list[str | os.PathLike]) -> list[Source]:
 
 
 def tidy(out_dir: Path, manifest: Manifest) -> None:
-    from sdbatch.heal import tidy as heal_tidy
+    from sdbatch.outputs.heal import tidy as heal_tidy
 
     heal_tidy(out_dir, manifest)
 

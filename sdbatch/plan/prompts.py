@@ -4,7 +4,7 @@ Recipes are written against AUTOMATIC1111 (A1111) habits: ``(word:1.3)``, ``((wo
 ``[word]``, ``BREAK`` and prompts longer than CLIP's 77 tokens. To give the same images as
 A1111 we must split a prompt into the same weighted runs and the same 75-token chunks, quirks
 included; this module does that part. It stays pure (no torch/numpy/transformers) so the CLI
-and the unit tests can use it cheaply; ``sdbatch.encode`` turns the chunks into embeddings.
+and the unit tests can use it cheaply; ``sdbatch.render.encode`` turns the chunks into embeddings.
 
 Behaviour follows A1111's ``modules/prompt_parser.py::parse_prompt_attention`` and
 ``modules/sd_hijack_clip.py::tokenize_line`` (SD 1.x, emphasis "Original",

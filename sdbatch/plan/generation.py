@@ -1,7 +1,7 @@
 """A1111 generation options beyond the sweep axes: hires fix, variation seeds, noise source.
 
 Pure: parsing, validation, job-id keys and infotext fields. The pixels are made in
-``sdbatch.pipeline`` (hires fix) and ``sdbatch.noise`` (variation seeds, RNG).
+``sdbatch.render.pipeline`` (hires fix) and ``sdbatch.render.noise`` (variation seeds, RNG).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Extras:
     subseed_strength: float = 0.0  # 0 = off; noise = slerp(strength, seed noise, subseed noise)
     rng: str = "cpu"  # cpu: same image on any device; gpu: A1111's default on NVIDIA cards
     hires: Hires | None = None
-    dtype: str = "fp32"  # the resolved run.dtype: it decides pixels (sdbatch.run_settings)
+    dtype: str = "fp32"  # the resolved run.dtype: it decides pixels (sdbatch.plan.run_settings)
 
     def key(self) -> str:
         """The job-id part; empty for the defaults so plain jobs keep their ids."""

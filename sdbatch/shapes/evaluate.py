@@ -3,11 +3,11 @@
 Why: "does it follow its prompt" has to be a number that a change of training recipe can
 move, per sampler and per CFG scale, not an impression from a few pictures. Every
 (colour, shape, background) caption of the world (45 seen in training, 9 held out) is
-rendered with several seeds, at 20 steps, for every sampler in ``sdbatch.samplers.SAMPLERS``
+rendered with several seeds, at 20 steps, for every sampler in ``sdbatch.plan.samplers.SAMPLERS``
 and every CFG scale asked for, through sdbatch's own ``Renderer`` (A1111 prompt encoding,
 per-image generators, the sampler table), and read back by ``sdbatch.shapes.judge``::
 
-    python -m sdbatch.models.eval_tiny --model build/sdbatch-shapes
+    python -m sdbatch.shapes.evaluate --model build/sdbatch-shapes
 
 Prints a table and writes a markdown report (plus JSON and a contact sheet) that checks the
 targets: at CFG 7 with DPM++ 2M Karras colour >= 85%, shape >= 70%, background >= 95%; CFG 1
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sdbatch.samplers import SAMPLERS
+from sdbatch.plan.samplers import SAMPLERS
 from sdbatch.shapes import world
 from sdbatch.shapes.judge import ATTRIBUTES, accuracy, judge
 
@@ -53,7 +53,7 @@ def prompts(seeds: int, limit: int | None = None) -> list[tuple[world.Scene, int
 
 
 def make_jobs(model, rows, sampler: str, steps: int, cfg: float, size: int):
-    from sdbatch.recipe import Job
+    from sdbatch.plan.recipe import Job
 
     return [
         Job(
@@ -79,8 +79,8 @@ def make_jobs(model, rows, sampler: str, steps: int, cfg: float, size: int):
 def evaluate(args) -> dict:
     import torch
 
-    from sdbatch.checkpoints import resolve_model
-    from sdbatch.pipeline import Renderer
+    from sdbatch.plan.checkpoints import resolve_model
+    from sdbatch.render.pipeline import Renderer
 
     torch.set_num_threads(args.threads)
     model = resolve_model({"path": str(args.model)})

@@ -11,10 +11,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdbatch.control import StopSignal, parse_deadline
 from sdbatch.errors import RecipeError, UserError
-from sdbatch.recipe import Batch, Job, Plan, build_plan, select_shard, wants_random_seeds
-from sdbatch.run_settings import RunSettings, parse_run, resolve_dtype
+from sdbatch.plan.recipe import Batch, Job, Plan, build_plan, select_shard, wants_random_seeds
+from sdbatch.plan.run_settings import RunSettings, parse_run, resolve_dtype
+from sdbatch.run.control import StopSignal, parse_deadline
 
 
 def resolve_device(device: str) -> str:
@@ -39,7 +39,7 @@ def resolve_device(device: str) -> str:
 
 def load_renderer(model, device: str, dtype: str):
     """The pipeline for ``model``; any failure to load is one line naming the model."""
-    from sdbatch.pipeline import Renderer
+    from sdbatch.render.pipeline import Renderer
 
     try:
         return Renderer.load(model, device, dtype)
@@ -108,7 +108,7 @@ def prepare(cfg: dict, salt_dir: Path | None = None) -> Setup:
     plan = build_plan(cfg, dtype=dtype, max_jobs=settings.max_jobs, seed_salt=salt)
     grids = list(cfg.get("grids") or [])
     if grids:
-        from sdbatch.grid import validate_grid_specs
+        from sdbatch.views.grid import validate_grid_specs
 
         validate_grid_specs(grids)
     shard = cfg.get("shard") or {}

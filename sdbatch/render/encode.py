@@ -1,7 +1,7 @@
 """Prompt embeddings with AUTOMATIC1111's emphasis and unlimited length, for SD 1.x.
 
 diffusers' own ``encode_prompt`` truncates at 77 tokens and reads ``(word:1.3)`` as text.
-This module encodes the chunks from ``sdbatch.prompts`` the way A1111's
+This module encodes the chunks from ``sdbatch.plan.prompts`` the way A1111's
 ``FrozenCLIPEmbedderWithCustomWords`` does: every chunk of 75 tokens goes through CLIP as
 BOS + 75 + EOS on its own, the token embeddings are multiplied by their weights and rescaled
 so their mean is unchanged (emphasis "Original"), and the chunks are concatenated along the
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from sdbatch.prompts import CHUNK_LEN, PromptChunk, chunk_count, prompt_chunks
+from sdbatch.plan.prompts import CHUNK_LEN, PromptChunk, chunk_count, prompt_chunks
 
 __all__ = ["CHUNK_LEN", "chunk_count", "encode_prompt_pair", "prompt_chunks"]
 

@@ -18,9 +18,9 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from sdbatch.atomic import atomic_file
 from sdbatch.errors import UserError
-from sdbatch.rows import axis_name, distinct, load_rows, show, value
+from sdbatch.outputs.atomic import atomic_file
+from sdbatch.outputs.reading import axis_name, distinct, load_rows, show, value
 
 PAGE_SIZE = 200
 MAX_OPTIONS = 300  # more distinct values than this: a "contains" box instead of a dropdown

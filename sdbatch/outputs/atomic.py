@@ -6,7 +6,7 @@ temporary file is removed. Readers skip hidden files, so they never see a partia
 
 A kill (SIGKILL, power cut) skips that removal and leaves the hidden ``.NAME.XXXXXXXX.tmp``
 behind; ``temp_files`` finds those names so a later run, holding the output lock, can delete
-them (``sdbatch.heal``).
+them (``sdbatch.outputs.heal``).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdbatch.errors import RecipeError
+from sdbatch.models import SHIPPED_CONFIGS_DIR
 
 SAFETENSORS = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -40,7 +41,7 @@ FAMILIES = {"sd1": "SD 1.x", "sdxl": "SDXL"}
 # diffusers pipeline class (model_index.json) -> family
 PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd1", "StableDiffusionXLPipeline": "sdxl"}
 # Config-only diffusers folders (no weights) that let from_single_file work offline.
-CONFIGS_DIR = Path(__file__).resolve().parent / "models" / "configs"
+CONFIGS_DIR = SHIPPED_CONFIGS_DIR
 SHIPPED_CONFIGS = {"sd1": CONFIGS_DIR / "sd15", "sdxl": CONFIGS_DIR / "sdxl"}
 CONFIG_SUFFIX = ".config"  # <stem>.config/ beside a checkpoint overrides the shipped config
 SUPPORTED = (
@@ -55,7 +56,7 @@ MAX_LISTED = 20
 class Model:
     name: str  # A1111's "Model:" (file stem or folder name)
     path: str  # checkpoint file or diffusers folder
-    hash: str  # A1111-style 10 hex chars (see sdbatch.hashing)
+    hash: str  # A1111-style 10 hex chars (see sdbatch.plan.hashing)
     family: str = "sd1"  # sd1 | sdxl
     config: str | None = None  # diffusers config folder for a single file; None for a folder
     config_hash: str | None = None  # set only for a <stem>.config/ folder (it can change pixels)
@@ -575,7 +576,7 @@ def _clip_skip(value: object) -> int:
 
 def resolve_vae(value: object, allow_pickle: bool = False) -> tuple[str, str, str]:
     """(path, A1111 name, A1111 hash) of a ``model.vae`` file or diffusers VAE folder."""
-    from sdbatch.hashing import model_hash
+    from sdbatch.plan.hashing import model_hash
 
     allowed = "a VAE .safetensors file (LDM or diffusers layout) or a diffusers VAE folder"
     p = Path(os.path.expanduser(str(value)))
@@ -598,7 +599,7 @@ def resolve_vae(value: object, allow_pickle: bool = False) -> tuple[str, str, st
 
 def _model(p: Path, name: str | None, opts: dict, field: str) -> Model:
     """A Model for an existing file or folder, with the recipe's VAE and clip skip."""
-    from sdbatch.hashing import model_hash
+    from sdbatch.plan.hashing import model_hash
 
     config = config_hash = None
     allow_pickle = opts["allow_pickle"]

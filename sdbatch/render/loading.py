@@ -9,7 +9,7 @@ in ``sdbatch/models/configs/`` (SD 1.5's and SDXL base's real configs, no weight
 folders hold no ``vocab.json``/``merges.txt``: they are the same CLIP BPE files as the embedded
 tiny model's, so the tokenizers are built from those (one copy in the package).
 
-Weights follow ``sdbatch.checkpoints``' policy, checked again here in case a file changed
+Weights follow ``sdbatch.plan.checkpoints``' policy, checked again here in case a file changed
 since the plan: without ``model.allow_pickle`` every ``from_pretrained`` gets
 ``use_safetensors=True`` (diffusers then refuses a folder that has only ``.bin`` weights) and
 a single pickle file is refused before diffusers opens it. With it, diffusers reads pickles
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from sdbatch.checkpoints import Model, check_weights_file, from_pretrained_kwargs
+from sdbatch.plan.checkpoints import Model, check_weights_file, from_pretrained_kwargs
 
 PIPELINES = {"sd1": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 TOKENIZERS = ("tokenizer", "tokenizer_2")

@@ -1,8 +1,8 @@
 """X/Y/Z contact sheets from manifests, labelled the way A1111's X/Y/Z plot labels them.
 
-Rows come from ``sdbatch.rows`` (reading manifests, column names, ``--where``); the cell and
-label drawing here is shared with ``animate``. Pillow + pyarrow only: no torch, so the tools
-start fast.
+Rows come from ``sdbatch.outputs.reading`` (reading manifests, column names, ``--where``); the
+cell and label drawing here is shared with ``animate``. Pillow + pyarrow only: no torch, so the
+tools start fast.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdbatch.errors import RecipeError, UserError
-from sdbatch.fonts import Fonts, fit, fonts_for, line_height
-from sdbatch.infotext import format_infotext, parse_infotext, png_info
-from sdbatch.rows import (
+from sdbatch.outputs.infotext import format_infotext, parse_infotext, png_info
+from sdbatch.outputs.reading import (
     axis_name,
     check_column,
     filter_rows,
@@ -28,6 +27,7 @@ from sdbatch.rows import (
     value,
     varying,
 )
+from sdbatch.views.fonts import Fonts, fit, fonts_for, line_height
 
 # Placeholder cells, so a failed image is never silently missing.
 COLOURS = {"failed": (200, 40, 40), "nan": (128, 128, 128), "missing": (90, 90, 90)}
@@ -51,7 +51,7 @@ def load_cell_image(row: dict | None, size: tuple[int, int], text_font=None, sca
 
     ``scale`` > 1: ``size`` is the scaled cell; the image is brought to ``size // scale`` as
     before, then enlarged with nearest-neighbour resampling (each pixel a crisp block).
-    ``text_font`` is the label font chain (``sdbatch.fonts.Fonts``); the placeholder's word is
+    ``text_font`` is the label font chain (``sdbatch.views.fonts.Fonts``); the placeholder's word is
     made smaller to fit a small cell.
     """
     from PIL import Image, ImageDraw
@@ -75,7 +75,7 @@ def load_cell_image(row: dict | None, size: tuple[int, int], text_font=None, sca
 
 
 def font_for(size: int, font=None) -> Fonts:
-    """The label font chain at ``size`` (``sdbatch.fonts``): ``font`` (``--font``) first, the
+    """The label font chain at ``size`` (``sdbatch.views.fonts``): ``font`` (``--font``) first, the
     shipped Hangul font, DejaVu Sans (A1111's grid font) when installed, installed fonts for
     other scripts, Pillow's own font last."""
     return fonts_for(size, font)

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sdbatch.checkpoints import Model
-from sdbatch.encode import encode_prompt_pair
-from sdbatch.loading import load_pipeline
-from sdbatch.recipe import Job
-from sdbatch.samplers import build_scheduler, resolve_sampler
+from sdbatch.plan.checkpoints import Model
+from sdbatch.plan.recipe import Job
+from sdbatch.plan.samplers import build_scheduler, resolve_sampler
+from sdbatch.render.encode import encode_prompt_pair
+from sdbatch.render.loading import load_pipeline
 
 # Library chatter (progress bars while loading, optional-backend notices) would bury our plan
 # and progress lines; real problems still raise.
@@ -100,7 +100,7 @@ class Renderer:
         """(cond, uncond), each (1, 77*k, hidden); cached per (prompt, negative) pair.
 
         SDXL adds (pooled, uncond pooled) and uses diffusers' own ``encode_prompt``: no A1111
-        emphasis and a 77-token limit there (sdbatch.encode handles SD 1.x only).
+        emphasis and a 77-token limit there (sdbatch.render.encode handles SD 1.x only).
         """
         key = (prompt, negative)
         if key not in self._embeds:
@@ -142,7 +142,7 @@ class Renderer:
         ex = jobs[0].extras
         if not ex.subseed_strength:
             return None
-        from sdbatch.noise import variation_noise
+        from sdbatch.render.noise import variation_noise
 
         f = self.pipe.vae_scale_factor
         shape = (self.pipe.unet.config.in_channels, height // f, width // f)

@@ -5,7 +5,7 @@
 1. finish a compaction a kill interrupted, or undo it (``Manifest.finish_compaction``);
 2. move damaged manifest files into ``manifest/_quarantine/`` (never deleted), one message each;
 3. remove the temporary files kills leave (``images/.NAME.png.XXXXXXXX.tmp``,
-   ``manifest/.NAME.XXXXXXXX.tmp``: only names ``sdbatch.atomic.atomic_file`` makes);
+   ``manifest/.NAME.XXXXXXXX.tmp``: only names ``sdbatch.outputs.atomic.atomic_file`` makes);
 4. if a file was moved aside, give its lost rows back from the images on disk: an image
    ``images/{seed}-{job_id}.png`` of a job of the plan that has no row gets the row the runner's
    ``make_row`` builds; an image of another job gets one from its PNG infotext (prompt, sampler,
@@ -28,8 +28,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sdbatch.atomic import temp_files
-from sdbatch.manifest import JOURNAL, QUARANTINE, SCHEMA, Manifest
+from sdbatch.outputs.atomic import temp_files
+from sdbatch.outputs.manifest import JOURNAL, QUARANTINE, SCHEMA, Manifest
 
 RECOVERED = "recovered from the image after a damaged manifest file"
 RECOVERED_INFOTEXT = (
@@ -96,7 +96,7 @@ def tidy(out_dir: Path, manifest: Manifest) -> bool:
     a folder we cannot lock or write is left as it is. True when it compacted."""
     if not manifest.superseded and not (manifest.dir / JOURNAL).exists():
         return False
-    from sdbatch.control import OutputLock
+    from sdbatch.run.control import OutputLock
     from sdbatch.errors import UserError
 
     lock = OutputLock(out_dir)
@@ -211,7 +211,7 @@ def row_from_infotext(path: Path, job_id: str, seed: int, rel: str, sha: str) ->
     """A manifest row from an image's A1111 infotext, or None when it has none usable (no
     params line, no size/steps/CFG, a seed other than its file name's)."""
     try:
-        from sdbatch.infotext import parse_infotext, parse_size, read_png_infotext, sampler_name
+        from sdbatch.outputs.infotext import parse_infotext, parse_size, read_png_infotext, sampler_name
 
         text = read_png_infotext(path)
     except (ImportError, OSError, ValueError, SyntaxError):  # Pillow missing or a bad PNG

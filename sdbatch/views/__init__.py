@@ -1,0 +1,1 @@
+"""Looking at results: grids, animations, the gallery, replay of A1111 infotext."""
