@@ -26,7 +26,8 @@ from diffusers import StableDiffusionPipeline
 from workloads import batches  # bench/ is sys.path[0] when run as a script
 
 from sdbatch.models import EMBEDDED_MODEL_PATH
-from sdbatch.plan.samplers import build_scheduler, resolve_sampler
+from sdbatch.plan.samplers import resolve_sampler
+from sdbatch.render.schedulers import build_scheduler
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from sdbatch.models import EMBEDDED_MODEL_PATH
-from sdbatch.plan.samplers import build_scheduler, resolve_sampler
+from sdbatch.plan.samplers import resolve_sampler
+from sdbatch.render.schedulers import build_scheduler
 
 
 def main() -> None:

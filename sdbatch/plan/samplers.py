@@ -1,7 +1,7 @@
 """A1111 sampler names -> diffusers schedulers.
 
-A pure table: importing this module imports neither torch nor diffusers; ``build_scheduler``
-imports diffusers when it is called.
+A pure table: importing this module imports neither torch nor diffusers;
+``sdbatch.render.schedulers.build_scheduler`` makes the diffusers scheduler of an entry.
 
 ``exact=True`` means diffusers runs the same solver as A1111 (k-diffusion / CompVis code) on the
 same sigma schedule (checked at 20 steps against k-diffusion's formulas, relative error < 1e-4)
@@ -9,16 +9,16 @@ with the same kind of noise. Images still differ from A1111's in their noise *va
 random streams differ, and some diffusers classes feed the UNet a rounded timestep.
 
 Every entry pins the options that decide the schedule (``timestep_spacing`` and friends), and
-``build_scheduler`` drops those keys from the model's scheduler config first, so a model shipping
-e.g. ``use_karras_sigmas=True`` or SDXL's ``timestep_spacing="leading"`` does not change what
-"Euler" means. A1111 ignores the model's scheduler config too.
+``build_scheduler`` (in ``sdbatch.render.schedulers``) drops those keys from the model's
+scheduler config first, so a model shipping e.g. ``use_karras_sigmas=True`` or SDXL's
+``timestep_spacing="leading"`` does not change what "Euler" means. A1111 ignores the model's
+scheduler config too.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any
 
 from sdbatch.errors import RecipeError
 
@@ -115,7 +115,7 @@ SAMPLERS: dict[str, Sampler] = {s.name: s for s in _TABLE}
 
 # Keys of a model's scheduler config that choose a sampler or its schedule rather than describe the
 # model (betas, prediction_type, ...). Dropped before from_config so the table alone decides them.
-_SAMPLER_KEYS = frozenset(
+SAMPLER_KEYS = frozenset(
     "timestep_spacing steps_offset use_karras_sigmas use_exponential_sigmas use_beta_sigmas "
     "use_lu_lambdas algorithm_type solver_order solver_type lower_order_final euler_at_final "
     "final_sigmas_type noise_sampler_seed interpolation_type skip_prk_steps set_alpha_to_one "
@@ -148,36 +148,3 @@ def scheduler_spec(s: Sampler) -> str:
     """
     options = {**s.options, **({s.a1111_schedule: True} if s.a1111_schedule else {})}
     return f"{s.cls}({', '.join(f'{k}={v!r}' for k, v in sorted(options.items()))})"
-
-
-def build_scheduler(sampler: Sampler | str, base_config: Any, seeds: list[int] | None = None):
-    """A fresh diffusers scheduler: ``Cls.from_config(base_config, **options)``.
-
-    ``base_config`` is the model's scheduler config (``pipe.scheduler.config``). ``seeds`` holds one
-    seed per image of the batch, in order. Only DPMSolverSDEScheduler uses them: it ignores the
-    pipeline's generator and draws its noise from one Brownian tree per image seeded by
-    ``noise_sampler_seed`` (diffusers' BatchedBrownianTree), so a batch of N matches N single calls.
-    Every other noisy scheduler draws from the pipeline's generator, which must then be a list with
-    one ``torch.Generator`` per image. Build one scheduler per batch: the seeds live in its config.
-    """
-    import diffusers
-
-    s = resolve_sampler(sampler) if isinstance(sampler, str) else sampler
-    config = {k: v for k, v in dict(base_config).items() if k not in _SAMPLER_KEYS}
-    options = dict(s.options)
-    cls = getattr(diffusers, s.cls)
-    if s.a1111_schedule:
-        from sdbatch.render.schedulers import SCHEDULES
-
-        cls = SCHEDULES[s.a1111_schedule](cls)
-    if s.cls == "DPMSolverSDEScheduler":
-        if seeds is None:
-            raise ValueError(
-                f"{s.name} ({s.cls}) needs seeds=[one seed per image]; without them diffusers "
-                "seeds its Brownian tree from torch's global RNG and images are not reproducible"
-            )
-        # Always a list, even for one image: an int would build one tree over the whole batch.
-        options["noise_sampler_seed"] = [
-            int(x) for x in ([seeds] if isinstance(seeds, int) else seeds)
-        ]
-    return cls.from_config(config, **options)

@@ -19,9 +19,10 @@ import torch
 
 from sdbatch.plan.checkpoints import Model
 from sdbatch.plan.recipe import Job
-from sdbatch.plan.samplers import build_scheduler, resolve_sampler
+from sdbatch.plan.samplers import resolve_sampler
 from sdbatch.render.encode import encode_prompt_pair
 from sdbatch.render.loading import load_pipeline
+from sdbatch.render.schedulers import build_scheduler
 
 # Library chatter (progress bars while loading, optional-backend notices) would bury our plan
 # and progress lines; real problems still raise.

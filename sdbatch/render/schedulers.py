@@ -18,15 +18,18 @@ grid always has ``steps`` points and adds a last step from t=1 to alphas_cumprod
 ``timestep_grid(cls)`` gives diffusers' class A1111's grid; the step formulas are the same.
 
 ``tests/integration/test_samplers_run.py`` checks every step against written-out A1111 loops.
-Imports torch and diffusers: only ``samplers.build_scheduler`` calls it.
+``build_scheduler`` makes the scheduler of a sampler of ``sdbatch.plan.samplers``' table.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 import torch
+
+from sdbatch.plan.samplers import SAMPLER_KEYS, Sampler, resolve_sampler
 
 
 def _interleave(first: torch.Tensor, rest: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -107,3 +110,34 @@ def timestep_grid(cls: type) -> type:
 
 # Sampler.a1111_schedule -> the subclass factory.
 SCHEDULES = {"discard_next_to_last_sigma": discarding, "a1111_grid": timestep_grid}
+
+
+def build_scheduler(sampler: Sampler | str, base_config: Any, seeds: list[int] | None = None):
+    """A fresh diffusers scheduler: ``Cls.from_config(base_config, **options)``.
+
+    ``base_config`` is the model's scheduler config (``pipe.scheduler.config``). ``seeds`` holds one
+    seed per image of the batch, in order. Only DPMSolverSDEScheduler uses them: it ignores the
+    pipeline's generator and draws its noise from one Brownian tree per image seeded by
+    ``noise_sampler_seed`` (diffusers' BatchedBrownianTree), so a batch of N matches N single calls.
+    Every other noisy scheduler draws from the pipeline's generator, which must then be a list with
+    one ``torch.Generator`` per image. Build one scheduler per batch: the seeds live in its config.
+    """
+    import diffusers
+
+    s = resolve_sampler(sampler) if isinstance(sampler, str) else sampler
+    config = {k: v for k, v in dict(base_config).items() if k not in SAMPLER_KEYS}
+    options = dict(s.options)
+    cls = getattr(diffusers, s.cls)
+    if s.a1111_schedule:
+        cls = SCHEDULES[s.a1111_schedule](cls)
+    if s.cls == "DPMSolverSDEScheduler":
+        if seeds is None:
+            raise ValueError(
+                f"{s.name} ({s.cls}) needs seeds=[one seed per image]; without them diffusers "
+                "seeds its Brownian tree from torch's global RNG and images are not reproducible"
+            )
+        # Always a list, even for one image: an int would build one tree over the whole batch.
+        options["noise_sampler_seed"] = [
+            int(x) for x in ([seeds] if isinstance(seeds, int) else seeds)
+        ]
+    return cls.from_config(config, **options)

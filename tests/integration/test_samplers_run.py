@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from sdbatch.plan.samplers import SAMPLERS, build_scheduler  # noqa: E402
+from sdbatch.plan.samplers import SAMPLERS  # noqa: E402
+from sdbatch.render.schedulers import build_scheduler  # noqa: E402
 from tests.tiny import tiny_unet, tiny_vae  # noqa: E402
 
 # Stable Diffusion 1.5's scheduler_config.json.
