@@ -43,6 +43,10 @@ format: install  ## ruff fix + format
 bench: install  ## benchmarks (see BENCHMARKS.md)
 	$(VENV)/bin/python bench/run.py
 
+.PHONY: docs
+docs: install  ## build the documentation site into site/ (mkdocs, warnings are errors)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache
 
