@@ -61,12 +61,6 @@ def pick_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device
     return dev, DTYPES[dtype]
 
 
-def free_accelerator_memory() -> None:
-    """Return cached CUDA blocks after an out-of-memory error, before retrying smaller."""
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 @dataclass
 class Renderer:
     model: Model

@@ -11,24 +11,22 @@ recorded as ``nan``, any other exception is recorded per job, and the run goes o
 from __future__ import annotations
 
 import errno
-import io
 import sys
 import time
 import traceback
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sdbatch import __version__
 from sdbatch.errors import UserError
 from sdbatch.outputs.atomic import fsync_dir, write_bytes_atomic
 from sdbatch.outputs.heal import dry_run_notes, heal_output
-from sdbatch.outputs.infotext import format_infotext, png_info
 from sdbatch.outputs.manifest import Manifest
+from sdbatch.outputs.record import encode_png, infotext_for, make_row
 from sdbatch.plan.hashing import sha256_bytes
 from sdbatch.plan.recipe import Batch, Job, Plan, iter_preview
 from sdbatch.run.control import EXIT_STOPPED, OutputLock
-from sdbatch.run.faults import Faults
 from sdbatch.run.resume import scan_manifest
 from sdbatch.run.setup import Setup, load_renderer, make_salt, prepare
 
@@ -56,39 +54,6 @@ class Summary:
         return EXIT_FAILED if self.failed else EXIT_OK
 
 
-INFOTEXT_ORDER = (
-    "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE hash", "VAE",
-    "Variation seed", "Variation seed strength", "Denoising strength", "Clip skip", "RNG",
-    "Hires upscale", "Hires steps", "Hires upscaler", "Version",
-)  # fmt: skip
-
-
-def infotext_for(job: Job) -> str:
-    """A1111's infotext for a job, in A1111's key order."""
-    params = {
-        "Steps": job.steps,
-        "Sampler": job.sampler,
-        "CFG scale": job.cfg,
-        "Seed": job.seed,
-        "Size": f"{job.width}x{job.height}",
-        **job.model.infotext(),
-        **job.extras.infotext(),
-        "Version": f"sdbatch {__version__}",
-    }
-    rank = {k: i for i, k in enumerate(INFOTEXT_ORDER)}
-    ordered = dict(sorted(params.items(), key=lambda kv: rank.get(kv[0], len(rank))))
-    return format_infotext(job.prompt, job.negative_prompt, ordered)
-
-
-def encode_png(pixels, infotext: str) -> bytes:
-    """uint8 (H, W, 3) array -> PNG bytes carrying A1111's `parameters` chunk."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", pnginfo=png_info(infotext))
-    return buf.getvalue()
-
-
 def _short(values: list[str], limit: int = 12) -> str:
     """``5, 7, 9`` or ``1, 2, 3, ... (100 values)``."""
     if len(values) <= limit:
@@ -96,37 +61,12 @@ def _short(values: list[str], limit: int = 12) -> str:
     return ", ".join(values[: limit - 1]) + f", ... ({len(values)} values)"
 
 
-def _row(job: Job, plan: Plan, batch: Batch, env: dict, **fields) -> dict:
-    row = {
-        "job_id": job.job_id,
-        "recipe": plan.name,
-        "prompt": job.prompt,
-        "negative_prompt": job.negative_prompt,
-        "template": job.template,
-        "vars": list(job.vars),
-        "sampler": job.sampler,
-        "scheduler": job.scheduler,
-        "steps": job.steps,
-        "cfg": job.cfg,
-        "seed": job.seed,
-        "width": job.width,
-        "height": job.height,
-        "model": job.model.name,
-        "model_hash": job.model.hash,
-        "subseed": job.extras.subseed if job.extras.subseed_strength > 0 else None,
-        "subseed_strength": job.extras.subseed_strength or None,
-        "rng": job.extras.rng,
-        "hires": job.extras.hires.describe() if job.extras.hires else None,
-        "batch": batch.index,
-        "image": None,
-        "image_sha256": None,
-        "error": None,
-        "note": None,
-        "infotext": infotext_for(job),
-        **env,
-    }
-    row.update(fields)
-    return row
+def _free_accelerator_memory() -> None:
+    """Return cached CUDA blocks after an out-of-memory error, before retrying smaller (only
+    when the renderer brought torch in: a fake renderer runs without it)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -148,9 +88,7 @@ def _render_halving(render, jobs: tuple[Job, ...]) -> tuple[list, int]:
     except Exception as exc:
         if not is_out_of_memory(exc) or len(jobs) == 1:
             raise
-    from sdbatch.render.pipeline import free_accelerator_memory
-
-    free_accelerator_memory()
+    _free_accelerator_memory()
     half = (len(jobs) + 1) // 2
     first, size_a = _render_halving(render, jobs[:half])
     second, size_b = _render_halving(render, jobs[half:])
@@ -166,13 +104,13 @@ class Rendered:
     times: dict  # started, finished, duration_s (per image), note (e.g. out-of-memory halving)
 
 
-def render_batch(render, batch: Batch, faults: Faults) -> Rendered:
+def render_batch(render, batch: Batch) -> Rendered:
     """Render a whole batch (its composition fixes the pixels); exceptions become its error."""
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     note = None
     try:
-        outputs, note = render_halving(faults.render(render, batch.index), batch.jobs)
+        outputs, note = render_halving(render, batch.jobs)
         results, error = dict(zip([j.job_id for j in batch.jobs], outputs, strict=True)), None
     except Exception as exc:  # recorded per job; the run goes on
         results, error = None, f"{type(exc).__name__}: {exc}"
@@ -187,36 +125,25 @@ def render_batch(render, batch: Batch, faults: Faults) -> Rendered:
 
 
 def write_batch(rendered: Rendered, batch: Batch, todo: list[Job], plan: Plan, out_dir: Path,
-                env: dict, faults: Faults) -> list[dict]:  # fmt: skip
+                env: dict) -> list[dict]:  # fmt: skip
     """Write the PNGs of the jobs still to do (atomic renames, then one directory fsync)."""
     results, error, times = rendered.results, rendered.error, rendered.times
-    faults.before_write(batch.index)
     rows = []
     for job in todo:
         if results is None:
-            rows.append(_row(job, plan, batch, env, status="failed", error=error, **times))
+            rows.append(make_row(job, plan.name, batch.index, env, status="failed", error=error,
+                                 **times))  # fmt: skip
             continue
         pixels, is_nan = results[job.job_id]
         if is_nan:
-            rows.append(
-                _row(job, plan, batch, env, status="nan", error="NaN in the image", **times)
-            )
+            rows.append(make_row(job, plan.name, batch.index, env, status="nan",
+                                 error="NaN in the image", **times))  # fmt: skip
             continue
         data = encode_png(pixels, infotext_for(job))
         rel = f"images/{job.image_name}"
         write_bytes_atomic(out_dir / rel, data, sync_dir=False)
-        rows.append(
-            _row(
-                job,
-                plan,
-                batch,
-                env,
-                status="ok",
-                image=rel,
-                image_sha256=sha256_bytes(data),
-                **times,
-            )  # fmt: skip
-        )
+        rows.append(make_row(job, plan.name, batch.index, env, status="ok", image=rel,
+                             image_sha256=sha256_bytes(data), **times))  # fmt: skip
     if any(r["status"] == "ok" for r in rows):
         fsync_dir(out_dir / "images")  # the renames are durable before the rows are written
     return rows
@@ -233,75 +160,171 @@ def _output_error(out_dir: Path, exc: OSError, done: int, total: int) -> OutputE
 
 
 def execute(
-    cfg: dict, out_dir: Path, context: dict | None = None, salt_dir: Path | None = None
+    cfg: dict,
+    out_dir: Path,
+    context: dict | None = None,
+    salt_dir: Path | None = None,
+    load: Callable | None = None,
 ) -> Summary:
-    """The whole run for one composed recipe (plain dict) writing into ``out_dir``.
+    """The whole run for one composed recipe writing into ``out_dir``.
 
     ``context`` holds per-row facts from the caller (Hydra job number, overrides);
-    ``salt_dir`` the folder whose salt draws -1 seeds (default ``out_dir``).
-    Order: validate and plan; see what is done (read only); load the first model needed;
-    only then lock the folder (creating it) and write.
+    ``salt_dir`` the folder whose salt draws -1 seeds (default ``out_dir``); ``load(model,
+    device, dtype)`` makes the renderer of a model (default: the diffusers pipeline; tests pass
+    a fake one). Order: validate and plan; see what is done (read only); load the first model
+    needed; only then lock the folder (creating it) and write.
     """
-    t_start = time.perf_counter()
-    salt_dir = out_dir if salt_dir is None else salt_dir
-    setup = prepare(cfg, salt_dir)
-    jobs, settings = setup.jobs, setup.settings
-    manifest = Manifest(out_dir / "manifest")
+    run = Run(prepare(cfg, salt_dir or out_dir), Path(out_dir), context or {},
+              load or load_renderer, time.perf_counter())  # fmt: skip
+    setup, settings = run.setup, run.setup.settings
     if settings.dry_run:
-        done, _, _ = scan_manifest(jobs, out_dir, manifest, settings.verify, skip_damaged=True)
-        _print_plan(setup, len(done))
-        for note in dry_run_notes(manifest):
-            print(note)
-        random = setup.plan.random_seeds if setup.plan.seeds_provisional else frozenset()
-        for line in iter_preview(jobs, settings.show_jobs, random):
-            print(line)
-        if len(jobs) > settings.show_jobs:
-            print(f"  ... ({len(jobs)} jobs in {len(setup.batches)} batches; dry run, "
-                  "nothing written)")  # fmt: skip
-        return Summary(skipped=len(done))
+        return run.dry_run()
     # read only, so a bad model fails before anything exists; damaged files are healed later
-    scan = scan_manifest(jobs, out_dir, manifest, settings.verify, skip_damaged=True)
+    scan = scan_manifest(setup.jobs, run.out_dir, run.manifest, settings.verify, skip_damaged=True)
     first = _first_pending(setup, scan, settings.retry_failed)
     stop = setup.stop.install()  # from here on a first Ctrl-C or SIGTERM is a clean stop
     try:
-        renderer = None
-        if first is not None and not manifest.damaged:  # (else: after healing, if still needed)
+        if first is not None and not run.manifest.damaged:  # else: after healing, if needed
             print(f"loading model {first.model.name} ...", flush=True)
-            renderer = load_renderer(first.model, setup.device, setup.dtype)
+            run.renderer = run.load_model(first.model)
         if first is not None and stop.should_stop():  # while loading: stop, nothing written
-            summary = Summary(skipped=len(scan[0]), stopped=stop.reason)
-            summary.seconds = time.perf_counter() - t_start
-            _print_summary(summary, out_dir, len(jobs))
+            return run.finish(Summary(skipped=len(scan[0]), stopped=stop.reason))
+        try:
+            lock = OutputLock(run.out_dir).acquire()
+        except OSError as exc:
+            if first is None:  # nothing to write: a read-only folder of finished work is fine
+                _print_plan(setup, len(scan[0]))
+                return run.finish(Summary(skipped=len(scan[0]), failed=len(scan[1] - scan[0])))
+            raise _output_error(run.out_dir, exc, len(scan[0]), len(setup.jobs)) from None
+        try:
+            if setup.plan.seeds_provisional:  # the first real run draws the folder's -1 seeds
+                make_salt(salt_dir or out_dir)
+                run.setup = replace(prepare(cfg, salt_dir or out_dir), stop=setup.stop)
+            summary = run.locked()
+            if run.setup.grids and not summary.stopped:
+                draw_grids(run.out_dir, run.setup.grids)
             return summary
-        return _locked(cfg, setup, out_dir, manifest, context, t_start, renderer, scan, first,
-                       salt_dir)  # fmt: skip
+        finally:
+            lock.release()
     finally:
         stop.restore()
 
 
-def _locked(cfg, setup, out_dir, manifest, context, t_start, renderer, scan, first,
-            salt_dir) -> Summary:  # fmt: skip
-    jobs = setup.jobs
-    try:
-        lock = OutputLock(out_dir).acquire()
-    except OSError as exc:
-        if first is None:  # nothing to write: a read-only folder of finished work is fine
-            _print_plan(setup, len(scan[0]))
-            summary = Summary(skipped=len(scan[0]), failed=len(scan[1] - scan[0]))
-            summary.seconds = time.perf_counter() - t_start
-            _print_summary(summary, out_dir, len(jobs))
-            return summary
-        raise _output_error(out_dir, exc, len(scan[0]), len(jobs)) from None
-    try:
-        if setup.plan.seeds_provisional:  # the first real run draws the folder's -1 seeds
-            make_salt(salt_dir)
-            setup = replace(prepare(cfg, salt_dir), stop=setup.stop)
-        summary = _run_locked(setup, out_dir, manifest, context, t_start, renderer)
-        if setup.grids and not summary.stopped:
-            draw_grids(out_dir, setup.grids)
+@dataclass
+class Run:
+    """One run of a plan into an output folder: what every step of it needs."""
+
+    setup: Setup
+    out_dir: Path
+    context: dict  # per-row facts from the caller (Hydra job, overrides)
+    load: Callable  # (model, device, dtype) -> renderer
+    t_start: float
+    renderer: object = None
+    manifest: Manifest = field(init=False)
+    _batch_of: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.manifest = Manifest(self.out_dir / "manifest")
+
+    def load_model(self, model):
+        return self.load(model, self.setup.device, self.setup.dtype)
+
+    def finish(self, summary: Summary) -> Summary:
+        summary.seconds = time.perf_counter() - self.t_start
+        _print_summary(summary, self.out_dir, len(self.setup.jobs))
         return summary
-    finally:
-        lock.release()
+
+    def dry_run(self) -> Summary:
+        setup, jobs, show = self.setup, self.setup.jobs, self.setup.settings.show_jobs
+        done, _, _ = scan_manifest(jobs, self.out_dir, self.manifest, setup.settings.verify,
+                                   skip_damaged=True)  # fmt: skip
+        _print_plan(setup, len(done))
+        for note in dry_run_notes(self.manifest):
+            print(note)
+        random = setup.plan.random_seeds if setup.plan.seeds_provisional else frozenset()
+        for line in iter_preview(jobs, show, random):
+            print(line)
+        if len(jobs) > show:
+            print(f"  ... ({len(jobs)} jobs in {len(setup.batches)} batches; dry run, "
+                  "nothing written)")  # fmt: skip
+        return Summary(skipped=len(done))
+
+    def locked(self) -> Summary:
+        """Holding the output lock: heal the folder, see what is done, render the rest."""
+        setup, settings = self.setup, self.setup.settings
+        for message in heal_output(self.out_dir, self.manifest, setup.plan.jobs,
+                                   self.recovered_row):  # fmt: skip
+            print(message, flush=True)
+        done, failed, seen = scan_manifest(setup.jobs, self.out_dir, self.manifest,
+                                           settings.verify)  # fmt: skip
+        failed_before = set() if settings.retry_failed else failed - done
+        _print_plan(setup, len(done))
+        skip = done | failed_before
+        pending = [(b, [j for j in b.jobs if j.job_id not in skip]) for b in setup.batches]
+        pending = [(b, todo) for b, todo in pending if todo]
+        summary = Summary(skipped=len(done), failed=len(failed_before))
+        if failed_before:
+            print(f"{len(failed_before)} jobs failed before; run.retry_failed=true retries them")
+        if pending:
+            # jobs that already have a row (retries, lost images) leave superseded rows behind;
+            # then the run ends with a full compaction so plain Parquet readers see one row a job
+            rewrite = any(j.job_id in seen for _, todo in pending for j in todo)
+            self.render_all(pending, summary, len(done), rewrite)
+        return self.finish(summary)
+
+    def recovered_row(self, job: Job, image: str, sha256: str) -> dict:
+        """The row of a finished image whose row was lost with a damaged manifest file: what the
+        plan knows (everything that decides the pixels, the batch); timings and device unknown."""
+        if self._batch_of is None:
+            self._batch_of = {j.job_id: b.index for b in self.setup.plan.batches for j in b.jobs}
+        batch = self._batch_of[job.job_id]
+        return make_row(job, self.setup.plan.name, batch, {}, status="ok", image=image,
+                        image_sha256=sha256)  # fmt: skip
+
+    def render_all(self, pending, summary: Summary, n_done: int, full_compact: bool) -> None:
+        from tqdm import tqdm
+
+        setup, out_dir, manifest = self.setup, self.out_dir, self.manifest
+        plan, stop, n_jobs = setup.plan, setup.stop, len(setup.jobs)
+        try:
+            (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _output_error(out_dir, exc, n_done, n_jobs) from None
+        env, env_model = {}, None
+        total = sum(len(todo) for _, todo in pending)
+        bar = tqdm(total=total, unit="img", disable=not setup.settings.progress,
+                   dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+        try:
+            for batch, todo in pending:
+                if stop.should_stop():
+                    summary.stopped = stop.reason
+                    break
+                model = batch.jobs[0].model
+                if self.renderer is None or self.renderer.model != model:
+                    self.renderer = None  # free the previous model first
+                    bar.write(f"loading model {model.name} ...", file=sys.stdout)
+                    self.renderer = self.load_model(model)
+                if env_model is not self.renderer.model:
+                    env_model = self.renderer.model
+                    env = {**self.renderer.environment(), **self.context}
+                    bar.write(f"model: {self.renderer.describe()}", file=sys.stdout)
+                rendered = render_batch(self.renderer.render, batch)
+                try:
+                    with stop.deferred():  # a second Ctrl-C waits until the rows match the images
+                        rows = write_batch(rendered, batch, todo, plan, out_dir, env)
+                        manifest.append(rows)
+                except OSError as exc:
+                    raise _output_error(out_dir, exc, n_done + summary.written, n_jobs) from None
+                manifest.maybe_compact()
+                summary.written += sum(r["status"] == "ok" for r in rows)
+                summary.failed += sum(r["status"] != "ok" for r in rows)
+                bar.update(len(todo))
+        finally:
+            bar.close()
+            try:
+                manifest.compact(full=full_compact)
+            except OSError:
+                pass  # parts stay readable; the next run compacts
 
 
 def _first_pending(setup: Setup, scan, retry_failed: bool) -> Job | None:
@@ -341,89 +364,3 @@ def draw_grids(out_dir: Path, grids: list[dict]) -> None:
             print(f"grid: {path}")
     except (UserError, OSError) as exc:
         print(f"warning: grids not drawn: {exc}", file=sys.stderr)
-
-
-def _run_locked(setup: Setup, out_dir: Path, manifest: Manifest, context: dict | None,
-                t_start: float, renderer) -> Summary:  # fmt: skip
-    settings, jobs = setup.settings, setup.jobs
-    for message in heal_output(out_dir, manifest, setup.plan.jobs, _recovered_row(setup)):
-        print(message, flush=True)
-    done, failed, seen = scan_manifest(jobs, out_dir, manifest, settings.verify)
-    failed_before = failed - done
-    if settings.retry_failed:
-        failed_before = set()
-    _print_plan(setup, len(done))
-    skip = done | failed_before
-    pending = [(b, [j for j in b.jobs if j.job_id not in skip]) for b in setup.batches]
-    pending = [(b, todo) for b, todo in pending if todo]
-    summary = Summary(skipped=len(done), failed=len(failed_before))
-    if failed_before:
-        print(f"{len(failed_before)} jobs failed before; run.retry_failed=true retries them")
-    if pending:
-        # jobs that already have a row (retries, lost images) leave superseded rows behind;
-        # then the run ends with a full compaction so plain Parquet readers see one row a job
-        rewrite = any(j.job_id in seen for _, todo in pending for j in todo)
-        _render_all(pending, setup, out_dir, manifest, context, summary, done, rewrite, renderer)
-    summary.seconds = time.perf_counter() - t_start
-    _print_summary(summary, out_dir, len(jobs))
-    return summary
-
-
-def _recovered_row(setup: Setup):
-    """The row of a finished image whose row was lost with a damaged manifest file: what the
-    plan knows (everything that decides the pixels, the batch); timings and device unknown."""
-    batch_of = {j.job_id: b.index for b in setup.plan.batches for j in b.jobs}
-
-    def make_row(job: Job, image: str, sha256: str) -> dict:
-        batch = Batch(batch_of[job.job_id], ())
-        env = {"dtype": job.extras.dtype}
-        return _row(job, setup.plan, batch, env, status="ok", image=image, image_sha256=sha256)
-
-    return make_row
-
-
-def _render_all(pending, setup: Setup, out_dir, manifest, context, summary, done, full_compact,
-                renderer) -> None:  # fmt: skip
-    from tqdm import tqdm
-
-    plan, stop, n_jobs = setup.plan, setup.stop, len(setup.jobs)
-    try:
-        (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _output_error(out_dir, exc, len(done), n_jobs) from None
-    faults = Faults.from_env()
-    env, env_model = {}, None
-    total = sum(len(todo) for _, todo in pending)
-    bar = tqdm(total=total, unit="img", disable=not setup.settings.progress,
-               dynamic_ncols=True, file=sys.stderr)  # fmt: skip
-    try:
-        for batch, todo in pending:
-            if stop.should_stop():
-                summary.stopped = stop.reason
-                break
-            if renderer is None or renderer.model != batch.jobs[0].model:
-                renderer = None  # free the previous model first
-                bar.write(f"loading model {batch.jobs[0].model.name} ...", file=sys.stdout)
-                renderer = load_renderer(batch.jobs[0].model, setup.device, setup.dtype)
-            if env_model is not renderer.model:
-                env_model = renderer.model
-                env = {**renderer.environment(), "dtype": setup.dtype, **(context or {})}
-                bar.write(f"model: {renderer.describe()}", file=sys.stdout)
-            rendered = render_batch(renderer.render, batch, faults)
-            try:
-                with stop.deferred():  # a second Ctrl-C waits until the rows match the images
-                    rows = write_batch(rendered, batch, todo, plan, out_dir, env, faults)
-                    manifest.append(rows)
-            except OSError as exc:
-                n_done = len(done) + summary.written
-                raise _output_error(out_dir, exc, n_done, n_jobs) from None
-            manifest.maybe_compact()
-            summary.written += sum(r["status"] == "ok" for r in rows)
-            summary.failed += sum(r["status"] != "ok" for r in rows)
-            bar.update(len(todo))
-    finally:
-        bar.close()
-        try:
-            manifest.compact(full=full_compact)
-        except OSError:
-            pass  # parts stay readable; the next run compacts

@@ -123,11 +123,47 @@ def test_deadline_stops_cleanly_and_says_how_to_continue(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-def test_out_of_memory_retries_in_halves_and_records_it(tmp_path):
+def faulty(monkeypatch, oom: bool = False, fail: set = frozenset(), nan: set = frozenset()):
+    """The real renderer, wrapped by the test (not a hook in the runner): ``oom`` makes every
+    batch of more than one image raise torch's out-of-memory error, ``fail`` the batches
+    holding those job indices raise, ``nan`` those jobs' images come out NaN."""
+    from sdbatch.run import runner
+
+    real = runner.load_renderer
+
+    def load(model, device, dtype):
+        renderer = real(model, device, dtype)
+        render = renderer.render
+
+        def faulty_render(jobs):
+            import torch
+
+            if fail & {j.index for j in jobs}:
+                raise RuntimeError("injected fault")
+            if oom and len(jobs) > 1:
+                raise torch.OutOfMemoryError(f"injected CUDA out of memory ({len(jobs)} images)")
+            out = render(jobs)
+            return [(px, bad or j.index in nan) for j, (px, bad) in zip(jobs, out, strict=True)]
+
+        renderer.render = faulty_render
+        return renderer
+
+    monkeypatch.setattr(runner, "load_renderer", load)
+
+
+def quick(**overrides) -> dict:
+    from tests.conftest import quick_cfg
+
+    return quick_cfg(steps=2, **overrides)
+
+
+def test_out_of_memory_retries_in_halves_and_records_it(tmp_path, monkeypatch):
+    from sdbatch.run.runner import execute
+
     ref, out = tmp_path / "ref", tmp_path / "oom"
-    assert sdbatch(*QUICK, f"output.dir={ref}", "batch_size=1").returncode == 0
-    res = sdbatch(*QUICK, f"output.dir={out}", SDBATCH_TEST_FAULTS="oom@0")
-    assert res.returncode == 0, res.stderr
+    assert execute(quick(batch_size=1), ref).written == 4
+    faulty(monkeypatch, oom=True)
+    assert execute(quick(), out).exit_code == 0
     table = rows(out)
     assert {r["status"] for r in table} == {"ok"} and len(table) == 4
     # the injected OOM hits every batch of more than one image: 4 -> 2 -> 1
@@ -135,30 +171,48 @@ def test_out_of_memory_retries_in_halves_and_records_it(tmp_path):
     assert shas(out) == shas(ref)  # rendered one at a time: the batch_size=1 pixels
 
 
-def test_nan_and_errors_are_recorded_per_job_and_the_run_goes_on(tmp_path):
+def test_nan_and_errors_are_recorded_per_job_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    from sdbatch.run.runner import execute
+
     out = tmp_path / "out"
-    res = sdbatch(*QUICK, f"output.dir={out}", "batch_size=2", SDBATCH_TEST_FAULTS="nan@1,error@1")
-    assert res.returncode == 3, res.stderr
+    faulty(monkeypatch, fail={2}, nan={1})
+    summary = execute(quick(batch_size=2), out)
+    assert summary.exit_code == 3
     status = sorted((r["status"], r["error"] or "") for r in rows(out))
     assert status == [
-        ("failed", "RuntimeError: injected fault in batch 1"),
-        ("failed", "RuntimeError: injected fault in batch 1"),
+        ("failed", "RuntimeError: injected fault"),
+        ("failed", "RuntimeError: injected fault"),
         ("nan", "NaN in the image"),
         ("ok", ""),
     ]
-    assert "done: 1 written, 0 skipped, 3 failed" in res.stdout
-    again = sdbatch(*QUICK, f"output.dir={out}", "batch_size=2")
-    assert again.returncode == 3 and "3 jobs failed before" in again.stdout
-    retry = sdbatch(*QUICK, f"output.dir={out}", "batch_size=2", "run.retry_failed=true")
-    assert retry.returncode == 0 and "done: 3 written, 1 skipped, 0 failed" in retry.stdout
+    assert "done: 1 written, 0 skipped, 3 failed" in capsys.readouterr().out
+    monkeypatch.undo()
+    assert execute(quick(batch_size=2), out).exit_code == 3
+    assert "3 jobs failed before" in capsys.readouterr().out
+    run = {"device": "cpu", "progress": False, "retry_failed": True}
+    assert execute(quick(batch_size=2, run=run), out).exit_code == 0
+    assert "done: 3 written, 1 skipped, 0 failed" in capsys.readouterr().out
     assert {r["status"] for r in rows(out)} == {"ok"} and len(rows(out)) == 4
 
 
-def test_disk_full_is_one_clear_line_and_the_manifest_stays_readable(tmp_path):
-    out = tmp_path / "out"
-    res = sdbatch(*QUICK, f"output.dir={out}", "batch_size=2", SDBATCH_TEST_FAULTS="enospc@1")
-    assert res.returncode == 6
-    (line,) = res.stderr.strip().splitlines()
+def test_disk_full_is_one_clear_line_and_the_manifest_stays_readable(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from sdbatch.run import runner
+    from tests.conftest import run_cli
+
+    out, real, calls = tmp_path / "out", runner.write_bytes_atomic, []
+
+    def write(path, data, sync_dir=True):  # the disk fills up during batch 1's images
+        calls.append(path)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, data, sync_dir=sync_dir)
+
+    monkeypatch.setattr(runner, "write_bytes_atomic", write)
+    code, _, err = run_cli(monkeypatch, capsys, *QUICK, f"output.dir={out}", "batch_size=2")
+    assert code == 6
+    (line,) = err.strip().splitlines()
     assert "No space left on device" in line and "2 of 4 done" in line
     assert len(rows(out)) == 2 and not list(out.glob("images/.*"))
 
@@ -197,9 +251,13 @@ def test_lock_is_released_after_a_normal_run(tmp_path):
     assert (out / ".sdbatch.lock").read_text() == ""
 
 
-def test_a_multirun_exits_with_the_worst_code_of_its_jobs(tmp_path):
+def test_a_multirun_exits_with_the_worst_code_of_its_jobs(tmp_path, monkeypatch, capsys):
+    from tests.conftest import run_cli
+
     out = tmp_path / "sweep"
-    res = sdbatch("-m", *QUICK, "cfg=5,7", f"output.dir={out}", SDBATCH_TEST_FAULTS="error@0")
-    assert res.returncode == 3, res.stderr
+    faulty(monkeypatch, fail={0})  # the first batch of every job fails
+    code, _, err = run_cli(monkeypatch, capsys, "-m", *QUICK, "cfg=5,7", f"output.dir={out}")
+    assert code == 3, err
+    monkeypatch.undo()
     ok = sdbatch("-m", *QUICK, "cfg=5,7", f"output.dir={tmp_path / 'ok'}")
     assert ok.returncode == 0, ok.stderr

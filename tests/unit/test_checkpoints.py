@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from sdbatch.errors import RecipeError
+from sdbatch.outputs.record import infotext_for
 from sdbatch.plan import hashing
 from sdbatch.plan.checkpoints import (
     SHIPPED_CONFIGS,
@@ -29,7 +30,6 @@ from sdbatch.plan.checkpoints import (
     resolve_models,
 )
 from sdbatch.plan.recipe import build_plan
-from sdbatch.run.runner import infotext_for
 from tests.conftest import ROOT, quick_cfg
 
 UNET = "model.diffusion_model.input_blocks.0.0.weight"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sdbatch.errors import RecipeError
+from sdbatch.outputs.record import infotext_for
 from sdbatch.plan.recipe import build_plan
-from sdbatch.run.runner import infotext_for
 from tests.conftest import quick_cfg
 
 HIRES = {"scale": 2, "upscaler": "latent", "steps": 10, "denoise": 0.5}

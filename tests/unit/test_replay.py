@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 import sdbatch.config as config
 from sdbatch.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_PATH
 from sdbatch.outputs.infotext import format_infotext, parse_infotext
+from sdbatch.outputs.record import infotext_for
 from sdbatch.plan.generation import Hires
 from sdbatch.plan.hashing import model_hash
 from sdbatch.plan.recipe import build_plan
 from sdbatch.plan.samplers import SAMPLERS
-from sdbatch.run.runner import infotext_for
 from sdbatch.views.replay import (
     FIELDS,
     ReplayError,

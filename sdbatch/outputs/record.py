@@ -1,0 +1,97 @@
+"""What a finished job leaves behind, in one place: its PNG (carrying A1111's infotext) and its
+manifest row. The runner, the repair of lost rows and the tools all make rows here, so the
+columns of a row are decided once (``sdbatch.outputs.manifest.SCHEMA`` types them).
+
+A row is the job (everything that decides the pixels), its result (status, image, timings) and
+the run's context (device, dtype, versions, the Hydra job and overrides).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+
+from sdbatch import __version__
+from sdbatch.outputs.infotext import format_infotext, png_info
+from sdbatch.plan.recipe import Job
+
+INFOTEXT_ORDER = (
+    "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE hash", "VAE",
+    "Variation seed", "Variation seed strength", "Denoising strength", "Clip skip", "RNG",
+    "Hires upscale", "Hires steps", "Hires upscaler", "Version",
+)  # fmt: skip
+# What a render gives a row, and what the run knows about itself
+RESULT_FIELDS = frozenset(
+    {"status", "image", "image_sha256", "error", "note", "started", "finished", "duration_s"}
+)
+CONTEXT_FIELDS = frozenset(
+    {"device", "dtype", "sdbatch_version", "torch_version", "diffusers_version", "hydra_job",
+     "overrides"}
+)  # fmt: skip
+
+
+def infotext_for(job: Job) -> str:
+    """A1111's infotext for a job, in A1111's key order."""
+    params = {
+        "Steps": job.steps,
+        "Sampler": job.sampler,
+        "CFG scale": job.cfg,
+        "Seed": job.seed,
+        "Size": f"{job.width}x{job.height}",
+        **job.model.infotext(),
+        **job.extras.infotext(),
+        "Version": f"sdbatch {__version__}",
+    }
+    rank = {k: i for i, k in enumerate(INFOTEXT_ORDER)}
+    ordered = dict(sorted(params.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+    return format_infotext(job.prompt, job.negative_prompt, ordered)
+
+
+def encode_png(pixels, infotext: str) -> bytes:
+    """uint8 (H, W, 3) array -> PNG bytes carrying A1111's ``parameters`` chunk."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", pnginfo=png_info(infotext))
+    return buf.getvalue()
+
+
+def make_row(job: Job, recipe: str, batch: int, context: Mapping, **result) -> dict:
+    """The manifest row of ``job`` (batch ``batch`` of recipe ``recipe``): the job's fields, the
+    ``result`` of rendering it (``status`` and what it produced) and the run's ``context``."""
+    unknown = (set(result) - RESULT_FIELDS) | (set(context) - CONTEXT_FIELDS)
+    if unknown:
+        raise TypeError(f"not manifest row fields: {sorted(unknown)}")
+    if "status" not in result:
+        raise TypeError("a row needs a status")
+    row = {
+        "job_id": job.job_id,
+        "recipe": recipe,
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "template": job.template,
+        "vars": list(job.vars),
+        "sampler": job.sampler,
+        "scheduler": job.scheduler,
+        "steps": job.steps,
+        "cfg": job.cfg,
+        "seed": job.seed,
+        "width": job.width,
+        "height": job.height,
+        "model": job.model.name,
+        "model_hash": job.model.hash,
+        "subseed": job.extras.subseed if job.extras.subseed_strength > 0 else None,
+        "subseed_strength": job.extras.subseed_strength or None,
+        "rng": job.extras.rng,
+        "hires": job.extras.hires.describe() if job.extras.hires else None,
+        "batch": batch,
+        "image": None,
+        "image_sha256": None,
+        "error": None,
+        "note": None,
+        "infotext": infotext_for(job),
+        "dtype": job.extras.dtype,
+        **context,
+    }
+    row.update(result)
+    return row
