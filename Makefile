@@ -29,12 +29,14 @@ run: install  ## install if needed, then run the demo recipe (sdbatch +recipe=sh
 quick: install  ## a few seconds: the quick recipe
 	$(VENV)/bin/sdbatch +recipe=quick
 
-test: install  ## install if needed, then run the whole test suite
-	$(VENV)/bin/python -m pytest -q
+test: install  ## install if needed, then run the import contracts and the whole test suite
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/python -m pytest -q --durations=15
 
-lint: install  ## ruff check + format check
+lint: install  ## ruff check + format check + the package layers (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: install  ## ruff fix + format
 	$(VENV)/bin/ruff check --fix .

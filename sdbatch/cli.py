@@ -124,6 +124,18 @@ def check_composed(cfg: DictConfig) -> None:
             )  # fmt: skip
 
 
+def draw_grids(out_dir: Path, grids: list[dict]) -> None:
+    """The recipe's ``grids:``, drawn when its run ends; a grid problem is a warning, never a
+    failed run."""
+    from sdbatch.views.grid import draw_recipe_grids
+
+    try:
+        for path in draw_recipe_grids(out_dir, grids):
+            print(f"grid: {path}")
+    except (UserError, OSError) as exc:
+        print(f"warning: grids not drawn: {exc}", file=sys.stderr)
+
+
 def run(cfg: DictConfig) -> int:
     """Compose -> plain dict -> runner. Returns the exit code."""
     from sdbatch.run.runner import execute
@@ -132,7 +144,15 @@ def run(cfg: DictConfig) -> int:
     pick_gpu(cfg)
     plain = OmegaConf.to_container(cfg, resolve=True)
     out = output_dir(cfg)
-    code = execute(plain, out, run_context(), salt_dir=Path(str(cfg.output.dir))).exit_code
+    grids = list(plain.get("grids") or [])
+    if grids:
+        from sdbatch.views.grid import validate_grid_specs
+
+        validate_grid_specs(grids)  # before anything is written
+    summary = execute(plain, out, run_context(), salt_dir=Path(str(cfg.output.dir)))
+    if grids and not summary.stopped and not plain["run"]["dry_run"]:
+        draw_grids(out, grids)
+    code = summary.exit_code
     if run_context()["hydra_job"] is not None and out.is_dir() and not plain["run"]["dry_run"]:
         (out / EXIT_FILE).write_text(f"{code}\n")  # read by MultirunExitCode in the parent
     return code

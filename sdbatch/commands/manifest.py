@@ -139,9 +139,9 @@ def run_repair(args: argparse.Namespace) -> int:
     """What a run does before it starts, without a recipe: images with no row get one from
     their PNG infotext. Takes each output folder's lock (exit code 5 while a run holds it)."""
     from sdbatch.outputs.heal import heal_output
+    from sdbatch.outputs.lock import OutputLock
     from sdbatch.outputs.manifest import Manifest
     from sdbatch.outputs.manifest_tools import all_sources
-    from sdbatch.run.control import OutputLock
 
     for s in all_sources(args.dirs):
         with OutputLock(s.out_dir):

@@ -96,7 +96,7 @@ def tidy(out_dir: Path, manifest: Manifest) -> bool:
     a folder we cannot lock or write is left as it is. True when it compacted."""
     if not manifest.superseded and not (manifest.dir / JOURNAL).exists():
         return False
-    from sdbatch.run.control import OutputLock
+    from sdbatch.outputs.lock import OutputLock
     from sdbatch.errors import UserError
 
     lock = OutputLock(out_dir)

@@ -273,7 +273,7 @@ def build_plan(
     salt for ``-1`` seeds (without it they are provisional: ``Plan.seeds_provisional``).
     """
     if recipe_dirs is None:
-        from sdbatch.config import recipe_dirs as default_dirs
+        from sdbatch.plan.recipe_files import recipe_dirs as default_dirs
 
         recipe_dirs = default_dirs()
     items = _prompt_items(cfg, recipe_dirs)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +180,26 @@ def check_name(field: str, value: str) -> str | None:
     if len(value.encode()) > 200:
         return "at most 200 bytes"
     return None
+
+
+RECIPES_ENV = "SDBATCH_RECIPES"
+
+
+def recipe_dirs() -> list[Path]:
+    """Folders searched for recipes: the bundled library, then ``$SDBATCH_RECIPES`` entries."""
+    dirs = [Path(str(resources.files("sdbatch.recipes")))]
+    for entry in os.environ.get(RECIPES_ENV, "").split(os.pathsep):
+        if entry.strip():
+            dirs.append(Path(entry).expanduser())
+    return dirs
+
+
+def available_recipes() -> dict[str, Path]:
+    """Recipe name -> file; a later folder overrides an earlier one of the same name."""
+    found: dict[str, Path] = {}
+    for folder in recipe_dirs():
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.yaml")):
+                if RECIPE_NAME.match(path.stem):
+                    found[path.stem] = path
+    return found

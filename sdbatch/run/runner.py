@@ -22,11 +22,12 @@ from pathlib import Path
 from sdbatch.errors import UserError
 from sdbatch.outputs.atomic import fsync_dir, write_bytes_atomic
 from sdbatch.outputs.heal import dry_run_notes, heal_output
+from sdbatch.outputs.lock import OutputLock
 from sdbatch.outputs.manifest import Manifest
 from sdbatch.outputs.record import encode_png, infotext_for, make_row
 from sdbatch.plan.hashing import sha256_bytes
 from sdbatch.plan.recipe import Batch, Job, Plan, iter_preview
-from sdbatch.run.control import EXIT_STOPPED, OutputLock
+from sdbatch.run.control import EXIT_STOPPED
 from sdbatch.run.resume import scan_manifest
 from sdbatch.run.setup import Setup, load_renderer, make_salt, prepare
 
@@ -200,10 +201,7 @@ def execute(
             if setup.plan.seeds_provisional:  # the first real run draws the folder's -1 seeds
                 make_salt(salt_dir or out_dir)
                 run.setup = replace(prepare(cfg, salt_dir or out_dir), stop=setup.stop)
-            summary = run.locked()
-            if run.setup.grids and not summary.stopped:
-                draw_grids(run.out_dir, run.setup.grids)
-            return summary
+            return run.locked()
         finally:
             lock.release()
     finally:
@@ -353,14 +351,3 @@ def _print_summary(summary: Summary, out_dir: Path, n_jobs: int) -> None:
             f"failed in {summary.seconds:.1f}s ({rate:.2f} images/s); outputs: {out_dir}",
             flush=True,
         )
-
-
-def draw_grids(out_dir: Path, grids: list[dict]) -> None:
-    """The recipe's ``grids:``; a grid problem is a warning, never a failed run."""
-    from sdbatch.views.grid import draw_recipe_grids
-
-    try:
-        for path in draw_recipe_grids(out_dir, grids):
-            print(f"grid: {path}")
-    except (UserError, OSError) as exc:
-        print(f"warning: grids not drawn: {exc}", file=sys.stderr)

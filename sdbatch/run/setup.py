@@ -63,7 +63,6 @@ class Setup:
     device: str
     dtype: str
     stop: StopSignal
-    grids: list
     shard_note: str
 
 
@@ -106,11 +105,6 @@ def prepare(cfg: dict, salt_dir: Path | None = None) -> Setup:
     dtype = resolve_dtype(settings.dtype, device.partition(":")[0])
     salt = read_salt(salt_dir) if salt_dir is not None and wants_random_seeds(cfg) else None
     plan = build_plan(cfg, dtype=dtype, max_jobs=settings.max_jobs, seed_salt=salt)
-    grids = list(cfg.get("grids") or [])
-    if grids:
-        from sdbatch.views.grid import validate_grid_specs
-
-        validate_grid_specs(grids)
     shard = cfg.get("shard") or {}
     batches = select_shard(plan, shard.get("index", 0), shard.get("count", 1))
     jobs = [j for b in batches for j in b.jobs]
@@ -118,4 +112,4 @@ def prepare(cfg: dict, salt_dir: Path | None = None) -> Setup:
     shard_note = ""
     if shard.get("count", 1) > 1:
         shard_note = f"; shard {shard['index']} of {shard['count']}: {len(jobs)} jobs"
-    return Setup(plan, batches, jobs, settings, device, dtype, stop, grids, shard_note)
+    return Setup(plan, batches, jobs, settings, device, dtype, stop, shard_note)

@@ -34,7 +34,7 @@ def shas(out: Path) -> dict[str, str]:
 
 
 HOLD = (
-    "import sys, time; from sdbatch.run.control import OutputLock;"
+    "import sys, time; from sdbatch.outputs.lock import OutputLock;"
     " OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
 )
 

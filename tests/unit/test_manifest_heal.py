@@ -289,7 +289,7 @@ def test_a_read_racing_a_compaction_lists_the_files_again(tmp_path, monkeypatch)
 
 
 def test_repair_waits_for_no_run(tmp_path, capsys):
-    from sdbatch.run.control import OutputLock
+    from sdbatch.outputs.lock import OutputLock
 
     out = tmp_path / "out"
     output(out)

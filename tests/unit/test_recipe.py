@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from sdbatch.errors import RecipeError
 from sdbatch.plan.recipe import build_plan, job_id, make_batches, parse_seeds, parse_size
-from tests.conftest import ROOT, quick_cfg
+from tests.conftest import quick_cfg
 
 
 def test_plan_is_the_cartesian_product_in_a_stable_order():
@@ -130,19 +127,6 @@ def test_templates_multiply_like_axes_and_keep_their_variables():
     assert [j.prompt for j in plan.jobs[::2]] == ["black hair, bob", "black hair, braid"]
     assert plan.jobs[0].template == "black hair, {style}"
     assert plan.jobs[0].vars == (("style", "bob"),)
-
-
-def test_pure_modules_import_no_torch():
-    code = (
-        "import sys, sdbatch.plan.recipe, sdbatch.outputs.manifest, sdbatch.outputs.infotext,"
-        " sdbatch.plan.templates,"
-        " sdbatch.plan.prompts, sdbatch.plan.samplers, sdbatch.config, sdbatch.plan.hashing;"
-        " from sdbatch.plan.recipe import build_plan;"
-        " from tests.conftest import quick_cfg; build_plan(quick_cfg());"
-        " assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.stdout.strip() == "ok", out.stderr
 
 
 def test_plan_ids_equal_job_id_of_each_jobs_fields():

@@ -8,7 +8,6 @@ step counts, overrides and a linear-beta model).
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 
@@ -227,14 +226,3 @@ def test_sigmas_refuses_bad_tables_and_families():
         st.sigmas("Align Your Steps", 20, MODELS["sd"], "sd3")
     with pytest.raises(RecipeError, match="schedule_type"):
         st.sigmas("Karas", 20, MODELS["sd"])
-
-
-def test_module_imports_no_torch():
-    tree = ast.parse(Path(st.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add((node.module or "").split(".")[0])
-    assert imported <= {"__future__", "difflib", "math", "collections", "numpy", "sdbatch"}
