@@ -1,4 +1,4 @@
-"""``sdbatch``: the Hydra entry point. Thin: compose the config, hand a plain dict to the runner.
+"""``sdbatch``: the Hydra entry point. Thin: compose the config, hand the typed config on.
 
 Exit codes: 0 every job ok; 2 bad input (one line on stderr, nothing written); 3 some jobs
 failed (recorded in the manifest; re-run with run.retry_failed=true); 4 stopped early by the
@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 import sdbatch.config as config  # registers the schema and the recipes
@@ -30,6 +30,7 @@ from sdbatch.errors import RecipeError, UserError, quiet_broken_pipe
 from sdbatch.overrides import a1111_argv, normal_form
 from sdbatch.plan.recipe_files import OUTPUT_ROOT, check_name, inside_outputs
 from sdbatch.plan.run_settings import PIXEL_RUN_KEYS
+from sdbatch.plan.schema import as_config
 from sdbatch.run import gpus
 
 EXIT_BAD_INPUT = 2
@@ -137,23 +138,23 @@ def draw_grids(out_dir: Path, grids: list[dict]) -> None:
 
 
 def run(cfg: DictConfig) -> int:
-    """Compose -> plain dict -> runner. Returns the exit code."""
+    """Compose -> the typed config (``SdbatchConfig``) -> runner. Returns the exit code."""
     from sdbatch.run.runner import execute
 
     check_composed(cfg)
     pick_gpu(cfg)
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    typed = as_config(cfg)  # OmegaConf.to_object: the schema's dataclasses, resolved
     out = output_dir(cfg)
-    grids = list(plain.get("grids") or [])
+    grids = list(typed.grids or [])
     if grids:
         from sdbatch.views.grid import validate_grid_specs
 
         validate_grid_specs(grids)  # before anything is written
-    summary = execute(plain, out, run_context(), salt_dir=Path(str(cfg.output.dir)))
-    if grids and not summary.stopped and not plain["run"]["dry_run"]:
+    summary = execute(typed, out, run_context(), salt_dir=Path(typed.output.dir))
+    if grids and not summary.stopped and not typed.run.dry_run:
         draw_grids(out, grids)
     code = summary.exit_code
-    if run_context()["hydra_job"] is not None and out.is_dir() and not plain["run"]["dry_run"]:
+    if run_context()["hydra_job"] is not None and out.is_dir() and not typed.run.dry_run:
         (out / EXIT_FILE).write_text(f"{code}\n")  # read by MultirunExitCode in the parent
     return code
 

@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from sdbatch.plan.generation import Extras, parse_hires, parse_rng, parse_subsee
 from sdbatch.plan.prompts import PromptSyntaxError, parse_attention
 from sdbatch.plan.run_settings import MAX_JOBS
 from sdbatch.plan.samplers import resolve_sampler, scheduler_spec
+from sdbatch.plan.schema import SdbatchConfig, as_config
 from sdbatch.plan.templates import PromptItem, prompt_set, wildcard_files
 
 SEED_MAX = 2**32 - 1
@@ -172,7 +173,7 @@ def random_seed(salt: str, k: int, job_key: str) -> int:
 
 def wants_random_seeds(cfg: dict) -> bool:
     """Does the recipe use A1111's -1 seed anywhere (cheap, before the plan is built)?"""
-    value = cfg.get("seeds")
+    value = cfg.get("seeds") if isinstance(cfg, dict) else cfg.seeds
     if isinstance(value, dict):
         return False
     return any(_is_random(s) for s in expand_axis("seeds", value, True))
@@ -235,14 +236,14 @@ def _json_tail(extras: str) -> str:
     return "," + json.dumps(extras, ensure_ascii=False) if extras else ""
 
 
-def _prompt_items(cfg: dict, recipe_dirs: list[Path]) -> list[PromptItem]:
-    prompts = [str(p) for p in as_list(cfg.get("prompt"))]
-    templates = [str(t) for t in as_list(cfg.get("template"))]
-    items = prompt_set(prompts, templates, cfg.get("vars") or {}, wildcard_files(recipe_dirs))
+def _prompt_items(cfg: SdbatchConfig, recipe_dirs: list[Path]) -> list[PromptItem]:
+    prompts = [str(p) for p in as_list(cfg.prompt)]
+    templates = [str(t) for t in as_list(cfg.template)]
+    items = prompt_set(prompts, templates, cfg.vars or {}, wildcard_files(recipe_dirs))
     if not items:
-        raise RecipeError("prompt", cfg.get("prompt"), "at least one prompt or template")
+        raise RecipeError("prompt", cfg.prompt, "at least one prompt or template")
     _check_syntax("prompt", {item.text for item in items})
-    _check_syntax("negative_prompt", {str(cfg.get("negative_prompt") or "")})
+    _check_syntax("negative_prompt", {str(cfg.negative_prompt or "")})
     return items
 
 
@@ -257,7 +258,7 @@ def _check_syntax(field: str, texts: set[str]) -> None:
 
 
 def build_plan(
-    cfg: dict,
+    cfg: SdbatchConfig | dict,
     recipe_dirs: list[Path] | None = None,
     dtype: str = "fp32",
     max_jobs: int = MAX_JOBS,
@@ -272,30 +273,31 @@ def build_plan(
     refused from that count, before one job is built. ``seed_salt`` is the output folder's
     salt for ``-1`` seeds (without it they are provisional: ``Plan.seeds_provisional``).
     """
+    cfg = as_config(cfg)
     if recipe_dirs is None:
         from sdbatch.plan.recipe_files import recipe_dirs as default_dirs
 
         recipe_dirs = default_dirs()
     items = _prompt_items(cfg, recipe_dirs)
-    models = resolve_models(cfg.get("model") or {})
-    sizes = list(dict.fromkeys(parse_size(s) for s in expand_axis("size", cfg.get("size"))))
+    models = resolve_models(asdict(cfg.model))
+    sizes = list(dict.fromkeys(parse_size(s) for s in expand_axis("size", cfg.size)))
     samplers = list(
-        dict.fromkeys(resolve_sampler(str(s)) for s in expand_axis("sampler", cfg.get("sampler")))
+        dict.fromkeys(resolve_sampler(str(s)) for s in expand_axis("sampler", cfg.sampler))
     )
     steps = [
         _int("steps", s, 1, 1000, "an integer in 1..1000")
-        for s in expand_axis("steps", cfg.get("steps"), integer=True)
+        for s in expand_axis("steps", cfg.steps, integer=True)
     ]
-    cfgs = [parse_cfg(c) for c in expand_axis("cfg", cfg.get("cfg"))]
-    seeds = parse_seeds(cfg.get("seeds"), max_jobs)
+    cfgs = [parse_cfg(c) for c in expand_axis("cfg", cfg.cfg)]
+    seeds = parse_seeds(cfg.seeds, max_jobs)
     for axis, values in (("size", sizes), ("sampler", samplers), ("steps", steps), ("cfg", cfgs)):
         if not values:
-            raise RecipeError(axis, cfg.get(axis), "at least one value")
+            raise RecipeError(axis, getattr(cfg, axis), "at least one value")
     count = math.prod(len(a) for a in (models, sizes, samplers, steps, cfgs, items, seeds))
     if count > max_jobs:
         raise PlanTooLarge(count, max_jobs)
-    batch_size = _int("batch_size", cfg.get("batch_size", 4), 1, 4096, "an integer >= 1")
-    negative = str(cfg.get("negative_prompt") or "")
+    batch_size = _int("batch_size", cfg.batch_size, 1, 4096, "an integer >= 1")
+    negative = str(cfg.negative_prompt or "")
     variations = _variations(cfg, seeds, dtype)
     _check_hires_size(variations, sizes)
 
@@ -367,7 +369,7 @@ def build_plan(
     swept = {k: v for k, v in values.items() if len(v) > 1}
     batches = make_batches(jobs, batch_size)
     provisional = bool(randoms) and seed_salt is None
-    name = str(cfg.get("name"))
+    name = str(cfg.name)
     return Plan(name, jobs, batches, axes, batch_size, swept, frozenset(randoms), provisional)
 
 
@@ -384,15 +386,15 @@ def _check_hires_size(variations: list[tuple[int, Extras]], sizes: list[tuple[in
             )  # fmt: skip
 
 
-def _variations(cfg: dict, seeds, dtype: str = "fp32") -> list[tuple[int, Extras]]:
+def _variations(cfg: SdbatchConfig, seeds, dtype: str = "fp32") -> list[tuple[int, Extras]]:
     """(seed, extras) per seed of the axis. With a variation strength, A1111's rule: every
     image keeps the first seed and the variation seed steps instead (subseed, subseed+1, ...)."""
-    hires = parse_hires(cfg.get("hires"))
-    rng = parse_rng(cfg.get("rng"))
-    strength = parse_subseed_strength(cfg.get("subseed_strength"))
+    hires = parse_hires(asdict(cfg.hires))
+    rng = parse_rng(cfg.rng)
+    strength = parse_subseed_strength(cfg.subseed_strength)
     if strength == 0:
         return [(seed, Extras(rng=rng, hires=hires, dtype=dtype)) for seed in seeds]
-    if cfg.get("subseed") in (None, ""):
+    if cfg.subseed in (None, ""):
         raise RecipeError(
             "subseed", None, "a variation seed in 0..4294967295 when subseed_strength > 0"
         )
@@ -401,7 +403,7 @@ def _variations(cfg: dict, seeds, dtype: str = "fp32") -> list[tuple[int, Extras
             "seeds", RANDOM_SEED, "a fixed first seed when subseed_strength > 0 (every image "
             "keeps it and the variation seed steps instead)",
         )  # fmt: skip
-    sub = _int("subseed", cfg.get("subseed"), 0, SEED_MAX, f"an integer in 0..{SEED_MAX}")
+    sub = _int("subseed", cfg.subseed, 0, SEED_MAX, f"an integer in 0..{SEED_MAX}")
     if sub + len(seeds) - 1 > SEED_MAX:
         raise RecipeError("subseed", sub, f"subseed + number of seeds - 1 <= {SEED_MAX}")
     return [(seeds[0], Extras(sub + i, strength, rng, hires, dtype)) for i in range(len(seeds))]

@@ -9,7 +9,8 @@ validates their values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
 
 
@@ -77,3 +78,29 @@ class SdbatchConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     grids: list[Any] = field(default_factory=list)  # [{x: vars.style, y: cfg}] drawn at the end
+
+
+def as_config(cfg: SdbatchConfig | Mapping | Any) -> SdbatchConfig:
+    """The typed config from what a caller has: an ``SdbatchConfig`` (as is), Hydra's composed
+    ``DictConfig`` or a plain mapping (tests, tools). Missing keys take the defaults above, the
+    one place defaults live; a value of the wrong type is one line naming its key."""
+    if isinstance(cfg, SdbatchConfig):
+        return cfg
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sdbatch.errors import UserError
+
+    if not OmegaConf.is_config(cfg):
+        sections = {
+            f.name
+            for f in fields(SdbatchConfig)
+            if f.default_factory is not MISSING and is_dataclass(f.default_factory())
+        }
+        cfg = {k: v for k, v in dict(cfg).items() if not (k in sections and v is None)}
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SdbatchConfig), cfg))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        head = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{key}: {head}") from None

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sdbatch.errors import RecipeError, UserError
 from sdbatch.plan.recipe import Batch, Job, Plan, build_plan, select_shard, wants_random_seeds
 from sdbatch.plan.run_settings import RunSettings, parse_run, resolve_dtype
+from sdbatch.plan.schema import SdbatchConfig, as_config
 from sdbatch.run.control import StopSignal, parse_deadline
 
 
@@ -96,20 +97,21 @@ def make_salt(folder: Path) -> str:
     return read_salt(folder) or ""
 
 
-def prepare(cfg: dict, salt_dir: Path | None = None) -> Setup:
+def prepare(cfg: SdbatchConfig | dict, salt_dir: Path | None = None) -> Setup:
     """Validate and plan: every bad input fails here, before a file or folder is created.
     ``salt_dir`` holds the salt of -1 seeds (the recipe's output.dir: one for all multirun jobs
     and shards); without a salt there the -1 seeds are provisional until the run makes it."""
-    settings = parse_run(cfg.get("run"))
+    cfg = as_config(cfg)
+    settings = parse_run(asdict(cfg.run))
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device.partition(":")[0])
     salt = read_salt(salt_dir) if salt_dir is not None and wants_random_seeds(cfg) else None
     plan = build_plan(cfg, dtype=dtype, max_jobs=settings.max_jobs, seed_salt=salt)
-    shard = cfg.get("shard") or {}
-    batches = select_shard(plan, shard.get("index", 0), shard.get("count", 1))
+    shard = cfg.shard
+    batches = select_shard(plan, shard.index, shard.count)
     jobs = [j for b in batches for j in b.jobs]
     stop = StopSignal(parse_deadline(settings.deadline))
     shard_note = ""
-    if shard.get("count", 1) > 1:
-        shard_note = f"; shard {shard['index']} of {shard['count']}: {len(jobs)} jobs"
+    if shard.count > 1:
+        shard_note = f"; shard {shard.index} of {shard.count}: {len(jobs)} jobs"
     return Setup(plan, batches, jobs, settings, device, dtype, stop, shard_note)
