@@ -69,7 +69,7 @@ def _duration(seconds: float) -> str:
 
 
 def format_summary(s) -> str:
-    """A ``manifest_tools.Summary`` as plain aligned text."""
+    """A ``manifest_tools.ManifestSummary`` as plain aligned text."""
     from sdbatch.outputs.manifest_tools import rate
 
     where = s.manifests[0] if len(s.manifests) == 1 else f"{len(s.manifests)} output folders"

@@ -213,10 +213,11 @@ def safe_image_path(out_dir: str | os.PathLike, rel: str, job_id: str | None = N
     return ImagePaths(out_dir)(rel, job_id)
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
+def write_parquet_atomic(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
     """Write, fsync, rename: the file appears whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:
-        pq.write_table(table, f, compression="zstd")
+        pq.write_table(table, f, compression="zstd", row_group_size=row_group_size)
 
 
 def _reason(exc: BaseException) -> str:
@@ -333,7 +334,7 @@ class Manifest:
         self.dir.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist(rows, schema=SCHEMA)
         path = self.dir / f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
-        _write_atomic(table, path)
+        write_parquet_atomic(table, path)
         return path
 
     def read(self, columns: list[str] | None = None, skip_damaged: bool = False) -> pa.Table:
@@ -510,7 +511,7 @@ class Manifest:
         journal = {"segment": path.name, "replaces": [p.name for p in merge]}
         with atomic_file(self.dir / JOURNAL, "w", encoding="utf-8") as f:
             json.dump(journal, f)
-        _write_atomic(table, path)
+        write_parquet_atomic(table, path)
         if not self._unlink([p.name for p in merge]):  # else the journal stays: reads skip them
             (self.dir / JOURNAL).unlink(missing_ok=True)
             fsync_dir(self.dir)

@@ -27,9 +27,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sdbatch.outputs.atomic import atomic_file
 from sdbatch.errors import UserError
-from sdbatch.outputs.manifest import SCHEMA, ImagePaths, Manifest, UnsafeImagePath
+from sdbatch.outputs.manifest import (
+    SCHEMA,
+    ImagePaths,
+    Manifest,
+    UnsafeImagePath,
+    write_parquet_atomic,
+)
+from sdbatch.plan.hashing import sha256_file
 
 OUTPUT = "output"  # the added column: the output folder a row came from
 SKIP_DIRS = {"manifest", "images"}  # never walked into: images/ may hold a million files
@@ -168,7 +174,7 @@ def summary_columns(by: list[str]) -> list[str]:
 
 
 @dataclass
-class Summary:
+class ManifestSummary:
     manifests: list[str]
     jobs: int
     status: dict[str, int]
@@ -209,7 +215,7 @@ def _ordered_statuses(statuses) -> list[str]:
     return [s for s in STATUS_ORDER if s in statuses] + rest + ([None] if None in statuses else [])
 
 
-def summarize(sources: list[Source], by: list[str] | None = None) -> Summary:
+def summarize(sources: list[Source], by: list[str] | None = None) -> ManifestSummary:
     by = list(by or [])
     check_by(by)
     table = read_sources(sources, summary_columns(by))
@@ -221,7 +227,7 @@ def summarize(sources: list[Source], by: list[str] | None = None) -> Summary:
     finished = pc.max(table["finished"]).as_py()
     busy = pc.sum(table["duration_s"]).as_py() or 0.0
     groups = _groups(by, keys, table["status"]) if by else []
-    return Summary([str(s.out_dir) for s in sources], table.num_rows, status, started, finished,
+    return ManifestSummary([str(s.out_dir) for s in sources], table.num_rows, status, started, finished,
                    float(busy), by, groups)  # fmt: skip
 
 
@@ -298,13 +304,6 @@ def plain_output(table: pa.Table, keep: bool) -> pa.Table:
     return table.set_column(i, OUTPUT, table[OUTPUT].cast(pa.string()))
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
-    """Temp file, fsync, rename, fsync the folder: the file appears whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as f:
-        pq.write_table(table, f, compression="zstd", row_group_size=128 * 1024)
-
-
 @dataclass
 class Merged:
     rows: int
@@ -318,27 +317,13 @@ def merge(sources: list[Source], out: str | os.PathLike) -> Merged:
         raise UserError(f"-o: {str(out)!r} is a folder; give a file name such as all.parquet")
     table = read_sources(sources)
     merged = plain_output(one_row_per_job(table), keep=len(sources) > 1)
-    write_atomic(merged, out)
+    write_parquet_atomic(merged, out, row_group_size=128 * 1024)
     return Merged(merged.num_rows, table.num_rows - merged.num_rows, len(sources))
 
 
 # --- verify ----------------------------------------------------------------------------------
 
 CHUNK = 2048  # rows per thread-pool task: a million futures would cost more than the hashing
-READ = 1 << 18
-
-
-def sha256_path(path: Path, nofollow: bool = False) -> str:
-    """sha256 of a file with plain os.read calls: no file object, ~2x faster on tiny files.
-    ``nofollow``: a symlink as the last component fails with ELOOP (no extra system call)."""
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | (os.O_NOFOLLOW if nofollow else 0))
-    try:
-        while block := os.read(fd, READ):
-            h.update(block)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
 
 
 def _hash_inside(paths: ImagePaths, image: str, job: str) -> str:
@@ -346,12 +331,12 @@ def _hash_inside(paths: ImagePaths, image: str, job: str) -> str:
     folder, else ``UnsafeImagePath`` (its folders were checked before, by ``allowed``)."""
     path = paths.out_dir / image
     try:
-        return sha256_path(path, nofollow=True)
+        return sha256_file(path, nofollow=True)
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
     paths(image, job)  # a symlink: raises unless it resolves inside
-    return sha256_path(path)
+    return sha256_file(path)
 
 
 def _check(paths: ImagePaths, job_ids: list, images: list, shas: list) -> list:

@@ -208,21 +208,12 @@ def job_id(
     diffusers scheduler, and their PNGs differ in the infotext. ``extras`` (hires fix,
     variation seed, RNG) is only hashed when set, so plain jobs keep their ids.
     """
-    fields = [
-        model_key,
-        prompt,
-        negative,
-        sampler,
-        scheduler,
-        steps,
-        repr(float(cfg)),
-        seed,
-        width,
-        height,
-    ]
-    if extras:
-        fields.append(extras)
-    key = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    prefix = _json_prefix(model_key, prompt, negative, sampler, scheduler, steps, cfg)
+    return _id(f"{prefix}{seed},{width},{height}{_json_tail(extras)}]")
+
+
+def _id(key: str) -> str:
+    """The 16 hex chars of a job key's sha256 (build_plan assembles keys from the same parts)."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -327,7 +318,7 @@ def build_plan(
                                 if seed == RANDOM_SEED:
                                     seed = random_seed(salt, k_of[i], f"{prefix}{size_tail}{tail}")
                                 key = f"{prefix}{seed}{size_tail}{tail}]"
-                                jid = hashlib.sha256(key.encode()).hexdigest()[:16]
+                                jid = _id(key)
                                 if i in k_of:
                                     randoms.add(jid)
                                 jobs.append(
