@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from sdbatch.plan.checkpoints import Model, check_weights_file, from_pretrained_kwargs
+from sdbatch.plan.checkpoints import Model, check_weights_file
+from sdbatch.plan.weights import from_pretrained_kwargs
 
 PIPELINES = {"sd1": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 TOKENIZERS = ("tokenizer", "tokenizer_2")

@@ -24,13 +24,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from sdbatch.errors import RecipeError
-from sdbatch.plan.checkpoints import (
-    WEIGHTS_ONLY_GLOBALS,
-    check_weights_file,
-    from_pretrained_kwargs,
-    resolve_models,
-    weights_only_problem,
-)
+from sdbatch.plan.checkpoints import check_weights_file, resolve_models
+from sdbatch.plan.weights import WEIGHTS_ONLY_GLOBALS, from_pretrained_kwargs, weights_only_problem
 from tests.conftest import ROOT
 
 PICKLE_REFUSED = "convert it to .safetensors or pass model.allow_pickle=true on the command line"
