@@ -11,6 +11,10 @@ fine is left alone, and under ``-m`` a comma list stays Hydra's sweep.
 An axis may be written as a scalar, a list or a ``{start, count}`` mapping; Hydra cannot merge
 a list onto a mapping (``seeds=[7,8]`` over a recipe's ``seeds: {start: 1, count: 2}``), so a
 list or mapping value for an axis replaces the recipe's value (``~seeds +seeds=[7,8]``).
+
+A whole value in brackets that is A1111 syntax (``prompt=[red:blue:0.5]``, ``prompt=[cat|dog]``)
+would be a one-element list to Hydra and silently become the prompt ``red:blue:0.5``; it is
+taken as the text typed instead.
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ def a1111_argv(args: list[str], multirun: bool) -> list[str]:
             continue
         if override.is_sweep_override() and not multirun:
             out.append(f"{prefix}{key}={hydra_quote(value)}")
+        elif key in TEXT_KEYS and _a1111_brackets(override.value()):
+            # prompt=[red:blue:0.5] or [cat|dog]: Hydra reads a one-element list, A1111 means
+            # prompt editing or alternation; take the value as the text typed
+            out.append(f"{prefix}{key}={hydra_quote(value)}")
         elif (
             key in AXIS_KEYS
             and prefix == ""
@@ -72,6 +80,17 @@ def a1111_argv(args: list[str], multirun: bool) -> list[str]:
         else:
             out.append(arg)
     return out
+
+
+def _a1111_brackets(value: object) -> bool:
+    """A Hydra list that is A1111's ``[from:to:when]`` / ``[a|b]`` read as a list: one element
+    holding ``:`` or ``|`` (a list of several prompts is left a list)."""
+    return (
+        isinstance(value, list)
+        and len(value) == 1
+        and isinstance(value[0], str)
+        and (":" in value[0] or "|" in value[0])
+    )
 
 
 def normal_form(overrides: list[str]) -> str | None:

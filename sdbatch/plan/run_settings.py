@@ -41,6 +41,7 @@ class RunSettings:
     show_jobs: int = 5
     deadline: str | None = None
     max_jobs: int = MAX_JOBS
+    strict_prompts: bool = False
 
 
 def _bool(field: str, value: Any) -> bool:
@@ -81,6 +82,7 @@ def parse_run(run: dict | None) -> RunSettings:
         show_jobs=_count("run.show_jobs", run.get("show_jobs", d.show_jobs), 0),
         deadline=None if deadline in (None, "") else str(deadline),
         max_jobs=_count("run.max_jobs", run.get("max_jobs", d.max_jobs), 1),
+        strict_prompts=_bool("run.strict_prompts", run.get("strict_prompts", d.strict_prompts)),
     )
 
 

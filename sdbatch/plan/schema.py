@@ -43,6 +43,7 @@ class RunConfig:
     show_jobs: int = 5  # how many jobs a dry run lists
     deadline: str | None = None  # stop cleanly after the batch in flight: "07:00" or "6h"
     max_jobs: int = 1_000_000  # a bigger plan is refused before it is built (raise it here)
+    strict_prompts: bool = False  # prompt forms sdbatch cannot honour yet are errors, not warnings
 
 
 @dataclass

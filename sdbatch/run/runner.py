@@ -333,6 +333,8 @@ def _first_pending(setup: Setup, scan, retry_failed: bool) -> Job | None:
 
 def _print_plan(setup: Setup, n_done: int) -> None:
     plan = setup.plan
+    for warning in setup.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{plan.name}: {plan.describe()}; {n_done} done; batch size {plan.batch_size}"
           f"{setup.shard_note}", flush=True)  # fmt: skip
     for axis, shown in plan.values.items():

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdbatch.errors import RecipeError, UserError
+from sdbatch.plan.extra_networks import extra_network_tags, tag_warning
 from sdbatch.plan.recipe import Batch, Job, Plan, build_plan, select_shard, wants_random_seeds
 from sdbatch.plan.run_settings import RunSettings, parse_run, resolve_dtype
 from sdbatch.plan.schema import SdbatchConfig, as_config
@@ -65,6 +66,21 @@ class Setup:
     dtype: str
     stop: StopSignal
     shard_note: str
+    warnings: list[str] = field(default_factory=list)  # one line each, printed with the plan
+
+
+def prompt_warnings(plan: Plan, strict: bool) -> list[str]:
+    """Prompt forms sdbatch cannot honour yet (A1111's extra-network tags): one warning per
+    distinct tag, or with ``run.strict_prompts`` an error for the first."""
+    prompts = dict.fromkeys(j.prompt for j in plan.jobs)
+    negatives = dict.fromkeys(j.negative_prompt for j in plan.jobs)
+    found = [("prompt", t) for t in extra_network_tags(prompts)]
+    found += [("negative_prompt", t) for t in extra_network_tags(negatives)]
+    if strict and found:
+        field_name, tag = found[0]
+        why = "no extra-network tags with run.strict_prompts (LoRA etc. are not loaded yet)"
+        raise RecipeError(field_name, tag, why)
+    return [tag_warning(f, t) for f, t in found]
 
 
 SALT_FILE = ".sdbatch-seed-salt"
@@ -107,6 +123,7 @@ def prepare(cfg: SdbatchConfig | dict, salt_dir: Path | None = None) -> Setup:
     dtype = resolve_dtype(settings.dtype, device.partition(":")[0])
     salt = read_salt(salt_dir) if salt_dir is not None and wants_random_seeds(cfg) else None
     plan = build_plan(cfg, dtype=dtype, max_jobs=settings.max_jobs, seed_salt=salt)
+    warnings = prompt_warnings(plan, settings.strict_prompts)
     shard = cfg.shard
     batches = select_shard(plan, shard.index, shard.count)
     jobs = [j for b in batches for j in b.jobs]
@@ -114,4 +131,4 @@ def prepare(cfg: SdbatchConfig | dict, salt_dir: Path | None = None) -> Setup:
     shard_note = ""
     if shard.count > 1:
         shard_note = f"; shard {shard.index} of {shard.count}: {len(jobs)} jobs"
-    return Setup(plan, batches, jobs, settings, device, dtype, stop, shard_note)
+    return Setup(plan, batches, jobs, settings, device, dtype, stop, shard_note, warnings)

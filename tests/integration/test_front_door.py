@@ -64,6 +64,9 @@ def test_recipe_without_plus_and_bare_sdbatch_say_what_to_type(monkeypatch, caps
         ("prompt=black hair, (ponytail:1.2)", "'black hair, (ponytail:1.2)'"),
         ("template=black {x}, hair", "'black long, hair'"),
         ("seeds=[7,8,9]", "  seeds: 7, 8, 9"),  # a list over the recipe's {start, count}
+        ("prompt=[red:blue:0.5]", "'[red:blue:0.5]'"),  # prompt editing, not a Hydra list
+        ("prompt=[cat|dog]", "'[cat|dog]'"),  # alternation
+        ("prompt=[a cat, a dog]", "'a dog'"),  # a list of prompts stays a list
     ],
 )
 def test_a1111_forms_work_on_the_command_line_as_typed(monkeypatch, capsys, arg, expect):
@@ -158,3 +161,14 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_extra_network_tags_are_a_warning_per_tag_or_an_error_when_strict(monkeypatch, capsys):
+    tags = "prompt=a cat <lora:detail:0.7>, <lora:detail:0.7> <hypernet:h:1>"
+    code, out, err = run_cli(monkeypatch, capsys, *DRY, tags)
+    lines = [ln for ln in err.splitlines() if ln.startswith("warning: ")]
+    assert code == 0 and len(lines) == 2, err  # one line per distinct tag
+    assert "<lora:detail:0.7> is an A1111 LoRA tag" in lines[0] and "not applied" in lines[0]
+    assert "<hypernet:h:1>" in lines[1]
+    code, _, err = run_cli(monkeypatch, capsys, *DRY, tags, "run.strict_prompts=true")
+    assert code == 2 and "run.strict_prompts" in err and "<lora:detail:0.7>" in err
