@@ -340,6 +340,15 @@ def run_section(blocks: list[Block], world: Path, where: Path, env: dict) -> dic
     return results
 
 
+def section_cost(blocks: list[Block]) -> int:
+    """A rough guess of a section's run time, to start the slow ones first."""
+    cost = 0
+    for block in blocks:
+        runs = len(re.findall(r"\.venv/bin/sdbatch\s", block.text))  # not sdbatch-tools
+        cost += 5 * runs + (3 if block.kind == "python" else 1)
+    return cost
+
+
 @pytest.fixture(scope="module")
 def pool():
     with ThreadPoolExecutor(max_workers=3) as executor:
@@ -372,7 +381,9 @@ def ran(request, tmp_path_factory, pool) -> dict[Block, Future]:
         world_done.result()
         return run_section(blocks, world, tmp / f"section{n}", env)
 
-    for n, blocks in enumerate(sections.values()):
+    # The slowest sections first (a run of sdbatch loads torch and often the model; a tools
+    # command starts at once), so that a long one does not start last and run alone.
+    for n, blocks in enumerate(sorted(sections.values(), key=section_cost, reverse=True)):
         fut = pool.submit(section_job, n, blocks)
         for block in blocks:
             futures[block] = fut
@@ -566,6 +577,114 @@ def test_the_extractor_reads_markers_blocks_and_sections(tmp_path) -> None:
         ["span: 2026-11-25 03:12:39 UTC (32.3s)"], ["span: 2026-12-03 09:30:59 UTC (1m11s)"]
     )
     assert not output_matches(["Steps: 2"], ["Steps: 8"])
+
+
+# ---- the site (mkdocs.yml, docs/) --------------------------------------------------------------
+
+CONFIG_PAGE = ROOT / "docs" / "configuration.md"
+
+
+@pytest.mark.slow
+def test_the_site_builds_without_warnings(tmp_path) -> None:
+    """``make docs`` as the test runs it: ``mkdocs build --strict`` (a broken link or anchor, or a
+    page left out of ``nav``, is a warning, and a warning fails the build), into a temp folder."""
+    pytest.importorskip("material", reason="mkdocs-material builds the site (the test extra)")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # the theme's end-of-life notice
+    res = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
+         "-d", str(tmp_path / "site")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "WARNING" not in out, out
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        name = page.relative_to(ROOT / "docs").with_suffix("")
+        html = tmp_path / "site" / ("index.html" if name.name == "index" else name / "index.html")
+        assert html.is_file(), f"{page.relative_to(ROOT)} was not built"
+
+
+def slug(heading: str) -> str:
+    """A heading's anchor as Python-Markdown's toc (mkdocs) makes it; GitHub's agrees for plain
+    headings, which are the ones the README links to."""
+    text = re.sub(r"[^\w\s-]", "", heading.replace("`", "")).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+    return {slug(m.group(1)) for m in re.finditer(r"^#{1,6} +(.+?) *$", text, re.M)}
+
+
+def test_the_readme_links_lead_to_files_that_exist() -> None:
+    """The README is read on its own (on a forge, on PyPI): its links to docs/ are plain paths,
+    so mkdocs does not check them; this does, anchors included."""
+    problems = []
+    for m in re.finditer(r"\]\(([^)\s]+)\)", (ROOT / "README.md").read_text(encoding="utf-8")):
+        target = m.group(1)
+        if re.match(r"[a-z]+:", target):
+            continue  # a web address
+        path, _, anchor = target.partition("#")
+        file = ROOT / path if path else ROOT / "README.md"
+        if not file.exists():
+            problems.append(f"{target}: no such file")
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+            problems.append(f"{target}: no heading #{anchor} in {path or 'README.md'}")
+    assert not problems, "\n".join(problems)
+
+
+def schema_keys(cls: type, prefix: str = "") -> dict[str, tuple[str, object]]:
+    """Every key of the schema's dataclasses, dotted: (annotation, default)."""
+    from dataclasses import MISSING, fields, is_dataclass
+
+    keys: dict[str, tuple[str, object]] = {}
+    for f in fields(cls):
+        if f.default_factory is not MISSING and is_dataclass(f.default_factory):
+            keys.update(schema_keys(f.default_factory, f"{prefix}{f.name}."))
+        else:
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            keys[f"{prefix}{f.name}"] = (str(f.type), default)
+    return keys
+
+
+def config_rows() -> dict[str, tuple[str, str]]:
+    """The configuration page's key tables: key -> (type, default) as written."""
+    rows = {}
+    for line in CONFIG_PAGE.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 4:
+            rows[cells[0].strip("`")] = (cells[1], cells[2])
+    return rows
+
+
+TYPE_WORDS = {"str": ["str"], "int": ["int"], "float": ["float", "number"], "bool": ["bool"],
+              "None": ["null"], "dict": ["map"], "list": ["list"]}  # fmt: skip
+
+
+def test_the_configuration_page_lists_every_key_with_its_default() -> None:
+    """docs/configuration.md against the schema's dataclasses (and the keys a grids: entry
+    takes): the same keys, each default as the dataclass has it, a type that says the same."""
+    from sdbatch.plan.schema import SdbatchConfig
+    from sdbatch.views.grid import GRID_KEYS
+
+    schema = schema_keys(SdbatchConfig)
+    rows = config_rows()
+    documented = {k for k in rows if not k.startswith("grids[].")}
+    assert documented == set(schema), (
+        f"not on the page: {sorted(set(schema) - documented)}; "
+        f"not in the schema: {sorted(documented - set(schema))}"
+    )
+    assert {k.removeprefix("grids[].") for k in rows if k.startswith("grids[].")} == GRID_KEYS
+    problems = []
+    for key, (annotation, default) in schema.items():
+        typ, shown = rows[key]
+        value = yaml.safe_load(shown.strip("`"))
+        if value != default or isinstance(value, bool) != isinstance(default, bool):
+            problems.append(f"{key}: default {shown} on the page, {default!r} in the schema")
+        for word in re.findall(r"\w+", re.sub(r"\[.*\]", "", annotation)):
+            if word != "Any" and not any(w in typ for w in TYPE_WORDS[word]):
+                problems.append(f"{key}: type {typ!r} on the page, {annotation} in the schema")
+    assert not problems, "\n".join(problems)
 
 
 # ---- the overnight examples (docs/examples/) -----------------------------------------------
