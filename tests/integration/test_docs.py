@@ -19,7 +19,7 @@ sorts each fenced code block by what it is:
 - ``sql`` blocks run in duckdb and must return at least one row.
 - ``yaml`` blocks must parse. A block whose first line is ``# PATH``, naming a file of the
   repository, shows that file: the rest of the block must be its text (for YAML: a subset of
-  its keys and values). So ``docs/examples/`` files and the README cannot disagree.
+  its keys and values). So ``docs/examples/`` files and the docs cannot disagree.
 - Anything else (``text``, ``ini`` without a ``# PATH`` line, untagged output) is not run.
 
 Two markers, an HTML comment on the line right before the fence, change that; both need a
@@ -34,11 +34,16 @@ your checkpoints). ``skip`` does nothing at all.
 
 Where the blocks run: each ``##`` section of a file starts in a fresh temporary folder holding a
 copy of ``outputs/`` as ``WORLD`` leaves it (the recipes below, rendered once per session) and a
-``.venv`` link to this environment, so ``.venv/bin/sdbatch`` means what the README says; the
+``.venv`` link to this environment, so ``.venv/bin/sdbatch`` means what the docs say; the
 blocks of one section share that folder in document order, as a reader following along would.
 ``HOME`` is a temporary folder too, and each process gets one torch thread (sections run side by
-side). Text substitutions are kept to ``SUBSTITUTIONS``, each with its reason. ``extract(path)``
-reads any Markdown file, so a docs site only has to add its pages to ``DOC_FILES``.
+side, the slowest first). Text substitutions are kept to ``SUBSTITUTIONS``, each with its
+reason. ``extract(path)`` reads any Markdown file; ``DOC_FILES`` takes every page under docs/.
+
+The site: ``mkdocs build --strict`` (what ``make docs`` runs) must build ``mkdocs.yml`` without a
+warning (a broken link or anchor, a page missing from ``nav``); the README's own links, which
+mkdocs does not see, must lead to files and headings that exist; and docs/configuration.md
+must list every key of the schema's dataclasses with its default.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 EXAMPLES = ROOT / "docs" / "examples"
 
 # What the docs' example output folders hold: the commands that make them, run once per
-# session from an empty folder. The README's examples read these (Manifest tools says which
+# session from an empty folder. The docs' examples read these (Manifest tools says which
 # sweep; the infotext and replay examples name a file of outputs/quick).
 WORLD = [
     ["sdbatch", "+recipe=quick"],
@@ -87,7 +92,7 @@ COMMANDS = {
     "rm", "ls", "cp", "mv", "mkdir", "export", "source", "systemctl", "journalctl", "crontab",
     "loginctl", "duckdb", "git", "nohup", "tmux", "sbatch", "srun", "squeue",
 }  # fmt: skip
-# The commands the README's install section says to call from .venv/bin/.
+# The commands the install sections (README, docs/index.md) say to call from .venv/bin/.
 VENV_COMMANDS = ("sdbatch", "sdbatch-tools", "python", "pip", "pytest", "ruff")
 # Masked in documented and actual output alike: what differs between two runs of one command,
 # and sha256s of PNG bytes (pixels may round differently on another CPU; job ids do not).
@@ -341,11 +346,21 @@ def run_section(blocks: list[Block], world: Path, where: Path, env: dict) -> dic
 
 
 def section_cost(blocks: list[Block]) -> int:
-    """A rough guess of a section's run time, to start the slow ones first."""
+    """A rough guess of a section's run time, to start the slow ones first: a run of sdbatch
+    that renders loads torch and the model; a dry run or bad input stops early; a tools command
+    starts at once."""
     cost = 0
     for block in blocks:
-        runs = len(re.findall(r"\.venv/bin/sdbatch\s", block.text))  # not sdbatch-tools
-        cost += 5 * runs + (3 if block.kind == "python" else 1)
+        if block.kind != "console":
+            cost += 3 if block.kind == "python" else 1
+            continue
+        for c in console_commands(block.text):
+            if not re.search(r"\.venv/bin/sdbatch\s", c.text):
+                cost += 1
+            elif "run.dry_run=true" in c.text or any(x.startswith("error:") for x in c.expected):
+                cost += 3
+            else:
+                cost += 8
     return cost
 
 
@@ -526,7 +541,7 @@ def test_every_marker_names_a_known_kind_and_a_reason() -> None:
 
 
 def test_commands_are_called_as_the_install_section_says() -> None:
-    """The README installs into .venv/, so its commands say .venv/bin/sdbatch, not sdbatch."""
+    """The docs install into .venv/, so their commands say .venv/bin/sdbatch, not sdbatch."""
     bare = re.compile(rf"(?:^|[\s;&|(]|\$ )(?<![/\w.-])({'|'.join(VENV_COMMANDS)})(?=\s|$)")
     problems = []
     for block in RUNNABLE:
