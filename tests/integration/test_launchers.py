@@ -49,7 +49,7 @@ def fake_nvidia_smi(folder: Path, count: int) -> str:
 
 
 def sweep_rows(sweep: Path) -> list[dict]:
-    """The README's one-liner: every job's manifest in the sweep folder as ONE dataset."""
+    """The docs' one-liner: every job's manifest in the sweep folder as ONE dataset."""
     files = glob.glob(f"{sweep}/*/manifest/*.parquet")
     return ds.dataset(files, format="parquet").to_table().to_pylist()
 
@@ -205,7 +205,7 @@ def test_slurm_gres_instead_of_gpus_per_task(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_ray_launcher_runs_the_jobs(tmp_path):
     if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
-        reason = "hydra-ray-launcher is not installed (pip install 'sdbatch[ray]', see README)"
+        reason = "hydra-ray-launcher is not installed (pip install 'sdbatch[ray]', docs/launchers)"
         print(f"SKIP: {reason}")
         pytest.skip(reason)
     out = tmp_path / "out"

@@ -2,7 +2,7 @@
 
 Byte identity holds when the original image was made alone (batch of one). An image made in a
 batch can differ from its replay by 1/255 in a few pixels: the UNet and VAE kernels round
-differently for a batch of 4 than for 1 (README, "Jobs, batches and reproducibility"), and a
+differently for a batch of 4 than for 1 (docs/recipes.md), and a
 replayed recipe plans one job, so its batch is always 1. The tests pin both facts, and that a
 hires-fix image and a variation-seed image (both made with batch_size=1) come back byte for
 byte.
@@ -25,7 +25,7 @@ from tests.conftest import BIN, ROOT, sdbatch_env
 
 SAMPLES_FILE = Path(__file__).resolve().parents[1] / "data" / "a1111-infotext-samples.txt"
 ONE = {"prompt": "a red circle on a white background", "batch_size": 1}
-# quick with the README's extras, as ``+recipe=quick batch_size=1 hires.scale=2 ...`` would
+# quick with the docs' extras, as ``+recipe=quick batch_size=1 hires.scale=2 ...`` would
 # compose it; as recipes they share one multirun with quick itself (one process start).
 EXTRAS = {
     "quick_hires": {**ONE, "seeds": 1, "hires": {"scale": 2, "steps": 2, "denoise": 0.5}},

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from sdbatch.outputs.manifest import SCHEMA, Manifest
 
-# The schema is part of the interface (the README documents it): changing it is deliberate.
+# The schema is part of the interface (docs/outputs.md documents it): changing it is deliberate.
 EXPECTED = [
     ("job_id", "string"),
     ("recipe", "string"),

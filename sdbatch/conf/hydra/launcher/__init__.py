@@ -1,1 +1,1 @@
-"""Launcher configs: hydra/launcher=local | submitit_local | slurm | ray (see the README)."""
+"""Launcher configs: hydra/launcher=local | submitit_local | slurm | ray (see docs/launchers.md)."""
