@@ -1,4 +1,5 @@
-"""``sdbatch-tools prompt TEXT``: how A1111 reads a prompt (weighted runs, tokens per chunk)."""
+"""``sdbatch-tools prompt TEXT``: how A1111 reads a prompt (its per-step schedule when it has
+prompt editing, alternation or AND; weighted runs, tokens per chunk)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,45 @@ def register(sub) -> None:
     p.add_argument("text", help='the prompt, e.g. "a (red:1.2) car BREAK blue sky"')
     p.add_argument("--json", action="store_true", help="print the runs as [[text, weight], ...]")
     p.add_argument("--model", help="diffusers folder whose tokenizer to use (default: embedded)")
+    p.add_argument(
+        "--steps", type=_positive, default=20,
+        help="sampling steps for the schedule of [a:b:when], [a|b] and AND (default 20); A1111 "
+        "counts model calls, so give twice the steps for Heun, DPM2, DPM2 a, DPM++ 2S a and "
+        "DPM++ SDE",
+    )  # fmt: skip
+    p.add_argument("--hires-steps", type=_positive, help="also show the hires pass's schedule")
     p.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of steps (1 or more)")
+    return int(text)
+
+
+def _schedule(args: argparse.Namespace) -> list[str]:
+    """Print the texts A1111 uses step by step when they change during sampling; return the
+    distinct texts it encodes (just the prompt when nothing changes)."""
+    from sdbatch.plan.prompt_schedule import (
+        format_schedule,
+        has_scheduling,
+        prompt_schedule,
+        split_and,
+    )
+
+    if not has_scheduling(args.text):
+        return [args.text]
+    hires = f" + {args.hires_steps} hires" if args.hires_steps else ""
+    print(f"schedule ({args.steps}{hires} steps):")
+    for line in format_schedule(args.text, args.steps, args.hires_steps):
+        print(f"  {line}")
+    texts: dict[str, None] = {}  # in order of first use
+    for part, _weight in split_and(args.text):
+        for hires_steps in (None, args.hires_steps) if args.hires_steps else (None,):
+            texts.update(
+                dict.fromkeys(t for _, t in prompt_schedule(part, args.steps, hires_steps))
+            )
+    return list(texts)
 
 
 def _tokenizer(model: str | None):
@@ -42,26 +81,38 @@ def _token_label(tokenizer, token: int, weight: float) -> str:
     return text if abs(weight - 1) < 1e-9 else f"{text}:{weight:.4g}"
 
 
-def run(args: argparse.Namespace) -> int:
+def _show(tokenizer, text: str, indent: str) -> None:
+    """A text's weighted runs and its 77-token chunks."""
     from sdbatch.plan.prompts import is_break, parse_attention, prompt_chunks
+
+    print(f"{indent}runs (text, weight):")
+    for run in parse_attention(text):
+        print(f"{indent}  BREAK" if is_break(run) else f"{indent}  {run[0]!r:40} {run[1]:.4g}")
+    chunks = prompt_chunks(tokenizer, text)
+    for i, chunk in enumerate(chunks, 1):
+        print(f"{indent}chunk {i}: {len(chunk.tokens)} of 75 tokens")
+        shown = [
+            _token_label(tokenizer, t, w) for t, w in zip(chunk.tokens, chunk.weights, strict=True)
+        ]
+        if shown:
+            print(f"{indent}  " + " ".join(shown))
+    plural = "s" if len(chunks) != 1 else ""
+    print(f"{indent}{len(chunks)} chunk{plural} ({77 * len(chunks)} tokens for CLIP)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdbatch.plan.prompts import parse_attention
 
     runs = parse_attention(args.text)
     if args.json:
         print(json.dumps([[text, weight] for text, weight in runs], ensure_ascii=False))
         return 0
-    print("runs (text, weight):")
-    for run in runs:
-        print("  BREAK" if is_break(run) else f"  {run[0]!r:40} {run[1]:.4g}")
+    texts = _schedule(args)
     tokenizer = _tokenizer(args.model)
-    chunks = prompt_chunks(tokenizer, args.text)
-    for i, chunk in enumerate(chunks, 1):
-        print(f"chunk {i}: {len(chunk.tokens)} of 75 tokens")
-        shown = [
-            _token_label(tokenizer, t, w) for t, w in zip(chunk.tokens, chunk.weights, strict=True)
-        ]
-        if shown:
-            print("  " + " ".join(shown))
-    print(
-        f"{len(chunks)} chunk{'s' if len(chunks) != 1 else ''} ({77 * len(chunks)} tokens for CLIP)"
-    )
+    if texts == [args.text]:
+        _show(tokenizer, args.text, "")
+        return 0
+    for i, text in enumerate(texts, 1):  # what A1111 encodes: each text of the schedule
+        print(f"text {i} of {len(texts)}: {text!r}")
+        _show(tokenizer, text, "  ")
     return 0

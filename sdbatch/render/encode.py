@@ -21,7 +21,7 @@ import torch
 
 from sdbatch.plan.prompts import CHUNK_LEN, PromptChunk, chunk_count, prompt_chunks
 
-__all__ = ["CHUNK_LEN", "chunk_count", "encode_prompt_pair", "prompt_chunks"]
+__all__ = ["CHUNK_LEN", "chunk_count", "encode_prompt_pair", "encode_text", "prompt_chunks"]
 
 
 def encode_prompt_pair(
@@ -42,10 +42,7 @@ def encode_prompt_pair(
     through the UNet separately at their own lengths; diffusers' pipelines need equal
     shapes, so long prompts can differ slightly from default-A1111 images.
     """
-    if clip_skip < 1:
-        raise ValueError(f"clip_skip must be >= 1 (1 = last CLIP layer), got {clip_skip}")
-    device = torch.device(device) if device is not None else text_encoder.device
-    dtype = dtype if dtype is not None else text_encoder.dtype
+    device, dtype = _target(text_encoder, clip_skip, device, dtype)
     cond_chunks = prompt_chunks(tokenizer, prompt)
     uncond_chunks = prompt_chunks(tokenizer, negative)
     k = max(len(cond_chunks), len(uncond_chunks))
@@ -54,6 +51,33 @@ def encode_prompt_pair(
     cond = _encode_chunks(tokenizer, text_encoder, cond_chunks, clip_skip)
     uncond = _encode_chunks(tokenizer, text_encoder, uncond_chunks, clip_skip)
     return cond.to(device=device, dtype=dtype), uncond.to(device=device, dtype=dtype)
+
+
+def encode_text(
+    tokenizer,
+    text_encoder,
+    text: str,
+    clip_skip: int = 1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """One text on its own: ``(1, 77 * k, hidden)`` with ``k`` its own chunk count.
+
+    For per-step conditioning (``sdbatch.render.conditioning``), which pads texts to each
+    other step by step. ``encode_text("")`` is A1111's empty-prompt chunk, the padding it
+    puts after the shorter of cond and uncond. The values equal ``encode_prompt_pair``'s side
+    for the same text when that side needed no padding (the same ids in the same batch).
+    """
+    device, dtype = _target(text_encoder, clip_skip, device, dtype)
+    z = _encode_chunks(tokenizer, text_encoder, prompt_chunks(tokenizer, text), clip_skip)
+    return z.to(device=device, dtype=dtype)
+
+
+def _target(text_encoder, clip_skip: int, device, dtype) -> tuple[torch.device, torch.dtype]:
+    if clip_skip < 1:
+        raise ValueError(f"clip_skip must be >= 1 (1 = last CLIP layer), got {clip_skip}")
+    device = torch.device(device) if device is not None else text_encoder.device
+    return device, dtype if dtype is not None else text_encoder.dtype
 
 
 def _chunk_ids(tokenizer, chunk: PromptChunk) -> tuple[list[int], list[float]]:

@@ -13,7 +13,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sdbatch.models import EMBEDDED_MODEL_PATH
-from sdbatch.render.encode import chunk_count, encode_prompt_pair, prompt_chunks
+from sdbatch.render.encode import chunk_count, encode_prompt_pair, encode_text, prompt_chunks
 from tests.tiny import tiny_unet, tiny_vae
 
 TOKENIZER_DIR = EMBEDDED_MODEL_PATH / "tokenizer"
@@ -178,6 +178,23 @@ def test_long_prompt_gets_two_chunks_and_negative_is_padded(pipe, tokenizer):
     # Padding also works the other way round.
     short_cond, long_uncond = ours(pipe, "cat", long_prompt)
     assert short_cond.shape == long_uncond.shape == (1, 154, 64)
+
+
+def test_encode_text_is_one_side_of_a_pair_unpadded(pipe):
+    """Per-step conditioning encodes each text alone: what encode_prompt_pair gives a side
+    that needs no padding, its own chunk count, and "" is the chunk that pads the other."""
+    long_prompt = " ".join(["cat"] * 100)
+
+    def alone(text):
+        with torch.inference_mode():
+            return encode_text(pipe.tokenizer, pipe.text_encoder, text)
+
+    assert torch.equal(alone("a (red:1.2) cat"), ours(pipe, "a (red:1.2) cat", "blurry")[0])
+    cond, uncond = ours(pipe, long_prompt, "")
+    assert alone(long_prompt).shape == (1, 154, 64)
+    assert torch.equal(alone(long_prompt), cond)
+    torch.testing.assert_close(uncond[:, 77:], alone(""), rtol=1e-6, atol=1e-6)  # batch of 2
+    assert alone("").shape == (1, 77, 64)
 
 
 def test_dtype_and_device(pipe):
