@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from sdbatch import __version__
 from sdbatch.outputs.infotext import format_infotext, png_info
 from sdbatch.plan.recipe import Job
+from sdbatch.plan.samplers import a1111_names, resolve_sampler
 
 INFOTEXT_ORDER = (
-    "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE hash", "VAE",
-    "Variation seed", "Variation seed strength", "Denoising strength", "Clip skip", "RNG",
-    "Hires upscale", "Hires steps", "Hires upscaler", "Version",
+    "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
+    "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Denoising strength",
+    "Clip skip", "RNG", "Hires upscale", "Hires steps", "Hires upscaler", "Version",
 )  # fmt: skip
 # What a render gives a row, and what the run knows about itself
 RESULT_FIELDS = frozenset(
@@ -31,10 +32,20 @@ CONTEXT_FIELDS = frozenset(
 
 
 def infotext_for(job: Job) -> str:
-    """A1111's infotext for a job, in A1111's key order."""
+    """A1111's infotext for a job, in A1111's key order.
+
+    The sampler as A1111 1.9+ writes it, split from its schedule: ``Sampler: DPM++ 2M, Schedule
+    type: Karras`` for the job "DPM++ 2M Karras", ``Sampler: DPM++ 2M, Schedule type: Uniform``
+    for the bare (uniform) "DPM++ 2M", ``Schedule type: Automatic`` where the sampler keeps its
+    own timesteps (DDIM, PLMS, UniPC, LCM). The manifest's ``sampler`` column keeps the job's
+    combined name, as before. Images sdbatch wrote before schedule types say ``Sampler: DPM++ 2M
+    Karras`` with no Schedule type; both read back alike (sdbatch.plan.samplers.from_infotext).
+    """
+    sampler, schedule_type = a1111_names(resolve_sampler(job.sampler))
     params = {
         "Steps": job.steps,
-        "Sampler": job.sampler,
+        "Sampler": sampler,
+        "Schedule type": schedule_type,
         "CFG scale": job.cfg,
         "Seed": job.seed,
         "Size": f"{job.width}x{job.height}",

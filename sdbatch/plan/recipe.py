@@ -23,7 +23,7 @@ from sdbatch.plan.checkpoints import Model, resolve_models
 from sdbatch.plan.generation import Extras, parse_hires, parse_rng, parse_subseed_strength
 from sdbatch.plan.prompts import PromptSyntaxError, parse_attention
 from sdbatch.plan.run_settings import MAX_JOBS
-from sdbatch.plan.samplers import resolve_sampler, scheduler_spec
+from sdbatch.plan.samplers import plan_samplers, scheduler_spec
 from sdbatch.plan.schema import SdbatchConfig, as_config
 from sdbatch.plan.templates import PromptItem, prompt_set, wildcard_files
 
@@ -257,8 +257,11 @@ def build_plan(
 ) -> Plan:
     """Validate a composed recipe (plain dict) and expand it into jobs and batches.
 
-    Axis order, outermost first: model, size, sampler, steps, cfg, prompt, seed. The costly
-    switches (model, size, scheduler) change least often, and consecutive jobs share a batch.
+    Axis order, outermost first: model, size, sampler (with schedule type inside it), steps,
+    cfg, prompt, seed. The costly switches (model, size, scheduler) change least often, and
+    consecutive jobs share a batch. The sampler axis counts job samplers: ``sampler: [DPM++ 2M,
+    DPM++ 2M Karras]`` is one (A1111 1.9+ runs Karras for both), ``schedule_type: [Karras,
+    Exponential]`` makes two of each sampler that takes them.
     ``dtype`` is the resolved ``run.dtype`` (it decides pixels, so it joins the job id when it
     is not fp32). The plan's size is the product of its axes' lengths: past ``max_jobs`` it is
     refused from that count, before one job is built. ``seed_salt`` is the output folder's
@@ -272,9 +275,12 @@ def build_plan(
     items = _prompt_items(cfg, recipe_dirs)
     models = resolve_models(asdict(cfg.model))
     sizes = list(dict.fromkeys(parse_size(s) for s in expand_axis("size", cfg.size)))
-    samplers = list(
-        dict.fromkeys(resolve_sampler(str(s)) for s in expand_axis("sampler", cfg.sampler))
-    )
+    # sampler x schedule type, A1111 1.9+'s reading (sdbatch.plan.samplers.plan_sampler): one
+    # entry per job sampler ("DPM++ 2M" and "DPM++ 2M Karras" are the same job)
+    schedule_types = expand_axis("schedule_type", cfg.schedule_type)
+    if not schedule_types:
+        raise RecipeError("schedule_type", cfg.schedule_type, "at least one value (Automatic)")
+    samplers = plan_samplers(expand_axis("sampler", cfg.sampler), schedule_types)
     steps = [
         _int("steps", s, 1, 1000, "an integer in 1..1000")
         for s in expand_axis("steps", cfg.steps, integer=True)

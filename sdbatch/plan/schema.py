@@ -66,6 +66,7 @@ class SdbatchConfig:
     vars: dict[str, Any] = field(default_factory=dict)  # variable -> list of values
     negative_prompt: str = ""
     sampler: Any = "Euler a"  # A1111 sampler name(s)
+    schedule_type: Any = "Automatic"  # A1111 1.9+'s "Schedule type"(s); Automatic: per sampler
     steps: Any = 20
     cfg: Any = 7.0  # classifier-free guidance scale(s); 0 and 1 turn guidance off
     size: Any = "512x512"  # WIDTHxHEIGHT, each a multiple of 8

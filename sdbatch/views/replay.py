@@ -24,13 +24,11 @@ from sdbatch.outputs.infotext import (
     format_params,
     parse_infotext,
     read_png_infotext,
-    sampler_name,
 )
 from sdbatch.outputs.infotext import parse_size as parse_infotext_size
 from sdbatch.plan.checkpoints import CHECKPOINT_NAMES, inside_model_dir
 
 __all__ = [
-    "A1111_DEFAULT_SCHEDULE",
     "FIELDS",
     "Field",
     "ReplayError",
@@ -92,12 +90,20 @@ _NV = (
     "same noise on an NVIDIA GPU"
 )
 
+_OVERRIDE = "sdbatch runs every schedule type on the model's own sigma range and rho"
+
 # Keys A1111 (1.5-1.10) and sdbatch write, in A1111's order. Sampler, Schedule type, Size and
 # Model have their own code below; every key not listed here is kept as a warned comment.
 FIELDS: dict[str, Field] = {
     "Steps": Field("steps", True, _int),
     "Sampler": Field("sampler", True),
-    "Schedule type": Field("sampler", True),  # folded into the sampler name
+    "Schedule type": Field("schedule_type", True),  # with Sampler (sdbatch.plan.samplers)
+    "Schedule max sigma": Field(default="0", note=_OVERRIDE),
+    "Schedule min sigma": Field(default="0", note=_OVERRIDE),
+    "Schedule rho": Field(default="0", note=_OVERRIDE),
+    "Discard penultimate sigma": Field(
+        note="sdbatch drops it only where A1111 always does (DPM2, DPM2 a, DPM++ 3M SDE)"
+    ),
     "CFG scale": Field("cfg", True, _number),
     "Seed": Field("seeds", True, _int),
     "Size": Field("size", True),
@@ -134,35 +140,19 @@ _OWN_CODE = {"Sampler", "Schedule type", "Size", "Model", "Model hash"}
 _HIRES_PASS = {"Denoising strength", "Hires steps", "Hires upscaler"}  # need Hires upscale
 _REQUIRED = ("Steps", "Sampler", "CFG scale", "Seed", "Size")
 
-# A1111 1.9+ writes "Schedule type"; its "Automatic" means each sampler's own default schedule
-# (the 'scheduler' option in modules/sd_samplers_kdiffusion.py). Samplers not listed use the
-# model's uniform sigmas, which is what the plain names mean in sdbatch and in A1111 < 1.9.
-A1111_DEFAULT_SCHEDULE = {
-    "DPM++ 2M": "Karras",
-    "DPM++ SDE": "Karras",
-    "DPM++ 2S a": "Karras",
-    "DPM2": "Karras",
-    "DPM2 a": "Karras",
-    "Restart": "Karras",
-    "DPM++ 2M SDE": "Exponential",
-    "DPM++ 2M SDE Heun": "Exponential",
-    "DPM++ 3M SDE": "Exponential",
-}
-_UNIFORM = {"", "Automatic", "Uniform"}  # after resolving Automatic: no suffix on the name
-
 
 def a1111_sampler(params: Mapping[str, str]) -> str:
-    """The combined sampler name A1111 actually ran (``DPM++ 2M`` + Automatic -> Karras)."""
-    name = params.get("Sampler", "").strip()
-    schedule = params.get("Schedule type")
-    if schedule is None:  # A1111 < 1.9 and sdbatch: the name says it all
-        return name
-    schedule = schedule.strip()
-    if schedule == "Automatic":
-        schedule = A1111_DEFAULT_SCHEDULE.get(name, "Uniform")
-    if schedule in _UNIFORM:
-        return name
-    return sampler_name({"Sampler": name, "Schedule type": schedule})
+    """The sampler A1111 ran, as sdbatch names the job ("DPM++ 2M Karras"; a bare name is the
+    uniform schedule): ``Sampler: DPM++ 2M, Schedule type: Automatic`` (1.9+) is "DPM++ 2M
+    Karras", as is ``Sampler: DPM++ 2M Karras`` (< 1.9), while a < 1.9 ``Sampler: DPM++ 2M``
+    is "DPM++ 2M". See sdbatch.plan.samplers.from_infotext; a RecipeError for a sampler or
+    schedule type sdbatch cannot run."""
+    from sdbatch.plan.samplers import from_infotext
+
+    sampler = from_infotext(
+        params.get("Sampler", "").strip(), params.get("Schedule type"), params.get("Version")
+    )
+    return sampler.name
 
 
 @dataclass
@@ -244,7 +234,7 @@ def _bad(source: str, key: str, value: str, allowed: str) -> ReplayError:
 def _core(info: Infotext, source: str, out: ReplayRecipe) -> None:
     """Steps, sampler, CFG, seed and size: validated as the planner will."""
     from sdbatch.plan.recipe import SEED_MAX, parse_cfg
-    from sdbatch.plan.samplers import SAMPLERS, resolve_sampler
+    from sdbatch.plan.samplers import SAMPLERS, recipe_fields, resolve_sampler, split_sampler
 
     p = info.params
     for key in _REQUIRED:
@@ -254,18 +244,22 @@ def _core(info: Infotext, source: str, out: ReplayRecipe) -> None:
         steps = _int(p["Steps"], 1, 1000)
     except ValueError:
         raise _bad(source, "Steps", p["Steps"], "an integer in 1..1000") from None
-    name = a1111_sampler(p)
+    shown = p["Sampler"]
+    if "Schedule type" in p:
+        shown += f", Schedule type: {p['Schedule type']}"
     try:
-        sampler = resolve_sampler(name).name
-    except RecipeError:  # no "closest match": a near name would make a different image
-        shown = p["Sampler"]
-        if "Schedule type" in p:
-            shown += f", Schedule type: {p['Schedule type']}"
-        known = ", ".join(SAMPLERS)
+        split_sampler(p["Sampler"].strip())
+    except RecipeError as exc:  # no "closest match": a near name would make a different image
+        if "cannot run" in exc.allowed:  # Restart, DPM fast, the CFG++ variants, ...
+            raise ReplayError(f"{source}: Sampler: {shown}: {exc.allowed}") from None
         raise ReplayError(
-            f"{source}: Sampler: {shown} means {name!r}, which sdbatch does not have; "
-            f"known samplers: {known}"
+            f"{source}: Sampler: {shown} is not a sampler sdbatch has; known samplers: "
+            f"{', '.join(SAMPLERS)}"
         ) from None
+    try:
+        sampler = resolve_sampler(a1111_sampler(p))
+    except RecipeError as exc:  # a schedule type this sampler cannot run, or an unknown one
+        raise ReplayError(f"{source}: Sampler: {shown}: {exc}") from None
     try:
         cfg = parse_cfg(p["CFG scale"])
     except RecipeError as exc:
@@ -286,7 +280,8 @@ def _core(info: Infotext, source: str, out: ReplayRecipe) -> None:
             f"Size: {p['Size']} is not a multiple of 8; A1111 sampled a {w8 // 8}x{h8 // 8} "
             f"latent, so the recipe says {w8}x{h8}"
         )
-    out.values.update(sampler=sampler, steps=steps, cfg=_number(cfg), seeds=seed, size=f"{w8}x{h8}")
+    out.values.update(recipe_fields(sampler))  # sampler (and schedule_type where it must say)
+    out.values.update(steps=steps, cfg=_number(cfg), seeds=seed, size=f"{w8}x{h8}")
 
 
 def _model(params: Mapping[str, str], source: str, out: ReplayRecipe) -> None:

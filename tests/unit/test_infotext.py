@@ -314,3 +314,63 @@ def test_json_quoting_matches_json_dumps():
     value = "a, b: c"
     text = format_infotext("p", "", {"Steps": 1, "Seed": 2, "X": value})
     assert text.endswith("X: " + json.dumps(value, ensure_ascii=False))
+
+
+# --- what sdbatch writes: A1111 1.10's Sampler / Schedule type split --------------------------
+
+
+def _our_params(**cfg) -> dict[str, str]:
+    from sdbatch.outputs.record import infotext_for
+    from sdbatch.plan.recipe import build_plan
+    from tests.conftest import quick_cfg
+
+    job = build_plan(quick_cfg(prompt="a red circle", seeds=1, steps=20, **cfg)).jobs[0]
+    return parse_infotext(infotext_for(job)).params
+
+
+@pytest.mark.parametrize(
+    ("cfg", "sampler", "schedule_type"),
+    [
+        ({"sampler": "DPM++ 2M Karras"}, "DPM++ 2M", "Karras"),
+        ({"sampler": "DPM++ 2M"}, "DPM++ 2M", "Karras"),  # Automatic, as A1111 1.9+ runs it
+        ({"sampler": "DPM++ 2M", "schedule_type": "Uniform"}, "DPM++ 2M", "Uniform"),
+        ({"sampler": "Euler a"}, "Euler a", "Uniform"),
+        ({"sampler": "Euler", "schedule_type": "Align Your Steps"}, "Euler", "Align Your Steps"),
+        ({"sampler": "DPM++ 2M SDE"}, "DPM++ 2M SDE", "Exponential"),
+        ({"sampler": "DDIM", "schedule_type": "Karras"}, "DDIM", "Automatic"),  # own timesteps
+        ({"sampler": "LCM"}, "LCM", "Automatic"),
+    ],
+)
+def test_sampler_and_schedule_type_are_written_as_a1111_110_writes_them(
+    cfg, sampler, schedule_type
+):
+    params = _our_params(**cfg)
+    assert (params["Sampler"], params["Schedule type"]) == (sampler, schedule_type)
+    # A1111 1.10's create_infotext order: Schedule type right after Sampler
+    assert list(params)[:8] == [
+        "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
+    ]  # fmt: skip
+
+
+def test_our_new_infotext_still_reads_as_the_old_combined_name():
+    assert sampler_name(_our_params(sampler="DPM++ 2M Karras")) == "DPM++ 2M Karras"
+    assert sampler_name(_our_params(sampler="DDIM")) == "DDIM"
+
+
+def test_both_layouts_read_back_as_the_same_sampler():
+    """Old (A1111 < 1.9, sdbatch before schedule types) and new infotexts of one schedule."""
+    from sdbatch.plan.samplers import from_infotext
+
+    def read(params):
+        return from_infotext(params["Sampler"], params.get("Schedule type"), params.get("Version"))
+
+    new = _our_params(sampler="DPM++ 2M Karras")
+    old = {"Sampler": "DPM++ 2M Karras", "Version": "sdbatch 0.1.0"}
+    assert read(new) == read(old) == read({"Sampler": "DPM++ 2M", "Schedule type": "Automatic"})
+    uniform = _our_params(sampler="DPM++ 2M", schedule_type="Uniform")
+    assert read(uniform) == read({"Sampler": "DPM++ 2M", "Version": "v1.8.0"})
+    assert read(uniform).name == "DPM++ 2M"
+    names = [read(parse_infotext(s).params).name for s in SAMPLES]
+    assert names == [
+        "DPM++ SDE Karras", "DPM++ 2M Karras", "Euler a", "DPM++ 2M SDE Karras", "DDIM", "UniPC",
+    ]  # fmt: skip

@@ -318,19 +318,96 @@ def test_cfg_is_written_like_the_infotext(cfg, line):
         ({"Sampler": "DPM++ 2M SDE", "Schedule type": "Automatic"}, "DPM++ 2M SDE Exponential"),
         ({"Sampler": "LMS", "Schedule type": "Karras"}, "LMS Karras"),
         ({"Sampler": "DPM++ 2M Karras", "Schedule type": "Karras"}, "DPM++ 2M Karras"),
+        # A1111 lets a combined name's suffix win over the dropdown
+        ({"Sampler": "DPM++ 2M Karras", "Schedule type": "Uniform"}, "DPM++ 2M Karras"),
+        ({"Sampler": "DPM++ 3M SDE", "Schedule type": "Automatic"}, "DPM++ 3M SDE Exponential"),
+        ({"Sampler": "Euler", "Schedule type": "Karras"}, "Euler Karras"),
+        ({"Sampler": "Euler a", "Schedule type": "Normal"}, "Euler a"),  # Normal is Uniform
+        ({"Sampler": "DDIM", "Schedule type": "Karras"}, "DDIM"),  # ignored, as in A1111
+        # no Schedule type: before 1.9 a bare name was uniform; 1.9+ itself reads Automatic
+        ({"Sampler": "DPM++ 2M", "Version": "v1.8.0"}, "DPM++ 2M"),
+        ({"Sampler": "DPM++ 2M", "Version": "sdbatch 0.1.0"}, "DPM++ 2M"),
+        ({"Sampler": "DPM++ 2M", "Version": "v1.10.1"}, "DPM++ 2M Karras"),
+        ({"Sampler": "DPM++ 2M", "Version": "f2.0.1v1.10.1-previous-313"}, "DPM++ 2M Karras"),
     ],
 )
 def test_a1111_sampler_follows_schedule_type_and_its_automatic_default(params, name):
     assert a1111_sampler(params) == name
 
 
-def test_unsupported_sampler_is_one_line_naming_it_and_the_known_ones():
-    text = our_infotext(Sampler="DPM++ 2M SDE", **{"Schedule type": "Automatic"})
+def test_unknown_sampler_is_one_line_naming_it_and_the_known_ones():
+    text = our_infotext(Sampler="DPM++ 9M", **{"Schedule type": "Automatic"})
     with pytest.raises(ReplayError) as err:
         recipe_from_infotext(text, "x", "a.png")
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith("a.png: Sampler: DPM++ 2M SDE, Schedule type: Auto")
-    assert "'DPM++ 2M SDE Exponential'" in msg and "known samplers: " + ", ".join(SAMPLERS) in msg
+    assert "\n" not in msg and msg.startswith("a.png: Sampler: DPM++ 9M, Schedule type: Auto")
+    assert "not a sampler sdbatch has" in msg and "known samplers: " + ", ".join(SAMPLERS) in msg
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"Sampler": "Restart"}, "Sampler: Restart: sdbatch cannot run it: A1111's Restart"),
+        ({"Sampler": "Euler a CFG++"}, "close samplers sdbatch runs: Euler a"),
+        ({"Sampler": "DPM2", "Schedule type": "KL Optimal"}, "sampler DPM2 cannot run it"),
+        ({"Sampler": "Euler", "Schedule type": "Align Your Steps GITS"}, "known schedule types"),
+    ],
+)
+def test_samplers_and_schedules_sdbatch_cannot_run_are_one_line(params, fragment):
+    with pytest.raises(ReplayError) as err:
+        recipe_from_infotext(our_infotext(**params), "x", "a.png")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("a.png: Sampler: ") and fragment in msg
+
+
+V110 = {"Version": "v1.10.1"}
+
+
+@pytest.mark.parametrize(
+    ("params", "values"),
+    [
+        ({"Sampler": "DPM++ 2M Karras"}, {"sampler": "DPM++ 2M Karras"}),  # A1111 < 1.9
+        (
+            {"Sampler": "DPM++ 2M", "Schedule type": "Karras", **V110},
+            {"sampler": "DPM++ 2M Karras"},
+        ),
+        (
+            {"Sampler": "DPM++ 2M", "Schedule type": "Automatic", **V110},
+            {"sampler": "DPM++ 2M Karras"},
+        ),
+        ({"Sampler": "DPM++ 2M"}, {"sampler": "DPM++ 2M", "schedule_type": "Uniform"}),  # < 1.9
+        (
+            {"Sampler": "DPM++ 2M", "Schedule type": "Uniform", **V110},
+            {"sampler": "DPM++ 2M", "schedule_type": "Uniform"},
+        ),
+        ({"Sampler": "Euler", "Schedule type": "Karras", **V110}, {"sampler": "Euler Karras"}),
+        (
+            {"Sampler": "DPM++ 2M SDE", "Schedule type": "Automatic", **V110},
+            {"sampler": "DPM++ 2M SDE Exponential"},
+        ),
+        ({"Sampler": "DPM++ 2M SDE"}, {"sampler": "DPM++ 2M SDE", "schedule_type": "Uniform"}),
+        ({"Sampler": "DDIM", "Schedule type": "Karras", **V110}, {"sampler": "DDIM"}),
+    ],
+    ids=lambda v: ",".join(f"{k}={v[k]}" for k in v if k != "Version"),
+)
+def test_both_infotext_layouts_replay_to_the_schedule_a1111_used(params, values, recipes_dir):
+    """Old (``Sampler: DPM++ 2M Karras``) and new (``Sampler: DPM++ 2M, Schedule type:
+    Karras``) infotexts give recipes that plan A1111's schedule: the job a recipe written by
+    hand plans, whose own infotext (the new layout) replays to the same recipe again."""
+    recipe = recipe_from_infotext(our_infotext(**params), "x")
+    assert {k: recipe.values[k] for k in ("sampler", "schedule_type") if k in recipe.values} == (
+        values
+    )
+    keys = list(recipe.values)  # the YAML's order: sampler, then its schedule type, then steps
+    assert keys[keys.index("sampler") : keys.index("steps")] == list(values)
+    (job,) = plan_recipe(recipe, recipes_dir).jobs
+    direct = build_plan(quick_cfg(prompt="a red circle", seeds=[1], **values)).jobs[0]
+    assert job.job_id == direct.job_id
+    again = recipe_from_infotext(infotext_for(job), "x")
+    assert {k: v for k, v in again.values.items() if k != "name"} == {
+        k: v for k, v in recipe.values.items() if k != "name"
+    }
+    assert a1111_sampler(parse_infotext(infotext_for(job)).params) == job.sampler
 
 
 @pytest.mark.parametrize(
@@ -454,8 +531,25 @@ def test_bad_extra_values_are_one_line_errors(params, bad):
         {"hires": {"scale": 1.5, "upscaler": "lanczos", "denoise": 0.35}, "rng": "gpu"},
         {"seeds": [5, 6], "subseed": 100, "subseed_strength": 0.3},
         {"subseed": 7, "subseed_strength": 1, "hires": {"scale": 2, "denoise": 0.7}},
+        {"sampler": "DPM++ 2M", "schedule_type": "Uniform"},
+        {
+            "sampler": "DPM2 a",
+            "schedule_type": "Exponential",
+            "hires": {"scale": 2, "denoise": 0.5},
+        },
+        {"sampler": "DPM++ 2M SDE"},
     ],
-    ids=["plain", "gpu", "hires", "lanczos-gpu", "subseed", "subseed-hires"],
+    ids=[
+        "plain",
+        "gpu",
+        "hires",
+        "lanczos-gpu",
+        "subseed",
+        "subseed-hires",
+        "2m-uniform",
+        "dpm2a-exponential-hires",
+        "2m-sde-automatic",
+    ],  # fmt: skip
 )
 def test_our_own_infotext_replays_to_the_same_job_id(cfg, recipes_dir):
     """sdbatch's infotext -> recipe -> the same job id and the same infotext, for every extra."""

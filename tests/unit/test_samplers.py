@@ -10,9 +10,17 @@ import sys
 import pytest
 
 from sdbatch.errors import RecipeError, UserError
-from sdbatch.plan.samplers import SAMPLERS, Sampler, resolve_sampler, scheduler_spec
+from sdbatch.plan.samplers import (
+    SAMPLERS,
+    UNSUPPORTED,
+    Sampler,
+    a1111_names,
+    resolve_sampler,
+    scheduler_spec,
+    split_sampler,
+)
 
-A1111_NAMES = [  # A1111's dropdown order (1.5), less DPM fast / DPM adaptive
+OLD_NAMES = [  # A1111's dropdown order (1.5), less DPM fast / DPM adaptive
     "Euler a",
     "Euler",
     "LMS",
@@ -34,6 +42,8 @@ A1111_NAMES = [  # A1111's dropdown order (1.5), less DPM fast / DPM adaptive
     "PLMS",
     "UniPC",
 ]
+ADDED = ["DPM++ 2M SDE Heun", "DPM++ 3M SDE", "LCM"]  # A1111 1.6+ samplers diffusers can run
+A1111_NAMES = OLD_NAMES + ADDED
 
 
 def test_import_does_not_import_torch_or_diffusers():
@@ -130,6 +140,21 @@ def test_spec_strings_are_pinned():
         "KDPM2AncestralDiscreteScheduler(discard_next_to_last_sigma=True, "
         "timestep_spacing='linspace', use_karras_sigmas=True)"
     )
+    # Added later: their uniform schedule is A1111's, computed by sdbatch.
+    assert scheduler_spec(SAMPLERS["DPM++ 2M SDE Heun"]) == (
+        "DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', schedule_type='Uniform', "
+        "solver_order=2, solver_type='heun', timestep_spacing='linspace')"
+    )
+    assert scheduler_spec(SAMPLERS["DPM++ 3M SDE"]) == (
+        "DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', schedule_type='Uniform', "
+        "solver_order=3, timestep_spacing='linspace')"
+    )
+    assert scheduler_spec(SAMPLERS["LCM"]) == (
+        "LCMScheduler(original_inference_steps=50, timestep_scaling=10.0)"
+    )
+    assert scheduler_spec(resolve_sampler("Euler Karras")) == (
+        "EulerDiscreteScheduler(schedule_type='Karras', timestep_spacing='linspace')"
+    )
 
 
 def test_spec_sorts_options_and_ignores_their_order():
@@ -181,3 +206,60 @@ def test_sampler_is_frozen_and_hashable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.cls = "DDIMScheduler"  # type: ignore[misc]
     assert hash(s) == hash(Sampler("Euler", "EulerDiscreteScheduler", dict(s.options)))
+
+
+@pytest.mark.parametrize(
+    ("typed", "name", "schedule"),
+    [
+        ("Euler Karras", "Euler Karras", "Karras"),
+        ("euler a exponential", "Euler a Exponential", "Exponential"),
+        ("DPM++ 2M sgm_uniform", "DPM++ 2M SGM Uniform", "SGM Uniform"),
+        ("DPM++ 2M SGMUniform", "DPM++ 2M SGM Uniform", "SGM Uniform"),
+        ("DPM2 a  Align Your Steps", "DPM2 a Align Your Steps", "Align Your Steps"),
+        ("DPM++ 3M SDE Exponential", "DPM++ 3M SDE Exponential", "Exponential"),
+        ("DPM++ 2M SDE Heun Karras", "DPM++ 2M SDE Heun Karras", "Karras"),
+        ("Euler Normal", "Euler", ""),  # Normal is Uniform: the plain name
+        ("LMS Polyexponential", "LMS Exponential", "Exponential"),  # rho 1: Exponential
+        ("DPM++ 2M Automatic", "DPM++ 2M Karras", ""),  # A1111 1.10's own schedule for it
+        ("DDIM Karras", "DDIM", ""),  # A1111 ignores the schedule type for DDIM
+    ],
+)
+def test_a_schedule_type_after_the_name_is_that_schedule(typed, name, schedule):
+    s = resolve_sampler(typed)
+    assert s.name == name
+    assert s.schedule_type == schedule or s.options.get("use_karras_sigmas")
+
+
+def test_job_names_split_into_a1111_110s_two_fields():
+    assert a1111_names(SAMPLERS["DPM++ 2M Karras"]) == ("DPM++ 2M", "Karras")
+    assert a1111_names(SAMPLERS["DPM++ 2M"]) == ("DPM++ 2M", "Uniform")
+    assert a1111_names(SAMPLERS["Euler a"]) == ("Euler a", "Uniform")
+    assert a1111_names(resolve_sampler("DPM2 a Beta")) == ("DPM2 a", "Beta")
+    for own in ("DDIM", "PLMS", "UniPC", "LCM"):
+        assert a1111_names(SAMPLERS[own]) == (own, "Automatic")
+    assert split_sampler("dpm++ 2m  karras") == ("DPM++ 2M", "Karras")
+    assert split_sampler("Euler a") == ("Euler a", None)
+
+
+@pytest.mark.parametrize(
+    ("name", "close"),
+    [
+        ("Restart", "Heun, DPM++ 2M"),
+        ("DPM fast", "DPM++ 2M, DPM++ SDE"),
+        ("dpm adaptive", "DPM++ 2M, DPM++ SDE"),
+        ("DPM adaptive Karras", "DPM++ 2M, DPM++ SDE"),
+        ("Euler a CFG++", "Euler a"),
+        ("DPM++ 2M CFG++", "DPM++ 2M"),
+        ("DDIM CFG++", "DDIM"),
+        ("Euler CFG++", "Euler"),
+        ("Fancy CFG++", "Euler a, DPM++ 2M"),
+    ],
+)
+def test_samplers_diffusers_lacks_are_one_line_saying_why_and_what_is_close(name, close):
+    with pytest.raises(RecipeError) as info:
+        resolve_sampler(name)
+    msg = str(info.value)
+    assert "\n" not in msg and info.value.field == "sampler"
+    assert "sdbatch cannot run it: " in msg and "diffusers has no scheduler for it" in msg
+    assert msg.endswith(f"; close samplers sdbatch runs: {close}")
+    assert set(UNSUPPORTED) == {"Restart", "DPM fast", "DPM adaptive"}
