@@ -45,6 +45,10 @@ format: install  ## ruff fix + format
 bench: install  ## benchmarks (see BENCHMARKS.md)
 	$(VENV)/bin/python bench/run.py
 
+.PHONY: bench-gpu
+bench-gpu: install  ## CUDA GPU benchmark, SD 1.5 shapes with random weights (ARGS='--sdxl')
+	$(VENV)/bin/python bench/gpu.py $(ARGS)
+
 .PHONY: docs
 docs: install  ## build the documentation site into site/ (mkdocs, warnings are errors)
 	$(VENV)/bin/mkdocs build --strict --site-dir site
