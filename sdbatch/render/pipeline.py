@@ -3,11 +3,14 @@
 One `Renderer` per model. Per batch it swaps the scheduler (``from_config``, no reload), reuses
 cached prompt embeddings (one encode per distinct (prompt, negative) pair), gives every image its
 own CPU ``torch.Generator`` seeded from its seed (so an image does not depend on its batch-mates,
-up to kernel rounding), and returns pixels plus a NaN flag per image.
+up to kernel rounding), and returns pixels plus a NaN flag per image. Prompts with A1111's prompt
+editing, alternation or AND follow their schedules step by step (sdbatch.render.conditioning);
+all others take the plain path, one set of embeddings for the whole call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import warnings
@@ -18,9 +21,17 @@ import numpy as np
 import torch
 
 from sdbatch.plan.checkpoints import Model
+from sdbatch.plan.prompt_schedule import has_scheduling
 from sdbatch.plan.recipe import Job
 from sdbatch.plan.samplers import resolve_sampler
-from sdbatch.render.encode import encode_prompt_pair
+from sdbatch.render.conditioning import (
+    JobPrompts,
+    StepConditioning,
+    conditioned_call,
+    job_prompts,
+    signature,
+)
+from sdbatch.render.encode import encode_prompt_pair, encode_text
 from sdbatch.render.loading import load_pipeline
 from sdbatch.render.schedulers import build_scheduler
 
@@ -69,6 +80,7 @@ class Renderer:
     dtype: torch.dtype
     _embeds: dict = field(default_factory=dict)
     _img2img_pipe: object = None
+    _texts: dict = field(default_factory=dict)  # (text, negative) -> text_embedding()
 
     @classmethod
     def load(cls, model: Model, device: str = "auto", dtype: str = "auto") -> Renderer:
@@ -111,21 +123,91 @@ class Renderer:
                     )  # fmt: skip
         return self._embeds[key]
 
+    def text_embedding(self, text: str, negative: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One text on its own for per-step conditioning: ((1, 77*k, hidden), None) for SD 1.x
+        (``k`` its own chunk count; prompt and negative encode alike), ((1, 77, hidden),
+        (1, pooled)) for SDXL through diffusers' ``encode_prompt`` (its negative branch for
+        negatives, as plain SDXL prompts get them)."""
+        key = (text, negative)
+        if key not in self._texts:
+            with torch.inference_mode():
+                if self.model.family == "sdxl":
+                    cond, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
+                        text, device=self.device, negative_prompt=text
+                    )
+                    self._texts[(text, False)] = (cond, pooled)
+                    self._texts[(text, True)] = (uncond, uncond_pooled)
+                else:
+                    hidden = encode_text(
+                        self.pipe.tokenizer, self.pipe.text_encoder, text,
+                        clip_skip=self.model.clip_skip, device=self.device, dtype=self.dtype,
+                    )  # fmt: skip
+                    self._texts[(text, False)] = self._texts[(text, True)] = (hidden, None)
+        return self._texts[key]
+
     def render(self, jobs: Sequence[Job]) -> list[tuple[np.ndarray, bool]]:
         """Images for jobs sharing model, size, sampler, steps and cfg, in the jobs' order.
 
         Prompts of different lengths (77-token chunk counts) run as separate forward passes
         inside the batch; which ones is fixed by the batch itself, never by resume state.
+        Prompts that change during sampling (editing, alternation, AND) run apart from the
+        plain ones, in passes of images whose lengths agree at every step and that all use
+        AND or none does.
         """
-        embeds = [self.embeddings(j.prompt, j.negative_prompt) for j in jobs]
+        prompts = self._prompts(jobs)
+        plain = [p.plain() for p in prompts]
+        simple = [i for i, texts in enumerate(plain) if texts is not None]
+        embeds = {i: self.embeddings(*plain[i]) for i in simple}
         out: list[tuple[np.ndarray, bool] | None] = [None] * len(jobs)
-        order = sorted(range(len(jobs)), key=lambda i: embeds[i][0].shape[1])
+        groups = []
+        order = sorted(simple, key=lambda i: embeds[i][0].shape[1])
         for _, group in itertools.groupby(order, key=lambda i: embeds[i][0].shape[1]):
-            idx = list(group)
-            images = self._call([jobs[i] for i in idx], [embeds[i] for i in idx])
+            groups.append((list(group), None))
+        scheduled: dict[tuple, list[int]] = {}
+        for i, texts in enumerate(plain):
+            if texts is None:
+                scheduled.setdefault(self._signature(prompts[i]), []).append(i)
+        groups += [(idx, [prompts[i] for i in idx]) for idx in scheduled.values()]
+        for idx, schedules in groups:
+            batch = [jobs[i] for i in idx]
+            if schedules is None:
+                images = self._call(batch, [embeds[i] for i in idx])
+            else:
+                images = self._call(batch, None, schedules)
             for i, img in zip(idx, images, strict=True):
                 out[i] = img
         return out  # type: ignore[return-value]
+
+    def _prompts(self, jobs: Sequence[Job]) -> list[JobPrompts]:
+        """Each job's schedules, planned over A1111's denoiser calls for this sampler."""
+        order = 1  # only scheduled prompts need the scheduler's order; plain ones keep their text
+        if any(has_scheduling(j.prompt) or "[" in j.negative_prompt for j in jobs):
+            order = self._scheduler(jobs).order
+        out = []
+        for j in jobs:
+            hires = j.extras.hires
+            hires_steps = None if hires is None else hires.steps
+            out.append(job_prompts(j.prompt, j.negative_prompt, j.steps, hires_steps, order))
+        return out
+
+    def _signature(self, prompts: JobPrompts) -> tuple:
+        """What must agree for scheduled images to share a forward pass: their lengths at every
+        call of each pass and whether AND is used (the UNet wrapper) in it."""
+
+        def tokens(text: str, negative: bool) -> int:
+            return self.text_embedding(text, negative)[0].shape[1]
+
+        passes = [prompts.first] if prompts.hires is None else [prompts.first, prompts.hires]
+        return tuple((signature(p, tokens), p.composed) for p in passes)
+
+    def _conditioned(self, pipe, jobs: Sequence[Job], tensors: dict | None, prompts):
+        """``pipe``'s keyword arguments for one pass: the plain embeddings as they are, or the
+        per-step conditioning of ``prompts`` (one PassPrompts per job)."""
+        if prompts is None:
+            return contextlib.nullcontext(tensors)
+        empty = None if self.model.family == "sdxl" else self.text_embedding("", True)[0]
+        conditioning = StepConditioning(prompts, self.text_embedding, empty)
+        return conditioned_call(pipe, conditioning, jobs[0].cfg)
 
     def _generators(self, jobs: Sequence[Job]) -> list[torch.Generator]:
         """One generator per image, on the CPU (``rng: cpu``) or the render device (``gpu``)."""
@@ -153,29 +235,38 @@ class Renderer:
             resolve_sampler(jobs[0].sampler),
             self.pipe.scheduler.config,
             seeds=[j.seed for j in jobs],
+            family=self.model.family,  # the Align Your Steps table (computed schedule types)
         )
 
-    def _call(self, jobs: Sequence[Job], embeds) -> list[tuple[np.ndarray, bool]]:
+    def _call(
+        self, jobs: Sequence[Job], embeds, prompts: list[JobPrompts] | None = None
+    ) -> list[tuple[np.ndarray, bool]]:
+        """One forward pass (and its hires pass): ``embeds`` per job for plain prompts, or
+        ``prompts`` (then ``embeds`` is None) for scheduled ones."""
         first = jobs[0]
         hires = first.extras.hires
         self.pipe.scheduler = self._scheduler(jobs)
         with torch.inference_mode():
-            # (B, 77k, hidden) cond and uncond; SDXL adds its pooled pair
-            stacked = [torch.cat(parts) for parts in zip(*embeds, strict=True)]
-            tensors = dict(zip(EMBED_ARGS, stacked, strict=False))
-            result = self.pipe(
-                **tensors,
-                num_inference_steps=first.steps,
-                guidance_scale=first.cfg,
-                width=first.width,
-                height=first.height,
-                generator=self._generators(jobs),
-                latents=self._latents(jobs, first.width, first.height),
-                output_type="latent" if hires else "np",
-            )
+            tensors = None
+            if prompts is None:  # (B, 77k, hidden) cond and uncond; SDXL adds its pooled pair
+                stacked = [torch.cat(parts) for parts in zip(*embeds, strict=True)]
+                tensors = dict(zip(EMBED_ARGS, stacked, strict=False))
+            passes = None if prompts is None else [p.first for p in prompts]
+            with self._conditioned(self.pipe, jobs, tensors, passes) as kwargs:
+                result = self.pipe(
+                    **kwargs,
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.cfg,
+                    width=first.width,
+                    height=first.height,
+                    generator=self._generators(jobs),
+                    latents=self._latents(jobs, first.width, first.height),
+                    output_type="latent" if hires else "np",
+                )
             images = result.images
             if hires:
-                images = self._hires(jobs, tensors, images)
+                passes = None if prompts is None else [p.hires for p in prompts]
+                images = self._hires(jobs, tensors, images, passes)
         out = []
         for img in images:  # (H, W, 3) floats in [0, 1]
             nan = bool(np.isnan(img).any())
@@ -183,9 +274,10 @@ class Renderer:
             out.append((pixels, nan))
         return out
 
-    def _hires(self, jobs: Sequence[Job], tensors: dict, latents: torch.Tensor):
+    def _hires(self, jobs: Sequence[Job], tensors: dict | None, latents: torch.Tensor, passes=None):
         """A1111's hires fix: upscale the first pass, then img2img at the target size with the
-        same components, the same prompts and fresh per-image generators (A1111 reseeds)."""
+        same components, the same prompts and fresh per-image generators (A1111 reseeds).
+        ``passes``: the hires-pass schedules of scheduled prompts (then ``tensors`` is None)."""
         first = jobs[0]
         hires = first.extras.hires
         width, height = hires.target(first.width, first.height)
@@ -204,15 +296,16 @@ class Renderer:
             image = [im.resize((width, height), Image.LANCZOS) for im in pil]
         img2img = self._img2img()
         img2img.scheduler = self._scheduler(jobs)
-        result = img2img(
-            **tensors,
-            image=image,
-            strength=hires.denoise,
-            num_inference_steps=hires.steps or first.steps,
-            guidance_scale=first.cfg,
-            generator=self._generators(jobs),
-            output_type="np",
-        )
+        with self._conditioned(img2img, jobs, tensors, passes) as kwargs:
+            result = img2img(
+                **kwargs,
+                image=image,
+                strength=hires.denoise,
+                num_inference_steps=hires.steps or first.steps,
+                guidance_scale=first.cfg,
+                generator=self._generators(jobs),
+                output_type="np",
+            )
         return result.images
 
     def _img2img(self):
