@@ -35,7 +35,6 @@ import json
 import math
 import os
 import platform
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from report import command_line  # noqa: E402
 from workloads import NEGATIVE, PROMPTS, SEED0  # bench/ is sys.path[0] when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -757,15 +757,6 @@ def header(torch, device) -> list[str]:
     return lines
 
 
-def command_line() -> str:
-    python = sys.executable
-    if python.startswith(str(ROOT)):
-        python = os.path.relpath(python, ROOT)
-    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
-    cmd = shlex.join([python, script, *sys.argv[1:]])
-    return f"make bench-gpu  # = {cmd}" if os.environ.get("MAKELEVEL") else cmd
-
-
 def ratios(bench: Bench, report: Report) -> None:
     rows, ref = bench.rows, bench.args.batch
     report.say()
@@ -831,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- model: {what} (UNet {params_m(pipe.unet):.0f}M parameters, built in {built:.0f}s),"
             f" {args.dtype}; {size}x{size}, {args.steps} steps, {SAMPLER}, CFG {CFG:g}"
         )
-        report.say(f"- command: `{command_line()}`")
+        report.say(f"- command: `{command_line('bench-gpu')}`")
         report.say(
             "- it/s: denoising steps per second of a batch's forward passes (A1111's it/s; "
             "VAE decode in the time); peak GPU: torch.cuda.max_memory_allocated, weights included"

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import statistics
+import sys
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 
 from ways import LABELS
 
@@ -227,3 +230,14 @@ def markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def command_line(make_target: str) -> str:
+    """The exact command, as typed (and ``make TARGET`` when make ran it)."""
+    root = Path(__file__).resolve().parents[1]
+    python = sys.executable
+    if python.startswith(str(root)):
+        python = os.path.relpath(python, root)
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), root)
+    cmd = shlex.join([python, script, *sys.argv[1:]])
+    return f"make {make_target}  # = {cmd}" if os.environ.get("MAKELEVEL") else cmd

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import report
 import scale
+from report import command_line
 from ways import (
     LABELS,
     compare,
@@ -61,16 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.reps < 1:
         ap.error("--reps must be >= 1")
     return args
-
-
-def command_line() -> str:
-    """The exact command, as typed (and `make bench` when make ran it)."""
-    python = sys.executable
-    if python.startswith(str(ROOT)):
-        python = os.path.relpath(python, ROOT)
-    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
-    cmd = shlex.join([python, script, *sys.argv[1:]])
-    return f"make bench  # = {cmd}" if os.environ.get("MAKELEVEL") else cmd
 
 
 def check_identical(tmp: Path, env: dict) -> tuple[str, bool]:
@@ -141,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workload = WORKLOADS[args.jobs]
     ways = ["a", *(["a'"] if args.batched_loop else []), "b", "c"]
-    command = command_line()
+    command = command_line("bench")
     load0 = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="sdbatch-bench-"))
     env = {**os.environ, "SDBATCH_RECIPES": str(tmp / "recipes")}

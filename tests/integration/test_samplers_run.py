@@ -18,21 +18,8 @@ transformers = pytest.importorskip("transformers")
 
 from sdbatch.plan.samplers import SAMPLERS  # noqa: E402
 from sdbatch.render.schedulers import build_scheduler  # noqa: E402
-from tests.tiny import tiny_unet, tiny_vae  # noqa: E402
+from tests.tiny import SD15_SCHEDULER, tiny_unet, tiny_vae  # noqa: E402
 
-# Stable Diffusion 1.5's scheduler_config.json.
-SD15_SCHEDULER = {
-    "_class_name": "PNDMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "skip_prk_steps": True,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "trained_betas": None,
-}
 STEPS = 4
 ONE_LEVEL = 1 / 255 + 1e-6  # one 8-bit grey level, on the [0, 1] image
 PROMPTS, SEEDS = ["a red cat", "a blue dog"], [11, 22]

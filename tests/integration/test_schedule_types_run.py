@@ -18,20 +18,8 @@ from sdbatch.errors import RecipeError  # noqa: E402
 from sdbatch.plan import schedule_types as st  # noqa: E402
 from sdbatch.plan.samplers import BASE_SAMPLERS, plan_sampler  # noqa: E402
 from sdbatch.render.schedulers import build_scheduler  # noqa: E402
-from tests.tiny import tiny_unet, tiny_vae  # noqa: E402
+from tests.tiny import SD15_SCHEDULER, tiny_unet, tiny_vae  # noqa: E402
 
-SD15_SCHEDULER = {  # Stable Diffusion 1.5's scheduler_config.json
-    "_class_name": "PNDMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "skip_prk_steps": True,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "trained_betas": None,
-}
 TABLE = st.model_sigmas_from_betas()  # SD's sigmas, as A1111 builds them
 STEPS = 4
 
