@@ -21,13 +21,13 @@ folder is checked component by component against its ``model_index.json``.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdbatch.errors import RecipeError
 from sdbatch.models import SHIPPED_CONFIGS_DIR
+from sdbatch.plan.model_folders import find_file, folders_of, listing, match_name, safe_name
 from sdbatch.plan.weights import (
     CHECKPOINT_SUFFIXES,
     SAFETENSORS,
@@ -45,7 +45,6 @@ CONFIGS_DIR = SHIPPED_CONFIGS_DIR
 SHIPPED_CONFIGS = {"sd1": CONFIGS_DIR / "sd15", "sdxl": CONFIGS_DIR / "sdxl"}
 CONFIG_SUFFIX = ".config"  # <stem>.config/ beside a checkpoint overrides the shipped config
 CLIP_SKIP_MAX = 12  # CLIP ViT-L has 12 layers; A1111's slider stops there too
-MAX_LISTED = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +115,6 @@ def list_checkpoints(folder: str | os.PathLike) -> dict[str, Path]:
     return dict(sorted(found.items(), key=lambda kv: kv[0].lower()))
 
 
-def _listing(names: list[str]) -> str:
-    more = len(names) - MAX_LISTED
-    return ", ".join(names[:MAX_LISTED]) + (f" ({more} more)" if more > 0 else "")
-
-
 CHECKPOINT_NAMES = (
     "a checkpoint in model.dir: its file stem or a path relative to it like anime/AnythingV5 "
     "(no '..' part, not absolute); a file elsewhere goes in model.path"
@@ -147,27 +141,7 @@ def find_checkpoint(folder: str | os.PathLike, name: object) -> Path:
     found = list_checkpoints(root)
     if not found:
         raise RecipeError("model.dir", str(folder), "a folder holding .safetensors checkpoints")
-    want = str(name).replace("\\", "/").strip("/")
-    if Path(want).suffix.lower() in CHECKPOINT_SUFFIXES:
-        want = want[: -len(Path(want).suffix)]
-    for match in (
-        lambda k: k == want,
-        lambda k: k.rsplit("/", 1)[-1] == want,
-        lambda k: k.lower() == want.lower(),
-        lambda k: k.rsplit("/", 1)[-1].lower() == want.lower(),
-    ):
-        hits = [k for k in found if match(k)]
-        if len(hits) == 1:
-            return found[hits[0]]
-        if len(hits) > 1:
-            raise RecipeError("model.name", name, f"ambiguous; write one of: {', '.join(hits)}")
-    names = list(found)
-    allowed = f"not in {folder}; available: {_listing(names)}"
-    stems = {k.rsplit("/", 1)[-1]: k for k in names}
-    close = difflib.get_close_matches(want, [*names, *stems], n=1, cutoff=0.4)
-    if close:
-        allowed += f"; closest match: {stems.get(close[0], close[0])!r}"
-    raise RecipeError("model.name", name, allowed)
+    return match_name(found, name, "model.name", str(folder), CHECKPOINT_SUFFIXES)
 
 
 # -------------------------------------------------------------------------------- resolution
@@ -186,12 +160,20 @@ def _clip_skip(value: object) -> int:
     return int(number)
 
 
-def resolve_vae(value: object, allow_pickle: bool = False) -> tuple[str, str, str]:
-    """(path, A1111 name, A1111 hash) of a ``model.vae`` file or diffusers VAE folder."""
+def resolve_vae(
+    value: object, allow_pickle: bool = False, folders: dict | None = None
+) -> tuple[str, str, str]:
+    """(path, A1111 name, A1111 hash) of a ``model.vae`` file or diffusers VAE folder, or of
+    a VAE named by its file stem in the VAE folder (``vae-ft-mse-840000-ema-pruned``)."""
     from sdbatch.plan.hashing import model_hash
 
-    allowed = "a VAE .safetensors file (LDM or diffusers layout) or a diffusers VAE folder"
+    allowed = (
+        "a VAE .safetensors file (LDM or diffusers layout), a diffusers VAE folder, or a "
+        "file stem in the VAE folder (folders.vae, or models/VAE below folders.a1111)"
+    )
     p = Path(os.path.expanduser(str(value)))
+    if not p.exists() and folders_of("vae", folders) and safe_name(value):
+        p = find_file("vae", value, folders, "model.vae")
     if p.is_dir():
         sub = p if (p / "config.json").is_file() else p / "vae"
         if not (sub / "config.json").is_file():
@@ -241,21 +223,21 @@ def _model(p: Path, name: str | None, opts: dict, field: str) -> Model:
     )  # fmt: skip
 
 
-def _options(model: dict) -> dict:
+def _options(model: dict, folders: dict | None = None) -> dict:
     allow_pickle = bool(model.get("allow_pickle") or False)
     vae = model.get("vae")
     return {
         "allow_pickle": allow_pickle,
         "clip_skip": _clip_skip(1 if model.get("clip_skip") is None else model["clip_skip"]),
-        "vae": resolve_vae(vae, allow_pickle) if vae not in (None, "") else None,
+        "vae": resolve_vae(vae, allow_pickle, folders) if vae not in (None, "") else None,
     }
 
 
-def resolve_model(model: dict) -> Model:
+def resolve_model(model: dict, folders: dict | None = None) -> Model:
     """The model a recipe names with ``model.path``, or the embedded tiny model."""
     from sdbatch.models import EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_PATH
 
-    opts = _options(model)
+    opts = _options(model, folders)
     path, name = model.get("path"), model.get("name")
     if isinstance(name, list | tuple):
         raise RecipeError("model.name", name, "one name with model.path; a list needs model.dir")
@@ -269,21 +251,26 @@ def resolve_model(model: dict) -> Model:
     return _model(p, name, opts, "model.path")
 
 
-def resolve_models(model: dict) -> list[Model]:
+def resolve_models(model: dict, folders: dict | None = None) -> list[Model]:
     """The model axis of a recipe: ``model.path`` (or the embedded model), or every
-    ``model.name`` looked up in ``model.dir``, in the order written."""
+    ``model.name`` looked up in ``model.dir``, in the order written. Without ``model.dir``, a
+    ``model.name`` (and no ``model.path``) is looked up in the checkpoints folder of
+    ``folders`` (``folders.checkpoints``, or ``models/Stable-diffusion`` below the A1111 root)."""
     folder = model.get("dir")
+    if folder in (None, "") and model.get("path") in (None, "") and model.get("name"):
+        roots = [r for r in folders_of("checkpoints", folders) if r.is_dir()]
+        folder = str(roots[0]) if roots else None
     if folder in (None, ""):
-        return [resolve_model(model)]
+        return [resolve_model(model, folders)]
     if model.get("path") not in (None, ""):
         raise RecipeError("model.dir", str(folder), "leave it unset when model.path is set")
     names = model.get("name")
     names = list(names) if isinstance(names, list | tuple) else [names]
     if not names or any(n in (None, "") for n in names):
         root = Path(os.path.expanduser(str(folder)))
-        found = _listing(list(list_checkpoints(root))) if root.is_dir() else "none"
+        found = listing(list(list_checkpoints(root))) if root.is_dir() else "none"
         allowed = f"a checkpoint name (or a list) from model.dir; available: {found}"
         raise RecipeError("model.name", model.get("name"), allowed)
-    opts = _options(model)
+    opts = _options(model, folders)
     paths = list(dict.fromkeys(find_checkpoint(folder, n) for n in names))
     return [_model(p, None, opts, "model.name") for p in paths]

@@ -21,6 +21,7 @@ from sdbatch.errors import RecipeError
 from sdbatch.plan.axes import expand_axis
 from sdbatch.plan.checkpoints import Model, resolve_models
 from sdbatch.plan.generation import Extras, parse_hires, parse_rng, parse_subseed_strength
+from sdbatch.plan.networks import Networks, resolve_networks
 from sdbatch.plan.prompts import PromptSyntaxError, parse_attention
 from sdbatch.plan.run_settings import MAX_JOBS
 from sdbatch.plan.samplers import plan_samplers, scheduler_spec
@@ -54,6 +55,7 @@ class Job:
     width: int
     height: int
     extras: Extras = Extras()  # hires fix, variation seed, noise source
+    networks: Networks = Networks()  # LoRA files and embeddings the prompts name
 
     @property
     def image_name(self) -> str:
@@ -273,7 +275,7 @@ def build_plan(
 
         recipe_dirs = default_dirs()
     items = _prompt_items(cfg, recipe_dirs)
-    models = resolve_models(asdict(cfg.model))
+    models = resolve_models(asdict(cfg.model), asdict(cfg.folders))
     sizes = list(dict.fromkeys(parse_size(s) for s in expand_axis("size", cfg.size)))
     # sampler x schedule type, A1111 1.9+'s reading (sdbatch.plan.samplers.plan_sampler): one
     # entry per job sampler ("DPM++ 2M" and "DPM++ 2M Karras" are the same job)
@@ -308,8 +310,16 @@ def build_plan(
     for i, (seed, _, _) in enumerate(var_keys):
         if seed == RANDOM_SEED:
             k_of[i] = len(k_of)
+    folders = asdict(cfg.folders)
     for model in models:
         mkey = model.key
+        nets = {
+            item.text: resolve_networks(
+                item.text, negative, model.family, folders, model.allow_pickle
+            )
+            for item in items
+        }
+        net_tails = {text: _json_tail(n.key()) for text, n in nets.items()}
         for w, h in sizes:
             size_tail = f",{w},{h}"
             for sampler in samplers:
@@ -320,10 +330,12 @@ def build_plan(
                             prefix = _json_prefix(
                                 mkey, item.text, negative, sampler.name, spec, n_steps, scale
                             )
+                            ntail = net_tails[item.text]
                             for i, (seed, extras, tail) in enumerate(var_keys):
                                 if seed == RANDOM_SEED:
-                                    seed = random_seed(salt, k_of[i], f"{prefix}{size_tail}{tail}")
-                                key = f"{prefix}{seed}{size_tail}{tail}]"
+                                    draw = f"{prefix}{size_tail}{tail}{ntail}"
+                                    seed = random_seed(salt, k_of[i], draw)
+                                key = f"{prefix}{seed}{size_tail}{tail}{ntail}]"
                                 jid = _id(key)
                                 if i in k_of:
                                     randoms.add(jid)
@@ -344,6 +356,7 @@ def build_plan(
                                         w,
                                         h,
                                         extras,
+                                        nets[item.text],
                                     )
                                 )
     axes = {
@@ -423,6 +436,7 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[Batch]:
             job.steps,
             job.cfg,
             job.extras.batch_key(),
+            job.networks.batch_key(),
         )
 
     for _, group in itertools.groupby(jobs, key=batch_key):

@@ -25,6 +25,18 @@ class ModelConfig:
 
 
 @dataclass
+class FoldersConfig:
+    """A1111's model folders (see sdbatch.plan.model_folders); each also from SDBATCH_<KEY>."""
+
+    a1111: str | None = None  # an A1111/Forge install root: finds all the folders below
+    checkpoints: str | None = None  # default models/Stable-diffusion (used when model.name is set)
+    lora: str | None = None  # default models/Lora and models/LyCORIS
+    embeddings: str | None = None  # default embeddings/
+    vae: str | None = None  # default models/VAE (model.vae by file stem)
+    upscalers: str | None = None  # default models/ESRGAN and models/RealESRGAN
+
+
+@dataclass
 class HiresConfig:
     scale: float = 1.0  # 1 = off; 2 = render at size, upscale 2x, img2img at the target size
     upscaler: str = "latent"  # latent (A1111's "Latent") | lanczos (decode, resize, re-encode)
@@ -61,6 +73,7 @@ class OutputConfig:
 class SdbatchConfig:
     name: str = "untitled"  # recipe name: names the output folder and the manifest's recipe
     model: ModelConfig = field(default_factory=ModelConfig)
+    folders: FoldersConfig = field(default_factory=FoldersConfig)
     prompt: Any = None  # a prompt or a list of prompts
     template: Any = None  # a template (or list) using {var} names from `vars`
     vars: dict[str, Any] = field(default_factory=dict)  # variable -> list of values
