@@ -57,14 +57,18 @@ class Networks:
         return tuple((u.path, u.hash, u.te_weight, u.unet_weight) for u in self.loras)
 
     def infotext(self) -> dict[str, str]:
-        """A1111's ``Lora hashes`` and ``TI hashes`` (quoted lists ``"name: hash, ..."``)."""
+        """A1111's ``Lora hashes`` and ``TI hashes`` values, ``name: hash, ...``. Unquoted: the
+        infotext writer quotes a value holding ":" or "," once, as A1111's ``quote()`` does
+        (A1111 stores the bare list and quotes it when it writes the line). Names lose their
+        ":" and ",", as A1111's ``remove_symbols`` drops them."""
         out: dict[str, str] = {}
+        drop = str.maketrans("", "", ":,")
         if self.loras:
-            seen = dict.fromkeys(f"{u.name}: {u.hash}" for u in self.loras)
-            out["Lora hashes"] = '"' + ", ".join(seen) + '"'
+            seen = dict.fromkeys(f"{u.name.translate(drop)}: {u.hash}" for u in self.loras)
+            out["Lora hashes"] = ", ".join(seen)
         if self.embeddings:
-            seen = dict.fromkeys(f"{u.name}: {u.hash}" for u in self.embeddings)
-            out["TI hashes"] = '"' + ", ".join(seen) + '"'
+            seen = dict.fromkeys(f"{u.name.translate(drop)}: {u.hash}" for u in self.embeddings)
+            out["TI hashes"] = ", ".join(seen)
         return out
 
 
@@ -78,6 +82,13 @@ def resolve_networks(
     (sdbatch.plan.embedding_files). Errors are one-line `RecipeError`s on ``prompt`` /
     ``negative_prompt``.
     """
-    loras: tuple[LoraUse, ...] = ()  # filled by the LoRA resolver
-    embeddings: tuple[EmbeddingUse, ...] = ()  # filled by the embeddings resolver
+    from sdbatch.plan.lora_files import resolve_loras  # it builds LoraUse (imports this module)
+
+    loras = resolve_loras(prompt, family, folders, allow_pickle)
+    from sdbatch.plan.embedding_files import resolve_embeddings
+
+    embeddings = tuple(
+        EmbeddingUse(*use)
+        for use in resolve_embeddings(prompt, negative, family, folders, allow_pickle)
+    )
     return Networks(loras, embeddings)

@@ -8,19 +8,23 @@ and the unit tests can use it cheaply; ``sdbatch.render.encode`` turns the chunk
 
 Behaviour follows A1111's ``modules/prompt_parser.py::parse_prompt_attention`` and
 ``modules/sd_hijack_clip.py::tokenize_line`` (SD 1.x, emphasis "Original",
-``comma_padding_backtrack`` = 20, no textual-inversion embeddings).
+``comma_padding_backtrack`` = 20). Textual-inversion embeddings take token positions as in
+A1111: a run of tokens equal to an embedding's name becomes that many placeholder ids as the
+embedding has vectors, recorded as a chunk "fix" (offset, name), never split across chunks,
+and weighted like the text around it (``sdbatch.plan.embedding_files`` finds them).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sdbatch.errors import UserError
 
 __all__ = [
     "BREAK_RUN",
+    "EmbeddingLookup",
     "PromptChunk",
     "PromptSyntaxError",
     "chunk_tokens",
@@ -138,10 +142,31 @@ def is_break(run: tuple[str, float]) -> bool:
 
 @dataclass
 class PromptChunk:
-    """Up to ``chunk_len`` token ids and their weights; BOS/EOS are added by the encoder."""
+    """Up to ``chunk_len`` token ids and their weights; BOS/EOS are added by the encoder.
+    ``fixes``: (offset in ``tokens``, embedding name) where an embedding's vectors replace the
+    placeholder ids (A1111's ``PromptChunkFix``; the encoder adds 1 for BOS)."""
 
     tokens: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    fixes: list[tuple[int, str]] = field(default_factory=list)
+
+
+# A1111's ``ids_lookup``: first token id -> [(name's token ids, name, vector count)], longest
+# name first (``sdbatch.plan.embedding_files.build_lookup`` makes one).
+EmbeddingLookup = Mapping[int, Sequence[tuple[tuple[int, ...], str, int]]]
+PLACEHOLDER_ID = 0  # what A1111 puts in the ids where an embedding's vectors go
+
+
+def _embedding_at(
+    ids: Sequence[int], position: int, embeddings: EmbeddingLookup | None
+) -> tuple[str, int, int] | None:
+    """(name, vectors, tokens matched) of the embedding whose name starts at ``position``."""
+    if not embeddings:
+        return None
+    for name_ids, name, vectors in embeddings.get(ids[position], ()):
+        if tuple(ids[position : position + len(name_ids)]) == name_ids:
+            return name, vectors, len(name_ids)
+    return None
 
 
 def chunk_tokens(
@@ -152,6 +177,7 @@ def chunk_tokens(
     backtrack: int = 20,
     *,
     pad_token: int | None = None,
+    embeddings: EmbeddingLookup | None = None,
 ) -> list[PromptChunk]:
     """Cut weighted runs into chunks of ``chunk_len`` tokens, as A1111's ``tokenize_line``.
 
@@ -163,6 +189,12 @@ def chunk_tokens(
     With ``pad_token`` every chunk is padded to ``chunk_len`` with it (weight 1.0), which is
     A1111's layout; without it chunks keep only their real tokens, so the encoder knows where
     the text ends.
+
+    With ``embeddings``, a run of a text's tokens equal to an embedding's name (longest name
+    first) becomes ``vectors`` placeholder ids at the text's weight and a fix; an embedding
+    that would not fit in the chunk starts the next one. When the comma back-off moves tokens
+    to the next chunk, their fixes move with them (A1111 leaves them behind, writing the
+    vectors over the old chunk's padding; we keep them where their tokens went).
     """
     token_lists = tokenize([text for text, _ in runs])
     chunks: list[PromptChunk] = []
@@ -180,21 +212,36 @@ def chunk_tokens(
             close_chunk()  # even an empty chunk: "BREAK x" starts with a blank chunk
             continue
         weight = run[1]
-        for token in ids:
+        position = 0
+        while position < len(ids):
+            token = ids[position]
             full = len(current.tokens) == chunk_len
             if token == comma_token:
                 last_comma = len(current.tokens)  # a comma arriving at a full chunk opens
                 # the next one, and A1111 then forgets it (the close below resets it)
             elif backtrack and full and last_comma != -1 and chunk_len - last_comma <= backtrack:
                 cut = last_comma + 1
-                moved = PromptChunk(current.tokens[cut:], current.weights[cut:])
+                fixes = [(o - cut, n) for o, n in current.fixes if o >= cut]
+                moved = PromptChunk(current.tokens[cut:], current.weights[cut:], fixes)
                 del current.tokens[cut:], current.weights[cut:]
+                current.fixes = [(o, n) for o, n in current.fixes if o < cut]
                 close_chunk()
                 current = moved
             if len(current.tokens) == chunk_len:
                 close_chunk()
-            current.tokens.append(token)
-            current.weights.append(weight)
+            found = _embedding_at(ids, position, embeddings)
+            if found is None:
+                current.tokens.append(token)
+                current.weights.append(weight)
+                position += 1
+                continue
+            name, vectors, matched = found
+            if len(current.tokens) + vectors > chunk_len:
+                close_chunk()
+            current.fixes.append((len(current.tokens), name))
+            current.tokens += [PLACEHOLDER_ID] * vectors
+            current.weights += [weight] * vectors
+            position += matched
 
     if current.tokens or not chunks:
         close_chunk()
@@ -211,9 +258,12 @@ CHUNK_LEN = 75  # text tokens per chunk; CLIP sees 77 with BOS and EOS
 COMMA_BACKTRACK = 20  # A1111's default ``comma_padding_backtrack``
 
 
-def prompt_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
+def prompt_chunks(
+    tokenizer, prompt: str, embeddings: EmbeddingLookup | None = None
+) -> list[PromptChunk]:
     """The unpadded 75-token chunks of ``prompt`` (at least one). ``tokenizer`` is a
-    transformers CLIPTokenizer (passed in: this module imports no tokenizer library)."""
+    transformers CLIPTokenizer (passed in: this module imports no tokenizer library);
+    ``embeddings`` as in `chunk_tokens`."""
     comma = tokenizer.convert_tokens_to_ids(",</w>")  # unknown tokens map to unk: check
     if tokenizer.convert_ids_to_tokens(comma) != ",</w>":
         comma = -1  # no comma token: never backs off
@@ -223,7 +273,9 @@ def prompt_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
         out = tokenizer(texts, truncation=False, add_special_tokens=False, verbose=False)
         return out["input_ids"]
 
-    return chunk_tokens(parse_attention(prompt), tokenize, comma, CHUNK_LEN, COMMA_BACKTRACK)
+    return chunk_tokens(
+        parse_attention(prompt), tokenize, comma, CHUNK_LEN, COMMA_BACKTRACK, embeddings=embeddings
+    )
 
 
 def chunk_count(tokenizer, prompt: str) -> int:
