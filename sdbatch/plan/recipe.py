@@ -315,50 +315,53 @@ def build_plan(
         mkey = model.key
         nets = {
             item.text: resolve_networks(
-                item.text, negative, model.family, folders, model.allow_pickle
+                item.text, negative, model.family, folders, model.allow_pickle, model=model
             )
             for item in items
         }
         net_tails = {text: _json_tail(n.key()) for text, n in nets.items()}
-        for w, h in sizes:
-            size_tail = f",{w},{h}"
-            for sampler in samplers:
-                spec = scheduler_spec(sampler)
-                for n_steps in steps:
-                    for scale in cfgs:
-                        for item in items:
-                            prefix = _json_prefix(
-                                mkey, item.text, negative, sampler.name, spec, n_steps, scale
-                            )
-                            ntail = net_tails[item.text]
-                            for i, (seed, extras, tail) in enumerate(var_keys):
-                                if seed == RANDOM_SEED:
-                                    draw = f"{prefix}{size_tail}{tail}{ntail}"
-                                    seed = random_seed(salt, k_of[i], draw)
-                                key = f"{prefix}{seed}{size_tail}{tail}{ntail}]"
-                                jid = _id(key)
-                                if i in k_of:
-                                    randoms.add(jid)
-                                jobs.append(
-                                    Job(
-                                        jid,
-                                        len(jobs),
-                                        model,
-                                        item.text,
-                                        negative,
-                                        item.template,
-                                        item.vars,
-                                        sampler.name,
-                                        spec,
-                                        n_steps,
-                                        scale,
-                                        seed,
-                                        w,
-                                        h,
-                                        extras,
-                                        nets[item.text],
-                                    )
+        # all jobs of one LoRA set together (one set of adapters per stretch of batches);
+        # a plan without LoRA is one group, in the order it always had
+        for group in _lora_groups(items, nets):
+            for w, h in sizes:
+                size_tail = f",{w},{h}"
+                for sampler in samplers:
+                    spec = scheduler_spec(sampler)
+                    for n_steps in steps:
+                        for scale in cfgs:
+                            for item in group:
+                                prefix = _json_prefix(
+                                    mkey, item.text, negative, sampler.name, spec, n_steps, scale
                                 )
+                                ntail = net_tails[item.text]
+                                for i, (seed, extras, tail) in enumerate(var_keys):
+                                    if seed == RANDOM_SEED:
+                                        draw = f"{prefix}{size_tail}{tail}{ntail}"
+                                        seed = random_seed(salt, k_of[i], draw)
+                                    key = f"{prefix}{seed}{size_tail}{tail}{ntail}]"
+                                    jid = _id(key)
+                                    if i in k_of:
+                                        randoms.add(jid)
+                                    jobs.append(
+                                        Job(
+                                            jid,
+                                            len(jobs),
+                                            model,
+                                            item.text,
+                                            negative,
+                                            item.template,
+                                            item.vars,
+                                            sampler.name,
+                                            spec,
+                                            n_steps,
+                                            scale,
+                                            seed,
+                                            w,
+                                            h,
+                                            extras,
+                                            nets[item.text],
+                                        )
+                                    )
     axes = {
         "models": len(models),
         "prompts": len(items),
@@ -381,6 +384,15 @@ def build_plan(
     provisional = bool(randoms) and seed_salt is None
     name = str(cfg.name)
     return Plan(name, jobs, batches, axes, batch_size, swept, frozenset(randoms), provisional)
+
+
+def _lora_groups(items: list[PromptItem], nets: dict[str, Networks]) -> list[list[PromptItem]]:
+    """The prompt items grouped by the LoRA files and weights their tags name, groups in order
+    of first appearance, items in their order inside each group."""
+    groups: dict[tuple, list[PromptItem]] = {}
+    for item in items:
+        groups.setdefault(nets[item.text].batch_key(), []).append(item)
+    return list(groups.values())
 
 
 def _check_hires_size(variations: list[tuple[int, Extras]], sizes: list[tuple[int, int]]) -> None:

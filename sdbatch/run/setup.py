@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdbatch.errors import RecipeError, UserError
-from sdbatch.plan.extra_networks import extra_network_tags, tag_warning
+from sdbatch.plan.extra_networks import tag_warning, unapplied_tags
 from sdbatch.plan.recipe import Batch, Job, Plan, build_plan, select_shard, wants_random_seeds
 from sdbatch.plan.run_settings import RunSettings, parse_run, resolve_dtype
 from sdbatch.plan.schema import SdbatchConfig, as_config
@@ -70,15 +70,15 @@ class Setup:
 
 
 def prompt_warnings(plan: Plan, strict: bool) -> list[str]:
-    """Prompt forms sdbatch cannot honour yet (A1111's extra-network tags): one warning per
-    distinct tag, or with ``run.strict_prompts`` an error for the first."""
+    """Extra-network tags sdbatch does not apply (hypernetworks, unknown kinds, any tag in a
+    negative prompt; LoRA / LyCORIS tags are loaded): one warning per distinct tag, or with
+    ``run.strict_prompts`` an error for the first."""
     prompts = dict.fromkeys(j.prompt for j in plan.jobs)
     negatives = dict.fromkeys(j.negative_prompt for j in plan.jobs)
-    found = [("prompt", t) for t in extra_network_tags(prompts)]
-    found += [("negative_prompt", t) for t in extra_network_tags(negatives)]
+    found = unapplied_tags(prompts, negatives)
     if strict and found:
         field_name, tag = found[0]
-        why = "no extra-network tags with run.strict_prompts (LoRA etc. are not loaded yet)"
+        why = "only applied extra-network tags (<lora:...>, <lyco:...>) with run.strict_prompts"
         raise RecipeError(field_name, tag, why)
     return [tag_warning(f, t) for f, t in found]
 

@@ -164,11 +164,12 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
 
 
 def test_extra_network_tags_are_a_warning_per_tag_or_an_error_when_strict(monkeypatch, capsys):
-    tags = "prompt=a cat <lora:detail:0.7>, <lora:detail:0.7> <hypernet:h:1>"
-    code, out, err = run_cli(monkeypatch, capsys, *DRY, tags)
+    # LoRA tags are loaded (tests/integration/test_lora.py); what is not applied warns
+    tags = "prompt=a cat <hypernet:h:1>, <hypernet:h:1> <foo:x>"
+    code, out, err = run_cli(monkeypatch, capsys, *DRY, tags, "negative_prompt=<lora:n:1>")
     lines = [ln for ln in err.splitlines() if ln.startswith("warning: ")]
-    assert code == 0 and len(lines) == 2, err  # one line per distinct tag
-    assert "<lora:detail:0.7> is an A1111 LoRA tag" in lines[0] and "not applied" in lines[0]
-    assert "<hypernet:h:1>" in lines[1]
+    assert code == 0 and len(lines) == 3, err  # one line per distinct tag
+    assert "<hypernet:h:1> is an A1111 hypernetwork tag" in lines[0] and "not applied" in lines[0]
+    assert "<foo:x>" in lines[1] and "negative_prompt: <lora:n:1>" in lines[2]
     code, _, err = run_cli(monkeypatch, capsys, *DRY, tags, "run.strict_prompts=true")
-    assert code == 2 and "run.strict_prompts" in err and "<lora:detail:0.7>" in err
+    assert code == 2 and "run.strict_prompts" in err and "<hypernet:h:1>" in err
