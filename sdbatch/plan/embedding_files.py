@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdbatch.errors import RecipeError
-from sdbatch.models import EMBEDDED_MODEL_PATH
+from sdbatch.models import EMBEDDED_MODEL_PATH, SHIPPED_CONFIGS_DIR
 from sdbatch.plan.hashing import cached_sha256
 from sdbatch.plan.model_folders import list_files
 from sdbatch.plan.prompts import EmbeddingLookup, chunk_tokens, parse_attention
@@ -45,6 +45,7 @@ from sdbatch.plan.weights import (
 FAMILY_WIDTH = {"sd1": 768, "sdxl": 768 + 1280, "sd2": 1024}
 FAMILY_NAMES = {"sd1": "SD 1.x", "sdxl": "SDXL", "sd2": "SD 2.x"}
 SDXL_KEYS = ("clip_l", "clip_g")
+SHIPPED_CONFIGS = {"sd1": SHIPPED_CONFIGS_DIR / "sd15", "sdxl": SHIPPED_CONFIGS_DIR / "sdxl"}
 CLIP_FILES = EMBEDDED_MODEL_PATH / "tokenizer"
 
 
@@ -251,34 +252,57 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def text_width(model: object | None, family: str) -> int | None:
+    """The model's token width as A1111's ``get_expected_shape`` measures it: the hidden sizes
+    of its text encoders (a diffusers folder's, or a single file's config folder), summed;
+    else the family's."""
+    path = getattr(model, "path", None)
+    folder = Path(path) if path and Path(path).is_dir() else None
+    if folder is None and getattr(model, "config", None):
+        folder = Path(model.config)  # type: ignore[attr-defined]
+    if folder is None:
+        folder = SHIPPED_CONFIGS.get(family)
+    widths = []
+    for sub in ("text_encoder", "text_encoder_2"):
+        try:
+            config = json.loads((folder / sub / "config.json").read_text(encoding="utf-8"))
+            widths.append(int(config["hidden_size"]))
+        except (OSError, TypeError, ValueError, KeyError):
+            continue
+    return sum(widths) if widths else FAMILY_WIDTH.get(family)
+
+
 def resolve_embeddings(
     prompt: str,
     negative: str,
     family: str,
     folders: Mapping[str, object] | None,
     allow_pickle: bool,
+    model: object | None = None,
     warned: set[tuple[str, str]] | None = None,
 ) -> list[tuple[str, str, str]]:
-    """(name, path, hash) of each embedding ``prompt`` or ``negative`` uses on a ``family``
-    model. Files for another family are skipped with one warning line each (``warned`` keeps
-    a process from repeating it); unreadable files and refused pickles are RecipeErrors."""
+    """(name, path, hash) of each embedding ``prompt`` or ``negative`` uses on ``model`` (a
+    ``family`` model). Files of another width are skipped with one warning line each
+    (``warned`` keeps a process from repeating it), as A1111 skips them; unreadable files and
+    refused pickles are RecipeErrors."""
     warned = _WARNED if warned is None else warned
     prompt, negative = _NETWORK_TAG.sub("", prompt), _NETWORK_TAG.sub("", negative)
     found = candidates([prompt, negative], folders)
     if not found:
         return []
-    width = FAMILY_WIDTH.get(family)
+    width = text_width(model, family)
     usable: dict[str, EmbeddingFile] = {}
     for stem, path in found.items():
         info = read_embedding(path, f"embedding {stem}", allow_pickle)
         if width is not None and info.width != width:
-            if (str(path), family) not in warned:
-                made_for = FAMILY_NAMES.get(info.family() or "", f"width {info.width}")
+            if (str(path), str(width)) not in warned:
+                made_for = FAMILY_NAMES.get(info.family() or "", "another model")
                 warn(
-                    f"embedding {stem} ({path}) is for {made_for}, not "
-                    f"{FAMILY_NAMES.get(family, family)}: skipped, the word stays text"
+                    f"embedding {stem} ({path}) is for {made_for} (vectors of width "
+                    f"{info.width}; this {FAMILY_NAMES.get(family, family)} model takes "
+                    f"{width}): skipped, the word stays text"
                 )
-                warned.add((str(path), family))
+                warned.add((str(path), str(width)))
             continue
         usable[stem] = info
     if not usable:

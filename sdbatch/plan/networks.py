@@ -73,14 +73,19 @@ class Networks:
 
 
 def resolve_networks(
-    prompt: str, negative: str, family: str, folders: dict | None, allow_pickle: bool
+    prompt: str,
+    negative: str,
+    family: str,
+    folders: dict | None,
+    allow_pickle: bool,
+    model: object | None = None,
 ) -> Networks:
     """The extra networks ``prompt`` / ``negative`` name, for a model of ``family``.
 
     LoRA: ``<lora:...>`` / ``<lyco:...>`` tags of the prompt (sdbatch.plan.lora_files).
     Embeddings: words of either text that match a file stem in the embeddings folder
-    (sdbatch.plan.embedding_files). Errors are one-line `RecipeError`s on ``prompt`` /
-    ``negative_prompt``.
+    (sdbatch.plan.embedding_files); ``model`` (the plan's `Model`) tells their expected
+    vector width. Errors are one-line `RecipeError`s on ``prompt`` / ``negative_prompt``.
     """
     from sdbatch.plan.lora_files import resolve_loras  # it builds LoraUse (imports this module)
 
@@ -89,6 +94,6 @@ def resolve_networks(
 
     embeddings = tuple(
         EmbeddingUse(*use)
-        for use in resolve_embeddings(prompt, negative, family, folders, allow_pickle)
+        for use in resolve_embeddings(prompt, negative, family, folders, allow_pickle, model)
     )
     return Networks(loras, embeddings)
