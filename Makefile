@@ -66,3 +66,7 @@ train-tiny: install  ## train the shapes model on CPU (~55 min on 2 cores, resum
 
 eval-tiny: install  ## judge the trained model: every sampler, CFG 7 and 1, 20 steps
 	$(PY) -m sdbatch.shapes.evaluate --model $(TINY_OUT) --out build/eval-tiny/report.md
+
+.PHONY: train-embedding
+train-embedding: install  ## train the example embedding "fuchsia" (magenta) for the shapes model (~1-2 min, 1 thread) into examples/webui/embeddings
+	OMP_NUM_THREADS=1 $(PY) -m sdbatch.shapes.train_embedding --threads 1
