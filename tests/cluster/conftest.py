@@ -1,0 +1,58 @@
+"""Session fixtures: a one-node Slurm cluster (tests/cluster/slurm.py) and a local Ray cluster
+(tests/cluster/ray_cluster.py), each started once per test session and stopped at its end.
+Where one cannot start (packages missing, not root), its tests skip with the reason, which
+``-ra`` (pyproject's addopts) prints in the summary of ``make test``.
+
+The unsharded reference run of checks.SHARDED is shared by the Slurm and the Ray tests.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import checks, ray_cluster, slurm
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    try:
+        slurm.check()
+    except slurm.Unavailable as exc:
+        pytest.skip(f"no Slurm cluster: {exc}")
+    cluster = slurm.start(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    try:
+        ray_cluster.check()
+    except ray_cluster.Unavailable as exc:
+        pytest.skip(f"no Ray cluster: {exc}")
+    # Ray's socket paths must stay under 108 bytes: a short folder of its own
+    with tempfile.TemporaryDirectory(prefix="sdb-ray-") as temp:
+        head = ray_cluster.start(Path(temp), cache=tmp_path_factory.getbasetemp() / "cache")
+        try:
+            yield head
+        finally:
+            head.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> Path:
+    """checks.SHARDED rendered in one unsharded run, here, without any cluster."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    code, log = checks.sdbatch(
+        *checks.SHARDED,
+        f"output.dir={out}",
+        cwd=out.parent,
+        env={"SDBATCH_CACHE": str(tmp_path_factory.getbasetemp() / "cache")},
+    )
+    assert code == 0, log
+    return out
