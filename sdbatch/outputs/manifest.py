@@ -56,6 +56,18 @@ from sdbatch.errors import UserError
 
 TS = pa.timestamp("us", tz="UTC")
 
+# One entry per LoRA file a job applied: the tag's name, A1111's short hash (as "Lora hashes"
+# writes it), the text-encoder and UNet multipliers. A list of structs, so a query can unnest it.
+LORAS = pa.list_(
+    pa.struct(
+        [("name", pa.string()), ("hash", pa.string()),
+         ("te_weight", pa.float64()), ("unet_weight", pa.float64())]
+    )
+)  # fmt: skip
+# One entry per textual-inversion embedding the prompt or negative prompt used: the word (the
+# file's stem) and A1111's short hash, as "TI hashes" writes them.
+EMBEDDINGS = pa.list_(pa.struct([("name", pa.string()), ("hash", pa.string())]))
+
 SCHEMA = pa.schema(
     [
         ("job_id", pa.string()),  # stable hash of everything that determines the image
@@ -77,6 +89,8 @@ SCHEMA = pa.schema(
         ("subseed_strength", pa.float64()),
         ("rng", pa.string()),  # cpu | gpu: where the noise was drawn
         ("hires", pa.string()),  # hires fix, e.g. "2x Latent, 10 steps, denoise 0.5"; null = off
+        ("loras", LORAS),  # the LoRA files the prompt's tags applied (empty list: none)
+        ("embeddings", EMBEDDINGS),  # the TI embeddings the texts used (empty list: none)
         ("image", pa.string()),  # path relative to the output folder
         ("image_sha256", pa.string()),
         ("status", pa.string()),  # ok | failed | nan

@@ -19,7 +19,8 @@ from sdbatch.plan.samplers import a1111_names, resolve_sampler
 INFOTEXT_ORDER = (
     "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
     "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Denoising strength",
-    "Clip skip", "RNG", "Hires upscale", "Hires steps", "Hires upscaler", "Version",
+    "Clip skip", "RNG", "Hires upscale", "Hires steps", "Hires upscaler", "Lora hashes",
+    "TI hashes", "Version",
 )  # fmt: skip
 # What a render gives a row, and what the run knows about itself
 RESULT_FIELDS = frozenset(
@@ -51,6 +52,7 @@ def infotext_for(job: Job) -> str:
         "Size": f"{job.width}x{job.height}",
         **job.model.infotext(),
         **job.extras.infotext(),
+        **job.networks.infotext(),  # Lora hashes, TI hashes
         "Version": f"sdbatch {__version__}",
     }
     rank = {k: i for i, k in enumerate(INFOTEXT_ORDER)}
@@ -95,6 +97,11 @@ def make_row(job: Job, recipe: str, batch: int, context: Mapping, **result) -> d
         "subseed_strength": job.extras.subseed_strength or None,
         "rng": job.extras.rng,
         "hires": job.extras.hires.describe() if job.extras.hires else None,
+        "loras": [
+            {"name": u.name, "hash": u.hash, "te_weight": u.te_weight, "unet_weight": u.unet_weight}
+            for u in job.networks.loras
+        ],
+        "embeddings": [{"name": u.name, "hash": u.hash} for u in job.networks.embeddings],
         "batch": batch,
         "image": None,
         "image_sha256": None,

@@ -260,3 +260,53 @@ def resolve_loras(
             name = old.name
         uses[key] = LoraUse(name, key, lora_hash(path), te, unet)
     return tuple(uses.values())
+
+
+# ------------------------------------------------------------------------------- replay
+
+
+def parse_lora_hashes(value: str) -> list[tuple[str, str]]:
+    """A1111's ``Lora hashes`` value (``name: hash, name: hash``) as (name, hash) pairs."""
+    pairs = []
+    for item in value.split(","):
+        name, sep, digest = item.strip().rpartition(":")
+        if sep and name.strip() and digest.strip():
+            pairs.append((name.strip(), digest.strip().lower()))
+    return pairs
+
+
+def find_lora(
+    name: str, want: str, folders: Mapping[str, object] | None = None, env=None
+) -> tuple[str | None, str]:
+    """The LoRA folder's name for a ``Lora hashes`` entry: by hash first (the file whose name
+    matches is hashed first, then the others), then by name alone. (name or None, a note for
+    the user when the match is not exact, else "")."""
+    from sdbatch.plan.model_folders import folders_of, list_files, match_name
+
+    roots = folders_of("lora", folders, env)
+    if not roots:
+        return None, "no LoRA folder is set (folders.lora, SDBATCH_LORA or SDBATCH_A1111)"
+    files = list_files("lora", folders, env)
+    try:
+        named: Path | None = match_name(files, name, "prompt", "", (".safetensors",))
+    except RecipeError:
+        named = None
+
+    def short(path: Path) -> str:
+        try:
+            return lora_hash(path)
+        except (OSError, ValueError):
+            return ""
+
+    if named is not None and short(named) == want:
+        return name, ""
+    stems = [k.rsplit("/", 1)[-1] for k in files]
+    for key, path in files.items():
+        if path != named and short(path) == want:
+            stem = key.rsplit("/", 1)[-1]
+            found = stem if stems.count(stem) == 1 else key  # A1111 names a file by its stem
+            return found, f"found by its hash as {found!r}"
+    if named is not None:
+        return name, f"{named.name} has hash {short(named)}, not {want}: another version"
+    where = " or ".join(str(r) for r in roots)
+    return None, f"no file with this name or hash in {where}"

@@ -211,3 +211,27 @@ def test_a_plan_without_lora_keeps_its_order():
     assert [(j.cfg, j.prompt, j.seed) for j in jobs][:4] == [
         (5.0, "a", 1), (5.0, "a", 2), (5.0, "b", 1), (5.0, "b", 2),
     ]  # fmt: skip
+
+
+def test_replay_maps_lora_hashes_to_the_folders_names(tmp_path, monkeypatch):
+    from sdbatch.views.replay import recipe_from_infotext
+
+    folder = tmp_path / "Lora"
+    renamed = write_safetensors(folder / "styles/add_detail_v2.safetensors", SD1_KEYS)
+    other = write_safetensors(folder / "ink.safetensors", SD1_KEYS, {"sshs_model_hash": "f" * 64})
+    monkeypatch.setenv("SDBATCH_LORA", str(folder))
+    monkeypatch.delenv("SDBATCH_A1111", raising=False)
+    text = (
+        "a cat <lora:add_detail:0.6> <lora:ink:1> <lora:gone:1>\n"
+        "Steps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32, Lora hashes: "
+        f'"add_detail: {lora_hash(renamed)}, ink: 0123456789ab, gone: 00000000abcd", Version: v1.10.1'
+    )
+    recipe = recipe_from_infotext(text, "r")
+    # by hash: the file is add_detail_v2 here; by name: ink (another version); gone: missing
+    assert recipe.values["prompt"] == "a cat <lora:add_detail_v2:0.6> <lora:ink:1> <lora:gone:1>"
+    lora_lines = [w for w in recipe.warnings if w.startswith("Lora hashes:")]
+    assert len(lora_lines) == 3, recipe.warnings
+    assert "found by its hash as 'add_detail_v2'" in lora_lines[0]
+    assert f"{other.name} has hash ffffffffffff, not 0123456789ab" in lora_lines[1]
+    assert "gone (00000000abcd) is missing: no file with this name or hash" in lora_lines[2]
+    assert recipe.comments[0].startswith('Lora hashes: "add_detail: ')

@@ -31,6 +31,11 @@ EXPECTED = [
     ("subseed_strength", "double"),
     ("rng", "string"),
     ("hires", "string"),
+    (
+        "loras",
+        "list<item: struct<name: string, hash: string, te_weight: double, unet_weight: double>>",
+    ),
+    ("embeddings", "list<item: struct<name: string, hash: string>>"),
     ("image", "string"),
     ("image_sha256", "string"),
     ("status", "string"),
