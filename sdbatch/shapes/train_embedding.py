@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -147,15 +149,22 @@ def train(args: argparse.Namespace) -> torch.Tensor:
 
 
 def save(vec: torch.Tensor, args: argparse.Namespace) -> Path:
-    from safetensors.torch import save_file
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    """Write A1111's safetensors layout (``emb_params``) with a sorted header, so the same
+    vectors give the same bytes (the safetensors writer orders its metadata at random)."""
     meta = {
         "word": args.word, "colour": args.colour, "model": "sdbatch-shapes",
         "trained_by": "python -m sdbatch.shapes.train_embedding",
         "steps": str(args.steps), "seed": str(args.seed), "threads": str(args.threads),
     }  # fmt: skip
-    save_file({"emb_params": vec.contiguous()}, str(args.out), metadata=meta)
+    data = vec.detach().to(torch.float32).contiguous().numpy().astype("<f4").tobytes()
+    header = {
+        "__metadata__": dict(sorted(meta.items())),
+        "emb_params": {"dtype": "F32", "shape": list(vec.shape), "data_offsets": [0, len(data)]},
+    }
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the header is padded to 8 bytes, as safetensors pads it
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
     return args.out
 
 
