@@ -89,6 +89,8 @@ CASES = [
     (["+recipe=quick", "stpes=3"], 2, ["stpes"]),
     (["+recipe=quick", "run.verify=nope"], 2, ["run.verify", "'nope'", "hash", "size"]),
     (["+recipe=quick", "run.dtype=fp8"], 2, ["run.dtype", "'fp8'", "fp32, fp16, bf16"]),
+    (["+recipe=quick", "run.dtype=bfloat"], 2, ["run.dtype", "'bfloat'", "bf16"]),
+    (["+recipe=quick", "run.compile=fast"], 2, ["run.compile", "fast"]),
     (["+recipe=quick", "run.device=tpu"], 2, ["run.device", "'tpu'", "auto, cpu, cuda"]),
     (["+recipe=quick", "run.max_jobs=0"], 2, ["run.max_jobs", "integer >= 1"]),
     (["+recipe=quick", "size=100000x100000"], 2, ["size", "100000x100000", "2048"]),
@@ -119,7 +121,19 @@ CASES = [
     (["+recipe=quick", "prompt=__nope*__"], 2, ["prompt[0]", "available:"]),
     (["+recipe=quick", "model.dir=.", "model.name=../x"], 2, ["model.name", "'../x'"]),
     (["+recipe=quick", "model.path={truncated}"], 2, ["model.path", "truncated"]),
-]
+    # LoRA tags (tests/integration/test_lora.py; the folder is _lora_tree's)
+    (["+recipe=quick", "prompt=a <lora:orang:1>", "folders.a1111={webui}"], 2,
+     ["prompt", "'orang'", "closest match: 'orange'"]),
+    (["+recipe=quick", "prompt=a <lora:orange:1>"], 2, ["prompt", "set folders.lora"]),
+    (["+recipe=quick", "prompt=a <lora:hada:1>", "folders.a1111={webui}"], 2,
+     ["prompt", "<lora:hada:1>", "LyCORIS LoHa", "cannot convert"]),
+    (["+recipe=quick", "prompt=a <lora:xl:1>", "folders.a1111={webui}"], 2,
+     ["prompt", "<lora:xl:1>", "SDXL LoRA", "the model is SD 1.x"]),
+    (["+recipe=quick", "prompt=a <lora:old:1>", "folders.a1111={webui}"], 2,
+     ["prompt", "old.pt", "model.allow_pickle"]),
+    (["+recipe=quick", "prompt=a <lora:orange:1:1:8>", "folders.a1111={webui}"], 2,
+     ["prompt", "<lora:orange:1:1:8>", "dyn"]),
+]  # fmt: skip
 
 
 def _truncated_safetensors(path: Path) -> Path:
@@ -131,6 +145,18 @@ def _truncated_safetensors(path: Path) -> Path:
     )
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 10)
     return path
+
+
+def _lora_tree(root: Path) -> Path:
+    """An A1111 tree whose LoRA folder holds a good file and one of each kind refused."""
+    from tests.unit.test_lora_files import LOHA_KEYS, SD1_KEYS, SDXL_KEYS, write_safetensors
+
+    loras = root / "models/Lora"
+    write_safetensors(loras / "orange.safetensors", SD1_KEYS)
+    write_safetensors(loras / "hada.safetensors", LOHA_KEYS)
+    write_safetensors(loras / "xl.safetensors", SDXL_KEYS)
+    (loras / "old.pt").write_bytes(b"\x80\x02pickle")
+    return root
 
 
 @pytest.fixture
@@ -162,7 +188,8 @@ def test_bad_input_is_one_line_exit_code_and_nothing_written(
 ):
     tmp = user_recipes
     truncated = _truncated_safetensors(tmp / "truncated.safetensors")
-    args = [a.replace("{truncated}", str(truncated)) for a in args]
+    webui = _lora_tree(tmp / "webui")
+    args = [a.replace("{truncated}", str(truncated)).replace("{webui}", str(webui)) for a in args]
     before = _files(tmp)
     got, out, err = run_cli(monkeypatch, capsys, "run.device=cpu", "run.progress=false", *args)
     lines = [ln for ln in err.splitlines() if ln.strip()]
