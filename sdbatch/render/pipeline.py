@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from sdbatch.plan.checkpoints import Model
+from sdbatch.plan.extra_networks import strip_tags
 from sdbatch.plan.prompt_schedule import has_scheduling
 from sdbatch.plan.recipe import Job
 from sdbatch.plan.samplers import resolve_sampler
+from sdbatch.plan.upscalers import LATENT_MODES
 from sdbatch.render.conditioning import (
     JobPrompts,
     StepConditioning,
@@ -31,8 +33,10 @@ from sdbatch.render.conditioning import (
     job_prompts,
     signature,
 )
-from sdbatch.render.encode import encode_prompt_pair, encode_text
-from sdbatch.render.loading import load_pipeline
+from sdbatch.render.embeddings import EmbeddingStore, with_embeddings
+from sdbatch.render.encode import encode_pair, encode_texts, pipeline_encoders
+from sdbatch.render.loading import describe_speedups, load_pipeline
+from sdbatch.render.lora import LoraSwitch
 from sdbatch.render.schedulers import build_scheduler
 
 # Library chatter (progress bars while loading, optional-backend notices) would bury our plan
@@ -81,15 +85,23 @@ class Renderer:
     _embeds: dict = field(default_factory=dict)
     _img2img_pipe: object = None
     _texts: dict = field(default_factory=dict)  # (text, negative) -> text_embedding()
+    _upscalers: dict = field(default_factory=dict)  # upscaler model file -> loaded model
+    _loras: LoraSwitch | None = None  # the LoRA files loaded on this model (render/lora)
+    _by_lora: dict = field(default_factory=dict)  # LoRA set -> its (_embeds, _texts) caches
+    _ti: EmbeddingStore = field(default_factory=EmbeddingStore)  # TI files met (render/embeddings)
 
     @classmethod
-    def load(cls, model: Model, device: str = "auto", dtype: str = "auto") -> Renderer:
+    def load(
+        cls, model: Model, device: str = "auto", dtype: str = "auto", compile: bool = False
+    ) -> Renderer:
+        """``compile``: torch.compile the UNet (run.compile, decided by the plan's size)."""
         dev, dt = pick_device(device, dtype)
-        return cls(model, load_pipeline(model, dev, dt), dev, dt)
+        return cls(model, load_pipeline(model, dev, dt, compile=compile), dev, dt)
 
     def describe(self) -> str:
         dt = {v: k for k, v in DTYPES.items()}[self.dtype]
-        return f"{self.model.name} (hash {self.model.hash}) on {self.device} {dt}"
+        extra = describe_speedups(self.pipe, self.device)
+        return f"{self.model.name} (hash {self.model.hash}) on {self.device} {dt}{extra}"
 
     def environment(self) -> dict:
         import diffusers
@@ -104,45 +116,36 @@ class Renderer:
         }
 
     def embeddings(self, prompt: str, negative: str) -> tuple[torch.Tensor, ...]:
-        """(cond, uncond), each (1, 77*k, hidden); cached per (prompt, negative) pair.
-
-        SDXL adds (pooled, uncond pooled) and uses diffusers' own ``encode_prompt``: no A1111
-        emphasis and a 77-token limit there (sdbatch.render.encode handles SD 1.x only).
-        """
+        """(cond, uncond), each (1, 77*k, hidden), A1111's emphasis and chunks
+        (sdbatch.render.encode); SDXL adds (pooled, uncond pooled) and zeroes an empty
+        negative as A1111 does. Cached per (prompt, negative) pair."""
         key = (prompt, negative)
         if key not in self._embeds:
+            sdxl = self.model.family == "sdxl"
             with torch.inference_mode():
-                if self.model.family == "sdxl":
-                    self._embeds[key] = self.pipe.encode_prompt(
-                        prompt, device=self.device, negative_prompt=negative
-                    )
-                else:
-                    self._embeds[key] = encode_prompt_pair(
-                        self.pipe.tokenizer, self.pipe.text_encoder, prompt, negative,
-                        clip_skip=self.model.clip_skip, device=self.device, dtype=self.dtype,
-                    )  # fmt: skip
+                embeds = encode_pair(
+                    self._encoders(), prompt, negative, zero_empty_negative=sdxl,
+                    device=self.device, dtype=self.dtype,
+                )  # fmt: skip
+            self._embeds[key] = embeds if sdxl else embeds[:2]
         return self._embeds[key]
 
+    def _encoders(self):
+        encoders = pipeline_encoders(self.pipe, self.model.family, self.model.clip_skip)
+        return with_embeddings(encoders, self._ti)
+
     def text_embedding(self, text: str, negative: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One text on its own for per-step conditioning: ((1, 77*k, hidden), None) for SD 1.x
-        (``k`` its own chunk count; prompt and negative encode alike), ((1, 77, hidden),
-        (1, pooled)) for SDXL through diffusers' ``encode_prompt`` (its negative branch for
-        negatives, as plain SDXL prompts get them)."""
-        key = (text, negative)
+        """One text on its own for per-step conditioning: ((1, 77*k, hidden), pooled) with
+        ``k`` its own chunk count, pooled (1, P) for SDXL and None for SD 1.x. ``negative``
+        marks an all-empty negative prompt: for SDXL ``""`` is then zeros (A1111), otherwise
+        prompt and negative texts encode alike."""
+        zero = negative and text == "" and self.model.family == "sdxl"
+        key = (text, zero)
         if key not in self._texts:
             with torch.inference_mode():
-                if self.model.family == "sdxl":
-                    cond, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
-                        text, device=self.device, negative_prompt=text
-                    )
-                    self._texts[(text, False)] = (cond, pooled)
-                    self._texts[(text, True)] = (uncond, uncond_pooled)
-                else:
-                    hidden = encode_text(
-                        self.pipe.tokenizer, self.pipe.text_encoder, text,
-                        clip_skip=self.model.clip_skip, device=self.device, dtype=self.dtype,
-                    )  # fmt: skip
-                    self._texts[(text, False)] = self._texts[(text, True)] = (hidden, None)
+                self._texts[key] = encode_texts(
+                    self._encoders(), text, zero=zero, device=self.device, dtype=self.dtype
+                )
         return self._texts[key]
 
     def render(self, jobs: Sequence[Job]) -> list[tuple[np.ndarray, bool]]:
@@ -154,6 +157,8 @@ class Renderer:
         plain ones, in passes of images whose lengths agree at every step and that all use
         AND or none does.
         """
+        self._use_loras(jobs[0])
+        self._ti.add(u for j in jobs for u in j.networks.embeddings)  # each file loaded once
         prompts = self._prompts(jobs)
         plain = [p.plain() for p in prompts]
         simple = [i for i, texts in enumerate(plain) if texts is not None]
@@ -178,16 +183,32 @@ class Renderer:
                 out[i] = img
         return out  # type: ignore[return-value]
 
+    def _use_loras(self, job: Job) -> None:
+        """The batch's LoRA set (make_batches gives a batch one set) made active; the text
+        embeddings cached under another set's text-encoder weights are put aside, not reused."""
+        if self._loras is None:
+            if not job.networks.loras:
+                return
+            self._loras = LoraSwitch(self.pipe)
+            self._by_lora[()] = (self._embeds, self._texts)
+        if self._loras.apply(job.networks):
+            caches = self._by_lora.setdefault(job.networks.batch_key(), ({}, {}))
+            self._embeds, self._texts = caches
+
     def _prompts(self, jobs: Sequence[Job]) -> list[JobPrompts]:
         """Each job's schedules, planned over A1111's denoiser calls for this sampler."""
+        # the text encoder never sees extra-network tags: A1111 removes them before it parses
+        # emphasis and schedules (the job's prompt keeps them for the infotext)
+        texts = [strip_tags(j.prompt) for j in jobs]
         order = 1  # only scheduled prompts need the scheduler's order; plain ones keep their text
-        if any(has_scheduling(j.prompt) or "[" in j.negative_prompt for j in jobs):
+        negatives = [j.negative_prompt for j in jobs]
+        if any(has_scheduling(t) or "[" in n for t, n in zip(texts, negatives, strict=True)):
             order = self._scheduler(jobs).order
         out = []
-        for j in jobs:
+        for text, j in zip(texts, jobs, strict=True):
             hires = j.extras.hires
             hires_steps = None if hires is None else hires.steps
-            out.append(job_prompts(j.prompt, j.negative_prompt, j.steps, hires_steps, order))
+            out.append(job_prompts(text, j.negative_prompt, j.steps, hires_steps, order))
         return out
 
     def _signature(self, prompts: JobPrompts) -> tuple:
@@ -205,7 +226,7 @@ class Renderer:
         per-step conditioning of ``prompts`` (one PassPrompts per job)."""
         if prompts is None:
             return contextlib.nullcontext(tensors)
-        empty = None if self.model.family == "sdxl" else self.text_embedding("", True)[0]
+        empty = self.text_embedding("", False)[0]  # A1111's padding chunk: never zeros
         conditioning = StepConditioning(prompts, self.text_embedding, empty)
         return conditioned_call(pipe, conditioning, jobs[0].cfg)
 
@@ -282,18 +303,21 @@ class Renderer:
         hires = first.extras.hires
         width, height = hires.target(first.width, first.height)
         f = self.pipe.vae_scale_factor
-        if hires.upscaler == "latent":  # A1111's "Latent": bilinear, no antialiasing
+        latent_mode = LATENT_MODES.get(hires.upscaler)
+        if latent_mode:  # A1111's "Latent" (bilinear, no antialiasing) and its other modes
+            mode, antialias = latent_mode
             image = torch.nn.functional.interpolate(
-                latents, size=(height // f, width // f), mode="bilinear", antialias=False
+                latents, size=(height // f, width // f), mode=mode, antialias=antialias
             )
-        else:  # decode, Lanczos-resize the pictures, let img2img encode them again
-            from PIL import Image
+        else:  # decode, upscale the pictures (a resize or a model), img2img encodes them again
+            from sdbatch.render.upscalers import hires_resize
 
             decoded = self.pipe.vae.decode(
                 latents / self.pipe.vae.config.scaling_factor, return_dict=False
             )[0]
             pil = self.pipe.image_processor.postprocess(decoded, output_type="pil")
-            image = [im.resize((width, height), Image.LANCZOS) for im in pil]
+            models = self._upscalers
+            image = [hires_resize(im, width, height, hires, models, self.device) for im in pil]
         img2img = self._img2img()
         img2img.scheduler = self._scheduler(jobs)
         with self._conditioned(img2img, jobs, tensors, passes) as kwargs:
