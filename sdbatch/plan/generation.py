@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdbatch.errors import RecipeError
-
-UPSCALERS = {"latent": "Latent", "lanczos": "Lanczos"}  # our name -> A1111's infotext name
+from sdbatch.plan.upscalers import infotext_name, resolve_upscaler
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,16 +17,23 @@ class Hires:
     """A1111's hires fix: render at the base size, upscale, then img2img at the target size."""
 
     scale: float  # target = base size x scale (rounded down to a multiple of 8)
-    upscaler: str  # latent | lanczos
+    upscaler: str  # latent | lanczos | another A1111 name (sdbatch.plan.upscalers)
     steps: int  # second-pass steps; 0 = the same as the first pass (A1111's rule)
     denoise: float  # img2img strength of the second pass
+    upscaler_file: str | None = None  # a model upscaler's file
+    upscaler_hash: str | None = None  # its hash: joins the job id (the file decides pixels)
 
     def target(self, width: int, height: int) -> tuple[int, int]:
         return int(width * self.scale) // 8 * 8, int(height * self.scale) // 8 * 8
 
     def describe(self) -> str:
         steps = f"{self.steps} steps" if self.steps else "same steps"
-        return f"{self.scale:g}x {UPSCALERS[self.upscaler]}, {steps}, denoise {self.denoise:g}"
+        return f"{self.scale:g}x {self.label}, {steps}, denoise {self.denoise:g}"
+
+    @property
+    def label(self) -> str:
+        """The upscaler as A1111 names it (``Hires upscaler:``)."""
+        return infotext_name(self.upscaler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +55,8 @@ class Extras:
             parts.append(f"rng={self.rng}")
         if self.hires:
             h = self.hires
-            parts.append(f"hires={h.scale!r},{h.upscaler},{h.steps},{h.denoise!r}")
+            model = f",{h.upscaler_hash}" if h.upscaler_hash else ""  # none: ids as before
+            parts.append(f"hires={h.scale!r},{h.upscaler},{h.steps},{h.denoise!r}{model}")
         if self.dtype != "fp32":
             parts.append(f"dtype={self.dtype}")
         return ";".join(parts)
@@ -72,7 +79,7 @@ class Extras:
             out["Hires upscale"] = self.hires.scale
             if self.hires.steps:
                 out["Hires steps"] = self.hires.steps
-            out["Hires upscaler"] = UPSCALERS[self.hires.upscaler]
+            out["Hires upscaler"] = self.hires.label
         return out
 
 
@@ -86,23 +93,24 @@ def _number(field: str, value, lo: float, hi: float | None, allowed: str) -> flo
     return number
 
 
-def parse_hires(cfg: dict | None) -> Hires | None:
-    """``hires: {scale: 2, upscaler: latent, steps: 10, denoise: 0.5}``; scale 1 (or none) = off."""
+def parse_hires(
+    cfg: dict | None, folders: dict | None = None, allow_pickle: bool = False
+) -> Hires | None:
+    """``hires: {scale: 2, upscaler: latent, steps: 10, denoise: 0.5}``; scale 1 (or none) = off.
+    ``folders``/``allow_pickle``: where model upscalers are found and how they may be read."""
     if not cfg:
         return None
     scale = _number("hires.scale", cfg.get("scale", 1), 1, 8, "a number in 1..8 (1 = off)")
     if scale == 1:
         return None
-    upscaler = str(cfg.get("upscaler", "latent")).lower()
-    if upscaler not in UPSCALERS:
-        raise RecipeError("hires.upscaler", cfg.get("upscaler"), "latent or lanczos")
     steps = _number("hires.steps", cfg.get("steps", 0), 0, 1000, "an integer in 0..1000")
     if not float(steps).is_integer():
         raise RecipeError("hires.steps", cfg.get("steps"), "an integer in 0..1000")
     denoise = _number("hires.denoise", cfg.get("denoise", 0.7), 0, 1, "a number in 0..1")
     if denoise == 0:
         raise RecipeError("hires.denoise", cfg.get("denoise"), "a number in (0, 1]")
-    return Hires(scale, upscaler, int(steps), denoise)
+    upscaler, file, digest = resolve_upscaler(cfg.get("upscaler"), folders, allow_pickle)
+    return Hires(scale, upscaler, int(steps), denoise, file, digest)
 
 
 def parse_rng(value) -> str:

@@ -411,7 +411,7 @@ def _check_hires_size(variations: list[tuple[int, Extras]], sizes: list[tuple[in
 def _variations(cfg: SdbatchConfig, seeds, dtype: str = "fp32") -> list[tuple[int, Extras]]:
     """(seed, extras) per seed of the axis. With a variation strength, A1111's rule: every
     image keeps the first seed and the variation seed steps instead (subseed, subseed+1, ...)."""
-    hires = parse_hires(asdict(cfg.hires))
+    hires = parse_hires(asdict(cfg.hires), asdict(cfg.folders), bool(cfg.model.allow_pickle))
     rng = parse_rng(cfg.rng)
     strength = parse_subseed_strength(cfg.subseed_strength)
     if strength == 0:

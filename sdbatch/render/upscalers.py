@@ -315,3 +315,18 @@ def nearest_step(image: Image.Image, scale: float) -> Image.Image:
     """A1111's "Nearest" upscaler pass."""
     size = (int(image.width * scale), int(image.height * scale))
     return image.resize(size, Image.NEAREST)
+
+
+def hires_resize(image: Image.Image, width: int, height: int, hires, models: dict, device):
+    """The first pass's picture at the hires target, by ``hires.upscaler`` (not a latent
+    mode): Lanczos and None resize once (as sdbatch always did for ``lanczos``), Nearest and
+    model upscalers follow A1111's loop. ``models``: the renderer's cache, file -> model (an
+    upscaler runs in fp32 on the render device: fp16 RRDB trunks can overflow)."""
+    if hires.upscaler in ("lanczos", "None"):
+        return image.resize((width, height), Image.LANCZOS)
+    if hires.upscaler == "Nearest":
+        return upscale_to(image, width, height, nearest_step)
+    model = models.get(hires.upscaler_file)
+    if model is None:
+        model = models[hires.upscaler_file] = load_model(hires.upscaler_file, device, torch.float32)
+    return upscale_to(image, width, height, lambda im, _scale: model_upscale(model, im))

@@ -82,9 +82,25 @@ def _lower(text: str) -> str:
     return text.strip().lower()
 
 
-# Values sdbatch has for fields whose other values stay warned comments (ESRGAN, NV noise).
-_CHOICES = {"hires.upscaler": ("latent", "lanczos"), "rng": ("cpu", "gpu")}
-_EXTRA_NETWORKS = "sdbatch reads the prompt's <lora:...> tags and embedding names as plain text"
+def _upscaler(text: str) -> str:
+    """A1111's ``Hires upscaler`` as the recipe spells it (``Latent`` -> ``latent``)."""
+    from sdbatch.plan.upscalers import BUILT_IN, REAL_ESRGAN, infotext_name
+
+    name = text.strip()
+    for known in (*BUILT_IN, *REAL_ESRGAN):
+        if name.lower() in (known.lower(), infotext_name(known).lower()):
+            return known
+    return name  # an ESRGAN-family file's stem (4x-UltraSharp)
+
+
+def _built_upscaler(name: str) -> bool:
+    from sdbatch.plan.upscalers import NOT_BUILT
+
+    return bool(name) and name.lower() not in {n.lower() for n in NOT_BUILT}
+
+
+# Values sdbatch has for fields whose other values stay warned comments (LDSR, NV noise).
+_CHOICES = {"hires.upscaler": _built_upscaler, "rng": ("cpu", "gpu").__contains__}
 _NV = (
     "sdbatch has no CPU copy of NVIDIA's generator; the recipe says rng: gpu, which draws the "
     "same noise on an NVIDIA GPU"
@@ -109,8 +125,8 @@ FIELDS: dict[str, Field] = {
     "Size": Field("size", True),
     "Model hash": Field(info=True),  # checked against the model, written beside model.name
     "Model": Field("model.name", True),
-    "VAE hash": Field(info=True),
-    "VAE": Field(note="set model.vae to this VAE's file to use it"),
+    "VAE hash": Field(info=True),  # own code: _vae
+    "VAE": Field(info=True),
     "Variation seed": Field("subseed", True, lambda t: _int(t, 0, 2**32 - 1)),
     "Variation seed strength": Field("subseed_strength", True, _unit),
     "Seed resize from": Field(note="variation seed resizing"),
@@ -121,22 +137,25 @@ FIELDS: dict[str, Field] = {
     "Hires upscaler": Field(
         "hires.upscaler",
         True,
-        _lower,
-        note="sdbatch has Latent and Lanczos; the recipe uses latent",
+        _upscaler,
+        note="an architecture sdbatch does not build (it has the ESRGAN family); the recipe "
+        "uses latent",
     ),
     "Clip skip": Field("model.clip_skip", True, _int),
     "RNG": Field("rng", True, _lower, note=_NV),  # A1111: GPU (not written), CPU or NV
     "ENSD": Field(default="0", note="eta noise seed delta"),
     "Emphasis": Field(default="Original"),
-    "Lora hashes": Field(note=_EXTRA_NETWORKS),
-    "TI hashes": Field(note=_EXTRA_NETWORKS),
+    "Lora hashes": Field(info=True),  # own code: names found in the LoRA folder (_loras)
+    "TI hashes": Field(info=True),  # own code: files found in the embeddings folder (_embeddings)
     "Prompt S/R": Field(note="an X/Y/Z plot axis; this image's prompt is already replaced"),
     "Version": Field(info=True),
 }
 # How users point sdbatch at the checkpoint an infotext names (A1111's "Model:" is its stem).
 MODEL_SETTING = "model.dir"
 MODEL_HINT = f"set {MODEL_SETTING} to the folder holding this checkpoint (or model.path to it)"
-_OWN_CODE = {"Sampler", "Schedule type", "Size", "Model", "Model hash"}
+_OWN_CODE = {"Sampler", "Schedule type", "Size", "Model", "Model hash", "Lora hashes"}
+_OWN_CODE |= {"VAE", "VAE hash"}  # _vae
+_OWN_CODE |= {"TI hashes"}  # _embeddings
 _HIRES_PASS = {"Denoising strength", "Hires steps", "Hires upscaler"}  # need Hires upscale
 _REQUIRED = ("Steps", "Sampler", "CFG scale", "Seed", "Size")
 
@@ -324,10 +343,58 @@ def _prompt_checks(info: Infotext, out: ReplayRecipe) -> None:
             "prompt: holds '{' or '__', which sdbatch expands as dynamic-prompts syntax "
             "({a|b} variants, __wildcards__); the replayed prompt may differ"
         )
-    for tag in dict.fromkeys(re.findall(r"<(lora|lyco|hypernet):", text + info.negative_prompt)):
-        out.warnings.append(f"prompt: <{tag}:...> tags are read as plain text by sdbatch")
+    for tag in dict.fromkeys(re.findall(r"<(hypernet):", text + info.negative_prompt)):
+        out.warnings.append(f"prompt: <{tag}:...> tags are removed and not applied by sdbatch")
     if re.search(r"\sAND\s", text):
         out.warnings.append("prompt: A1111 composes 'AND' prompts; sdbatch reads AND as text")
+
+
+def _loras(info: Infotext, out: ReplayRecipe) -> None:
+    """``Lora hashes`` back to names in the LoRA folder (SDBATCH_LORA / SDBATCH_A1111): by
+    hash, then by name. A file found under another name renames the prompt's tags; one that is
+    missing is one warning line (the recipe then stops at that tag, naming the closest file)."""
+    from sdbatch.plan.lora_files import find_lora, parse_lora_hashes
+
+    value = info.params.get("Lora hashes")
+    if value is None:
+        return
+    out.comments.append(format_params({"Lora hashes": value}))
+    for name, want in parse_lora_hashes(value):
+        found, note = find_lora(name, want)
+        if found is None:
+            out.warnings.append(f"Lora hashes: {name} ({want}) is missing: {note}")
+            continue
+        if found != name:
+            tag = re.compile(rf"<(lora|lyco):{re.escape(name)}(?=[:>])")
+            out.values["prompt"] = tag.sub(
+                lambda m, f=found: f"<{m.group(1)}:{f}", out.values["prompt"]
+            )
+        if note:
+            out.warnings.append(f"Lora hashes: {name} ({want}): {note}")
+
+
+def _embeddings(info: Infotext, out: ReplayRecipe) -> None:
+    """``TI hashes`` back to files in the embeddings folder (SDBATCH_EMBEDDINGS /
+    SDBATCH_A1111): by hash, then by name. A file found under another stem renames the word
+    in both prompts; one that is missing is one warning line (the word then stays text)."""
+    from sdbatch.plan.embedding_files import find_embedding, parse_ti_hashes
+
+    value = info.params.get("TI hashes")
+    if value is None:
+        return
+    out.comments.append(format_params({"TI hashes": value}))
+    for name, want in parse_ti_hashes(value):
+        found, note = find_embedding(name, want)
+        if found is None:
+            out.warnings.append(f"TI hashes: {name} ({want}) is missing: {note}")
+            continue
+        if found.lower() != name.lower():
+            word = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])", re.IGNORECASE)
+            for key in ("prompt", "negative_prompt"):
+                if isinstance(out.values.get(key), str):
+                    out.values[key] = word.sub(found, out.values[key])
+        if note:
+            out.warnings.append(f"TI hashes: {name} ({want}): {note}")
 
 
 def recipe_from_infotext(text: str, name: str, source: str = "") -> ReplayRecipe:
@@ -340,6 +407,8 @@ def recipe_from_infotext(text: str, name: str, source: str = "") -> ReplayRecipe
     _core(info, source, out)
     _model(info.params, source, out)
     _prompt_checks(info, out)
+    _loras(info, out)
+    _embeddings(info, out)
     for key, value in info.params.items():
         if key in _OWN_CODE or key in _REQUIRED:
             continue
@@ -348,7 +417,7 @@ def recipe_from_infotext(text: str, name: str, source: str = "") -> ReplayRecipe
         if key in _HIRES_PASS and "Hires upscale" not in info.params:
             spec = Field(note=_no_hires(key, info.params))
         choices = _CHOICES.get(spec.target or "")
-        if spec.mapped and spec.target and (not choices or spec.convert(value) in choices):
+        if spec.mapped and spec.target and (not choices or choices(spec.convert(value))):
             try:
                 _set(out.values, spec.target, spec.convert(value))
             except ValueError:
@@ -363,10 +432,61 @@ def recipe_from_infotext(text: str, name: str, source: str = "") -> ReplayRecipe
             out.warnings.append(f"not reproduced: {shown}{why}")
             if key == "RNG" and value.strip() == "NV":  # NV reproduces CUDA's torch.randn
                 out.values["rng"] = "gpu"
+    _vae(info.params, out)
+    _upscaler_file(out)
     if "RNG" not in info.params:  # A1111 writes RNG only when it is not its default, the GPU
         out.values["rng"] = "gpu"
         out.comments.append("no RNG field: A1111's default noise source, the GPU")
     return out
+
+
+def _vae(params: Mapping[str, str], out: ReplayRecipe) -> None:
+    """``VAE`` / ``VAE hash`` to ``model.vae``: the file in the VAE folder (SDBATCH_VAE /
+    SDBATCH_A1111) with that stem, else with that hash; one warning line when there is none."""
+    from sdbatch.plan.hashing import model_hash
+    from sdbatch.plan.model_folders import folders_of, list_files
+
+    name, want = params.get("VAE"), params.get("VAE hash")
+    if name is None and want is None:
+        return
+    shown = format_params({k: params[k] for k in ("VAE hash", "VAE") if k in params})
+    files = list_files("vae", None)
+    stem = Path(name.replace("\\", "/")).stem.lower() if name else None  # A1111: the file name
+    hits = [k for k in files if k.rsplit("/", 1)[-1].lower() == stem] if stem else []
+    if not hits and want:
+        hits = [k for k, p in files.items() if model_hash(p) == want.strip()]
+    if not hits:
+        roots = " or ".join(str(r) for r in folders_of("vae", None))
+        where = f"not in {roots}" if roots else "no VAE folder (SDBATCH_VAE or SDBATCH_A1111)"
+        out.comments.append(f"not reproduced: {shown}")
+        out.warnings.append(f"not reproduced: {shown} ({where}; the recipe uses the model's VAE)")
+        return
+    out.values.setdefault("model", {})["vae"] = hits[0]
+    out.comments.append(shown)
+    have = model_hash(files[hits[0]])
+    if files[hits[0]].suffix.lower() != ".safetensors":
+        out.warnings.append(f"VAE: {files[hits[0]]} is a pickle: run with +model.allow_pickle=true")
+    if want and have != want.strip():
+        out.warnings.append(f"VAE hash: {want} is not {hits[0]}'s ({have}): another file")
+
+
+def _upscaler_file(out: ReplayRecipe) -> None:
+    """A model upscaler the recipe names must be in the upscaler folder (SDBATCH_UPSCALERS /
+    SDBATCH_A1111): one warning line when it is not, or when it needs model.allow_pickle."""
+    from sdbatch.plan.upscalers import BUILT_IN, resolve_upscaler
+
+    name = out.values.get("hires", {}).get("upscaler")
+    if name is None or name in BUILT_IN:
+        return
+    try:
+        file, _ = resolve_upscaler(name, None, allow_pickle=True)[1:]
+    except RecipeError as exc:
+        out.warnings.append(f"Hires upscaler: {name}: {exc.allowed}")
+        return
+    if Path(file).suffix.lower() != ".safetensors":
+        out.warnings.append(
+            f"Hires upscaler: {name} is {file}, a pickle: run with +model.allow_pickle=true"
+        )
 
 
 def _no_hires(key: str, params: Mapping[str, str]) -> str:
