@@ -57,8 +57,9 @@ def _schedule(args: argparse.Namespace) -> list[str]:
     return list(texts)
 
 
-def _tokenizer(model: str | None):
-    """The CLIP tokenizer of a diffusers folder (default: the embedded model's)."""
+def _tokenizers(model: str | None) -> list:
+    """The CLIP tokenizers of a diffusers folder (default: the embedded model's): one for
+    SD 1.x, two for SDXL (``tokenizer_2``, OpenCLIP-G's), each of which chunks the prompt."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers import CLIPTokenizer
 
@@ -70,7 +71,8 @@ def _tokenizer(model: str | None):
         raise UserError(
             f"--model: {str(root)!r} has no tokenizer/vocab.json; give a diffusers folder"
         )
-    return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    folders = [folder] + [root / "tokenizer_2"] * (root / "tokenizer_2" / "vocab.json").is_file()
+    return [CLIPTokenizer.from_pretrained(f, local_files_only=True) for f in folders]
 
 
 def _token_label(tokenizer, token: int, weight: float) -> str:
@@ -81,10 +83,12 @@ def _token_label(tokenizer, token: int, weight: float) -> str:
     return text if abs(weight - 1) < 1e-9 else f"{text}:{weight:.4g}"
 
 
-def _show(tokenizer, text: str, indent: str) -> None:
-    """A text's weighted runs and its 77-token chunks."""
+def _show(tokenizers: list, text: str, indent: str) -> None:
+    """A text's weighted runs and its 77-token chunks (the first tokenizer's; with SDXL's
+    second one, its chunk count too)."""
     from sdbatch.plan.prompts import is_break, parse_attention, prompt_chunks
 
+    tokenizer = tokenizers[0]
     print(f"{indent}runs (text, weight):")
     for run in parse_attention(text):
         print(f"{indent}  BREAK" if is_break(run) else f"{indent}  {run[0]!r:40} {run[1]:.4g}")
@@ -96,8 +100,14 @@ def _show(tokenizer, text: str, indent: str) -> None:
         ]
         if shown:
             print(f"{indent}  " + " ".join(shown))
-    plural = "s" if len(chunks) != 1 else ""
-    print(f"{indent}{len(chunks)} chunk{plural} ({77 * len(chunks)} tokens for CLIP)")
+    counts = [len(chunks)] + [len(prompt_chunks(t, text)) for t in tokenizers[1:]]
+    k = max(counts)  # the encoders are padded to the longer one (they share a vocabulary)
+    plural = "s" if k != 1 else ""
+    if len(tokenizers) == 1:
+        print(f"{indent}{k} chunk{plural} ({77 * k} tokens for CLIP)")
+    else:
+        print(f"{indent}{k} chunk{plural} ({77 * k} tokens for each of SDXL's CLIP-L and "
+              f"OpenCLIP-G, joined along the channels)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,11 +118,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([[text, weight] for text, weight in runs], ensure_ascii=False))
         return 0
     texts = _schedule(args)
-    tokenizer = _tokenizer(args.model)
+    tokenizers = _tokenizers(args.model)
     if texts == [args.text]:
-        _show(tokenizer, args.text, "")
+        _show(tokenizers, args.text, "")
         return 0
     for i, text in enumerate(texts, 1):  # what A1111 encodes: each text of the schedule
         print(f"text {i} of {len(texts)}: {text!r}")
-        _show(tokenizer, text, "  ")
+        _show(tokenizers, text, "  ")
     return 0

@@ -19,7 +19,10 @@ What A1111 does (its ``prompt_parser`` and ``CFGDenoiser``; the texts themselves
   vector; cond and uncond of different lengths are padded with the empty prompt's chunk (its
   "pad prompt/negative prompt to be same length" option, which ``sdbatch.render.encode``
   follows for plain prompts too: diffusers needs one shape for both halves, where A1111 with
-  that option off runs them as two UNet batches).
+  that option off runs them as two UNet batches). On SDXL the padding chunk is the encoded
+  empty prompt too, while a negative prompt whose texts are all empty is zeros
+  (``PassPrompts.empty_negative``; ``sdbatch.render.encode``), and the pooled text follows
+  the hidden states: each text's own, from its first chunk.
 
 How it is done here, without forking the loop:
 
@@ -59,7 +62,9 @@ import torch
 from sdbatch.plan.prompt_schedule import has_scheduling, prompt_schedule, split_and, text_at_step
 
 Schedule = tuple[tuple[int, str], ...]  # (end_step, text) pairs, as prompt_schedule gives them
-# (text, negative) -> (hidden states (1, tokens, C), pooled (1, P) for SDXL, else None)
+# (text, empty_negative) -> (hidden states (1, tokens, C), pooled (1, P) for SDXL, else None).
+# ``empty_negative``: the text belongs to a negative prompt whose texts are all empty, which
+# A1111 encodes as zeros on SDXL (``force_zero_negative_prompt``); otherwise texts encode alike.
 Encode = Callable[[str, bool], tuple[torch.Tensor, torch.Tensor | None]]
 
 
@@ -86,6 +91,12 @@ class PassPrompts:
         """The part texts and the negative text at denoiser call ``step`` (0-based)."""
         parts = tuple(text_at_step(schedule, step) for schedule, _ in self.parts)
         return parts, text_at_step(self.negative, step)
+
+    @property
+    def empty_negative(self) -> bool:
+        """Every text of the negative schedule is empty: A1111 zeroes it on SDXL (a negative
+        like ``[:ugly:0.5]`` is encoded as text, its empty steps included)."""
+        return all(text == "" for _, text in self.negative)
 
     def schedules(self) -> list[Schedule]:
         return [schedule for schedule, _ in self.parts] + [self.negative]
@@ -160,7 +171,8 @@ def signature(prompts: PassPrompts, tokens: Callable[[str, bool], int]) -> tuple
     out = []
     for step in range(limit):
         parts, negative = prompts.texts_at(step)
-        out.append(max(max(tokens(text, False) for text in parts), tokens(negative, True)))
+        longest = max(tokens(text, False) for text in parts)
+        out.append(max(longest, tokens(negative, prompts.empty_negative)))
     return tuple(out)
 
 
@@ -182,7 +194,8 @@ class StepConditioning:
 
     def __init__(self, images: Sequence[PassPrompts], encode: Encode, empty: torch.Tensor | None):
         """``empty``: the empty prompt's encoding (1, 77, C), the chunk that pads cond or uncond
-        to the other's length; None where all texts have one length (SDXL here)."""
+        to the other's length (A1111's ``cond_stage_model_empty_prompt``, never zeros); None
+        only where all texts have one length."""
         self.images = list(images)
         self.composed = any(image.composed for image in self.images)
         self._encode, self._empty = encode, empty
@@ -203,9 +216,9 @@ class StepConditioning:
 
     def _build(self, key: tuple) -> Step:
         conds, unconds, cond_pooled, uncond_pooled = [], [], [], []
-        for parts, negative in key:
+        for image, (parts, negative) in zip(self.images, key, strict=True):
             encoded = [self._encode(text, False) for text in parts]
-            uncond, pooled = self._encode(negative, True)
+            uncond, pooled = self._encode(negative, image.empty_negative)
             length = max(hidden.shape[1] for hidden, _ in encoded)
             cond = torch.cat([_repeat_last(hidden, length) for hidden, _ in encoded])
             cond, uncond = self._pad_pair(cond, uncond)
