@@ -315,3 +315,56 @@ def resolve_embeddings(
 def infotext_name(name: str) -> str:
     """A1111 drops ':' and ',' from a name in ``TI hashes``."""
     return name.replace(":", "").replace(",", "")
+
+
+# ------------------------------------------------------------------------------------- replay
+
+
+def parse_ti_hashes(value: str) -> list[tuple[str, str]]:
+    """A1111's ``TI hashes`` value (``name: hash, name: hash``) as (name, hash) pairs (its
+    names hold no ':' or ',': A1111 drops them)."""
+    pairs = []
+    for item in value.split(","):
+        name, sep, digest = item.strip().rpartition(":")
+        if sep and name.strip() and digest.strip():
+            pairs.append((name.strip(), digest.strip().lower()))
+    return pairs
+
+
+def find_embedding(
+    name: str, want: str, folders: Mapping[str, object] | None = None, env=None
+) -> tuple[str | None, str]:
+    """The word a ``TI hashes`` entry is in the embeddings folder: the stem of the file with
+    that hash (the file of that name is tried first), else the file of that name. (stem or
+    None, a note for the user when the match is not exact, else "")."""
+    from sdbatch.plan.model_folders import folders_of
+
+    roots = folders_of("embeddings", folders, env)
+    if not roots:
+        return (
+            None,
+            "no embeddings folder is set (folders.embeddings, SDBATCH_EMBEDDINGS or SDBATCH_A1111)",
+        )
+    files = list_files("embeddings", folders, env)
+    by_stem: dict[str, Path] = {}
+    for rel, path in files.items():
+        by_stem.setdefault(rel.rsplit("/", 1)[-1], path)
+    named = by_stem.get(name) or next(
+        (p for s, p in by_stem.items() if s.lower() == name.lower()), None
+    )
+
+    def short(path: Path) -> str:
+        try:
+            return embedding_hash(path)
+        except OSError:
+            return ""
+
+    if named is not None and short(named) == want:
+        return Path(named).stem, ""
+    for stem, path in by_stem.items():
+        if path != named and short(path) == want:
+            return stem, f"found by its hash as {stem!r}"
+    if named is not None:
+        return Path(named).stem, f"found by name, but its hash is {short(named)}"
+    where = " or ".join(str(r) for r in roots)
+    return None, f"no file with that hash or name in {where}; the word stays text"

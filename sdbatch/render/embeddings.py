@@ -73,33 +73,39 @@ class EncoderEmbeddings:
 
 @dataclass
 class EmbeddingStore:
-    """The embeddings a renderer has met, loaded once per file (name -> vectors by key)."""
+    """The embedding files a renderer has loaded (once each, by path), and the set the current
+    batch uses: only those replace words, so a text encodes as its own plan said."""
 
-    files: dict[str, str] = field(default_factory=dict)  # name -> path
-    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    loaded: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # path -> tensors
+    active: dict[str, str] = field(default_factory=dict)  # name -> path, this batch's
     _per_encoder: dict[tuple, EncoderEmbeddings] = field(default_factory=dict)
 
-    def add(self, uses: Iterable[EmbeddingUse]) -> None:
-        """Load the files not loaded yet (a name whose file changed path is loaded again)."""
-        for use in uses:
-            if self.files.get(use.name) != use.path:
-                self.tensors[use.name] = load_vectors(use.path)
-                self.files[use.name] = use.path
-                self._per_encoder.clear()
+    @property
+    def key(self) -> tuple:
+        """What encoded texts depend on: the active (name, path) pairs; () when none."""
+        return tuple(sorted(self.active.items()))
+
+    def use(self, uses: Iterable[EmbeddingUse]) -> None:
+        """Make ``uses`` the active set, loading files not loaded yet."""
+        self.active = {}
+        for u in uses:
+            if u.path not in self.loaded:
+                self.loaded[u.path] = load_vectors(u.path)
+            self.active[u.name] = u.path
 
     def for_encoder(self, tokenizer, model: torch.nn.Module) -> EncoderEmbeddings | None:
-        """The lookup and vectors for one encoder, or None when no embedding fits it."""
-        if not self.tensors:
+        """The lookup and vectors for one encoder, or None when no embedding is active."""
+        if not self.active:
             return None
         width = model.get_input_embeddings().embedding_dim
-        key = (id(tokenizer), id(model), width)
+        key = (self.key, id(tokenizer), id(model), width)
         if key not in self._per_encoder:
-            vectors = {}
-            for name, by_key in self.tensors.items():
+            vectors, counts = {}, {}
+            for name, path in self.active.items():
+                by_key = self.loaded[path]
                 t = next((v for v in by_key.values() if v.shape[-1] == width), None)
                 if t is not None:
-                    vectors[name] = t
-            counts = {n: _count(self.tensors[n]) for n in vectors}
+                    vectors[name], counts[name] = t, _count(by_key)
 
             def tokenize(texts: list[str]) -> list[list[int]]:
                 out = tokenizer(texts, truncation=False, add_special_tokens=False, verbose=False)
@@ -111,7 +117,7 @@ class EmbeddingStore:
 
 def with_embeddings(encoders: list, store: EmbeddingStore) -> list:
     """``sdbatch.render.encode.TextEncoder`` s with the store's embeddings for each attached."""
-    if not store.tensors:
+    if not store.active:
         return encoders
     return [
         dataclasses.replace(e, embeddings=store.for_encoder(e.tokenizer, e.model)) for e in encoders

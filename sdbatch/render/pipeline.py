@@ -119,7 +119,7 @@ class Renderer:
         """(cond, uncond), each (1, 77*k, hidden), A1111's emphasis and chunks
         (sdbatch.render.encode); SDXL adds (pooled, uncond pooled) and zeroes an empty
         negative as A1111 does. Cached per (prompt, negative) pair."""
-        key = (prompt, negative)
+        key = (prompt, negative, self._ti.key)  # the TI words these texts use
         if key not in self._embeds:
             sdxl = self.model.family == "sdxl"
             with torch.inference_mode():
@@ -140,7 +140,7 @@ class Renderer:
         marks an all-empty negative prompt: for SDXL ``""`` is then zeros (A1111), otherwise
         prompt and negative texts encode alike."""
         zero = negative and text == "" and self.model.family == "sdxl"
-        key = (text, zero)
+        key = (text, zero, self._ti.key)
         if key not in self._texts:
             with torch.inference_mode():
                 self._texts[key] = encode_texts(
@@ -158,7 +158,7 @@ class Renderer:
         AND or none does.
         """
         self._use_loras(jobs[0])
-        self._ti.add(u for j in jobs for u in j.networks.embeddings)  # each file loaded once
+        self._ti.use(u for j in jobs for u in j.networks.embeddings)  # files load once
         prompts = self._prompts(jobs)
         plain = [p.plain() for p in prompts]
         simple = [i for i, texts in enumerate(plain) if texts is not None]
