@@ -449,7 +449,10 @@ def _vae(params: Mapping[str, str], out: ReplayRecipe) -> None:
     name, want = params.get("VAE"), params.get("VAE hash")
     if name is None and want is None:
         return
-    shown = format_params({k: params[k] for k in ("VAE hash", "VAE") if k in params})
+    if want is not None:
+        out.comments.append(format_params({"VAE hash": want}))
+    key = "VAE" if name is not None else "VAE hash"
+    shown = format_params({key: params[key]})
     files = list_files("vae", None)
     stem = Path(name.replace("\\", "/")).stem.lower() if name else None  # A1111: the file name
     hits = [k for k in files if k.rsplit("/", 1)[-1].lower() == stem] if stem else []
@@ -462,10 +465,12 @@ def _vae(params: Mapping[str, str], out: ReplayRecipe) -> None:
         out.warnings.append(f"not reproduced: {shown} ({where}; the recipe uses the model's VAE)")
         return
     out.values.setdefault("model", {})["vae"] = hits[0]
-    out.comments.append(shown)
-    have = model_hash(files[hits[0]])
-    if files[hits[0]].suffix.lower() != ".safetensors":
-        out.warnings.append(f"VAE: {files[hits[0]]} is a pickle: run with +model.allow_pickle=true")
+    if name is not None:
+        out.comments.append(shown)
+    path = files[hits[0]]
+    have = model_hash(path)
+    if path.suffix.lower() != ".safetensors":
+        out.warnings.append(f"VAE: {path} is a pickle: run with +model.allow_pickle=true")
     if want and have != want.strip():
         out.warnings.append(f"VAE hash: {want} is not {hits[0]}'s ({have}): another file")
 

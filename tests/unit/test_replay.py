@@ -100,7 +100,7 @@ EXPECTED = [
             "model": {"name": "anything-v5"},
             "rng": "gpu",
         },
-        ["VAE", "Lora hashes", "TI hashes", "Emphasis"],
+        ["VAE", "TI hashes", "Emphasis"],  # Lora hashes: names in the LoRA folder
     ),
     (
         {
@@ -202,7 +202,12 @@ def test_recipe_yaml_reads_back_as_the_same_values(index, tmp_path):
 
 
 @pytest.mark.parametrize("index", CASES)
-def test_recipe_composes_with_hydra_and_plans_exactly_that_job(index, recipes_dir):
+def test_recipe_composes_with_hydra_and_plans_exactly_that_job(index, recipes_dir, monkeypatch):
+    from tests.unit.test_lora_files import SD1_KEYS, write_safetensors
+
+    loras = recipes_dir / "Lora"  # sample 3's <lora:add_detail:0.6> needs its file to plan
+    write_safetensors(loras / "add_detail.safetensors", SD1_KEYS)
+    monkeypatch.setenv("SDBATCH_LORA", str(loras))
     recipe = replay(index)
     plan = plan_recipe(recipe, recipes_dir)
     assert len(plan.jobs) == 1
@@ -251,7 +256,7 @@ def test_hires_and_variation_seed_are_written_as_yaml_blocks():
 
 def test_comments_show_values_as_the_infotext_wrote_them():
     text = replay(3).to_yaml()
-    assert '# not reproduced: Lora hashes: "add_detail: 7c6bad76eb54"' in text
+    assert '\n# Lora hashes: "add_detail: 7c6bad76eb54"\n' in text
     assert "# VAE hash: 735e4c3a44" in text and "# Version: v1.9.4" in text
     assert "  name: anything-v5  # Model hash: 1fe6c7ec54; set model.dir to the folder" in text
 
@@ -467,7 +472,7 @@ def test_hires_fix_is_mapped_with_any_upscaler_sdbatch_has(recipes_dir):
     assert job.extras.hires == Hires(1.5, "lanczos", 3, 0.5)
 
 
-@pytest.mark.parametrize("upscaler", ["R-ESRGAN 4x+", "Latent (nearest-exact)", "4x-UltraSharp"])
+@pytest.mark.parametrize("upscaler", ["SwinIR 4x", "LDSR", "ScuNET GAN", "DAT x4"])
 def test_an_upscaler_sdbatch_lacks_is_a_warned_comment_and_latent_is_used(upscaler, recipes_dir):
     text = our_infotext(**{**HIRES_FIELDS, "Hires upscaler": upscaler})
     recipe = recipe_from_infotext(text, "x")
@@ -475,7 +480,8 @@ def test_an_upscaler_sdbatch_lacks_is_a_warned_comment_and_latent_is_used(upscal
     assert f"not reproduced: Hires upscaler: {upscaler}" in recipe.comments
     assert recipe.warnings == [
         f"not reproduced: Hires upscaler: {upscaler} "
-        "(sdbatch has Latent and Lanczos; the recipe uses latent)"
+        "(an architecture sdbatch does not build (it has the ESRGAN family); the recipe uses "
+        "latent)"
     ]
     (job,) = plan_recipe(recipe, recipes_dir).jobs
     assert job.extras.hires == Hires(1.5, "latent", 0, 0.5)

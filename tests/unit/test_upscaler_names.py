@@ -113,3 +113,78 @@ def test_no_upscaler_folder_says_how_to_set_one(monkeypatch):
     with pytest.raises(RecipeError) as err:
         hires("4x-UltraSharp", {})
     assert "no upscaler folder is set" in str(err.value)
+
+
+# ------------------------------------------------------------------------------ replay
+
+A1111_LINE = (
+    "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 64x64, "
+    "VAE hash: {vae_hash}, VAE: {vae}, Denoising strength: 0.5, Hires upscale: 2, "
+    "Hires upscaler: {upscaler}, Version: v1.10.1"
+)
+
+
+@pytest.fixture
+def replay_root(a1111, monkeypatch):
+    """SDBATCH_A1111 with R-ESRGAN 4x+'s file (a .pth) and a VAE (encoder keys only)."""
+    from safetensors.numpy import save_file
+
+    np = pytest.importorskip("numpy")
+    shutil.copy(
+        DATA / "esrgan_old_x4_nf8_nb1.pth", a1111 / "models/RealESRGAN/RealESRGAN_x4plus.pth"
+    )
+    (a1111 / "models" / "VAE").mkdir()
+    vae = a1111 / "models" / "VAE" / "vae-ft-mse-840000-ema-pruned.safetensors"
+    save_file({"encoder.conv_in.weight": np.zeros((8, 3, 1, 1), np.float16)}, str(vae))
+    monkeypatch.setenv("SDBATCH_A1111", str(a1111))
+    for env in ("SDBATCH_VAE", "SDBATCH_UPSCALERS"):
+        monkeypatch.delenv(env, raising=False)
+    return a1111
+
+
+def a1111_text(**fields) -> str:
+    return "a cat\nNegative prompt: blurry\n" + A1111_LINE.format(**fields)
+
+
+def test_replay_names_the_upscaler_and_the_vae_and_the_recipe_plans(replay_root):
+    from sdbatch.plan.hashing import model_hash
+    from sdbatch.views.replay import recipe_from_infotext
+
+    vae = replay_root / "models/VAE/vae-ft-mse-840000-ema-pruned.safetensors"
+    text = a1111_text(vae_hash=model_hash(vae), vae=vae.name, upscaler="R-ESRGAN 4x+")
+    recipe = recipe_from_infotext(text, "x")
+    assert recipe.values["hires"]["upscaler"] == "R-ESRGAN 4x+"
+    assert recipe.values["model"] == {"vae": "vae-ft-mse-840000-ema-pruned"}
+    warnings = [w for w in recipe.warnings if not w.startswith("Model: not in the infotext")]
+    assert warnings == [  # the file is a pickle: the one thing the user must add
+        "Hires upscaler: R-ESRGAN 4x+ is "
+        f"{replay_root / 'models/RealESRGAN/RealESRGAN_x4plus.pth'}, a pickle: run with "
+        "+model.allow_pickle=true"
+    ]
+    assert "  upscaler: R-ESRGAN 4x+\n" in recipe.to_yaml()
+    values = {k: v for k, v in recipe.values.items() if k not in ("name", "sampler")}
+    values["model"] = {"path": None, "name": None, "allow_pickle": True, **values["model"]}
+    job = build_plan(quick_cfg(**values)).jobs[0]
+    assert job.extras.hires.upscaler_file.endswith("RealESRGAN_x4plus.pth")
+    assert "Hires upscaler: R-ESRGAN 4x+" in infotext_for(job)
+    assert f"VAE: {vae.name}" in infotext_for(job)
+
+
+def test_replay_finds_a_renamed_vae_by_hash_and_warns_once_when_there_is_none(replay_root):
+    from sdbatch.plan.hashing import model_hash
+    from sdbatch.views.replay import recipe_from_infotext
+
+    vae = replay_root / "models/VAE/vae-ft-mse-840000-ema-pruned.safetensors"
+    text = a1111_text(vae_hash=model_hash(vae), vae="mse.ckpt", upscaler="Latent")
+    recipe = recipe_from_infotext(text, "x")
+    assert recipe.values["model"] == {"vae": "vae-ft-mse-840000-ema-pruned"}
+    assert recipe.values["hires"]["upscaler"] == "latent"
+    assert not [w for w in recipe.warnings if "VAE" in w or "upscaler" in w]
+    missing = recipe_from_infotext(a1111_text(vae_hash="0123456789", vae="kl-f8-anime2.ckpt",
+                                              upscaler="4x-UltraSharp"), "x")  # fmt: skip
+    assert "vae" not in missing.values.get("model", {})
+    assert "not reproduced: VAE: kl-f8-anime2.ckpt" in missing.comments
+    vae_lines = [w for w in missing.warnings if "VAE" in w]
+    assert len(vae_lines) == 1 and "not in " in vae_lines[0] and "\n" not in vae_lines[0]
+    (up,) = [w for w in missing.warnings if "Hires upscaler" in w]
+    assert up.startswith("Hires upscaler: 4x-UltraSharp: ") and "closest match" in up
