@@ -133,6 +133,19 @@ CASES = [
      ["prompt", "old.pt", "model.allow_pickle"]),
     (["+recipe=quick", "prompt=a <lora:orange:1:1:8>", "folders.a1111={webui}"], 2,
      ["prompt", "<lora:orange:1:1:8>", "dyn"]),
+    # hires upscalers (tests/integration/test_upscalers.py; the files are _upscaler_tree's)
+    (["+recipe=quick", "hires.scale=2", "hires.upscaler=R-ESRGAN 4x", "folders.a1111={webui}"],
+     2, ["hires.upscaler", "'R-ESRGAN 4x'", "closest match: 'R-ESRGAN 4x+'"]),
+    (["+recipe=quick", "hires.scale=2", "hires.upscaler=R-ESRGAN 4x+", "folders.a1111={webui}"],
+     2, ["hires.upscaler", "RealESRGAN_x4plus.pth, not found", "A1111 downloads it from"]),
+    (["+recipe=quick", "hires.scale=2", "hires.upscaler=4x-Tiny", "folders.a1111={webui}"], 2,
+     ["hires.upscaler", "4x-Tiny.pth", "model.allow_pickle"]),
+    (["+recipe=quick", "hires.scale=2", "hires.upscaler=4x-Swin", "folders.a1111={webui}"], 2,
+     ["hires.upscaler", "4x-Swin.safetensors", "an ESRGAN-family upscaler"]),
+    (["+recipe=quick", "hires.scale=2", "hires.upscaler=SwinIR 4x"], 2,
+     ["hires.upscaler", "'SwinIR 4x'", "does not build"]),
+    (["+recipe=quick", "hires.scale=2", "hires.upscaler=4x-UltraSharp"], 2,
+     ["hires.upscaler", "no upscaler folder is set"]),
 ]  # fmt: skip
 
 
@@ -156,6 +169,19 @@ def _lora_tree(root: Path) -> Path:
     write_safetensors(loras / "hada.safetensors", LOHA_KEYS)
     write_safetensors(loras / "xl.safetensors", SDXL_KEYS)
     (loras / "old.pt").write_bytes(b"\x80\x02pickle")
+    return root
+
+
+def _upscaler_tree(root: Path) -> Path:
+    """Upscaler folders holding an ESRGAN pickle and a safetensors file of another kind."""
+    import shutil
+
+    data = Path(__file__).resolve().parents[1] / "data" / "upscalers"
+    (root / "models/ESRGAN").mkdir(parents=True)
+    shutil.copy(data / "esrgan_old_x4_nf8_nb1.pth", root / "models/ESRGAN/4x-Tiny.pth")
+    header = b'{"layers.0.attn.qkv.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    swin = root / "models/ESRGAN/4x-Swin.safetensors"  # a SwinIR key, no ESRGAN ones
+    swin.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
     return root
 
 
@@ -188,7 +214,7 @@ def test_bad_input_is_one_line_exit_code_and_nothing_written(
 ):
     tmp = user_recipes
     truncated = _truncated_safetensors(tmp / "truncated.safetensors")
-    webui = _lora_tree(tmp / "webui")
+    webui = _upscaler_tree(_lora_tree(tmp / "webui"))
     args = [a.replace("{truncated}", str(truncated)).replace("{webui}", str(webui)) for a in args]
     before = _files(tmp)
     got, out, err = run_cli(monkeypatch, capsys, "run.device=cpu", "run.progress=false", *args)
