@@ -168,3 +168,20 @@ def test_lora_tags_are_not_embedding_words(folder):
 
 def test_ti_hashes_names_drop_colons_and_commas_as_a1111():
     assert ef.infotext_name("a:b,c") == "abc"
+
+
+def test_replay_finds_ti_hashes_by_hash_then_by_name(folder):
+    path = Path(folder["embeddings"]) / "EasyNegative.safetensors"
+    short = sha256_file(path)[:12]
+    assert ef.parse_ti_hashes(f"EasyNegative: {short}, bad: 0123456789AB") == [
+        ("EasyNegative", short), ("bad", "0123456789ab"),
+    ]  # fmt: skip
+    assert ef.find_embedding("easynegative", short, folder) == ("EasyNegative", "")
+    assert ef.find_embedding("old-name", short, folder) == (
+        "EasyNegative", "found by its hash as 'EasyNegative'",
+    )  # fmt: skip
+    found, note = ef.find_embedding("EasyNegative", "0123456789ab", folder)
+    assert found == "EasyNegative" and note.startswith(f"found by name, but its hash is {short}")
+    found, note = ef.find_embedding("gone", "0123456789ab", folder)
+    assert found is None and "no file with that hash or name" in note
+    assert ef.find_embedding("x", short, {}, env={})[0] is None  # no folder set

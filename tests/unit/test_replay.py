@@ -100,7 +100,7 @@ EXPECTED = [
             "model": {"name": "anything-v5"},
             "rng": "gpu",
         },
-        ["VAE", "TI hashes", "Emphasis"],  # Lora hashes: names in the LoRA folder
+        ["VAE", "Emphasis"],  # Lora hashes, TI hashes: names in the LoRA, embeddings folders
     ),
     (
         {
@@ -257,6 +257,7 @@ def test_hires_and_variation_seed_are_written_as_yaml_blocks():
 def test_comments_show_values_as_the_infotext_wrote_them():
     text = replay(3).to_yaml()
     assert '\n# Lora hashes: "add_detail: 7c6bad76eb54"\n' in text
+    assert '\n# TI hashes: "easynegative: c74b4e810b03"\n' in text
     assert "# VAE hash: 735e4c3a44" in text and "# Version: v1.9.4" in text
     assert "  name: anything-v5  # Model hash: 1fe6c7ec54; set model.dir to the folder" in text
 
