@@ -39,7 +39,7 @@ class FoldersConfig:
 @dataclass
 class HiresConfig:
     scale: float = 1.0  # 1 = off; 2 = render at size, upscale 2x, img2img at the target size
-    upscaler: str = "latent"  # latent (A1111's "Latent") | lanczos (decode, resize, re-encode)
+    upscaler: str = "latent"  # latent | lanczos | A1111's other names (sdbatch.plan.upscalers)
     steps: int = 0  # second-pass steps; 0 = the same as `steps`
     denoise: float = 0.7  # img2img strength of the second pass (A1111's default 0.7)
 
