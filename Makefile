@@ -45,6 +45,10 @@ format: install  ## ruff fix + format
 bench: install  ## benchmarks (see BENCHMARKS.md)
 	$(VENV)/bin/python bench/run.py
 
+.PHONY: bench-editing
+bench-editing: install  ## prompt editing vs a plain prompt, one 4-image batch, 20 steps, CPU (~1 min)
+	$(VENV)/bin/python bench/editing.py $(ARGS)
+
 .PHONY: bench-gpu
 bench-gpu: install  ## CUDA GPU benchmark, SD 1.5 shapes with random weights (ARGS='--sdxl')
 	$(VENV)/bin/python bench/gpu.py $(ARGS)
