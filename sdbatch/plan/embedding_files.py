@@ -293,7 +293,8 @@ def resolve_embeddings(
     width = text_width(model, family)
     usable: dict[str, EmbeddingFile] = {}
     for stem, path in found.items():
-        info = read_embedding(path, f"embedding {stem}", allow_pickle)
+        field = "prompt" if _squash(stem) in _squash(prompt) else "negative_prompt"
+        info = read_embedding(path, field, allow_pickle)
         if width is not None and info.width != width:
             if (str(path), str(width)) not in warned:
                 made_for = FAMILY_NAMES.get(info.family() or "", "another model")

@@ -146,6 +146,13 @@ CASES = [
      ["hires.upscaler", "'SwinIR 4x'", "does not build"]),
     (["+recipe=quick", "hires.scale=2", "hires.upscaler=4x-UltraSharp"], 2,
      ["hires.upscaler", "no upscaler folder is set"]),
+    # TI embeddings (tests/integration/test_embeddings.py; the files are _embedding_tree's)
+    (["+recipe=quick", "negative_prompt=(negpt:1.2)", "folders.a1111={webui}"], 2,
+     ["negative_prompt", "negpt.pt", "model.allow_pickle"]),
+    (["+recipe=quick", "prompt=a cutoff cat", "folders.a1111={webui}"], 2,
+     ["prompt", "cutoff.safetensors", "truncated"]),
+    (["+recipe=quick", "prompt=a twoterms cat", "folders.a1111={webui}"], 2,
+     ["prompt", "twoterms.safetensors", "holds 2 tensors", "one term per file"]),
 ]  # fmt: skip
 
 
@@ -169,6 +176,19 @@ def _lora_tree(root: Path) -> Path:
     write_safetensors(loras / "hada.safetensors", LOHA_KEYS)
     write_safetensors(loras / "xl.safetensors", SDXL_KEYS)
     (loras / "old.pt").write_bytes(b"\x80\x02pickle")
+    return root
+
+
+def _embedding_tree(root: Path) -> Path:
+    """An embeddings folder holding a pickle, a truncated file and a file with two terms."""
+    from tests.unit.test_embedding_files import write_safetensors
+
+    emb = root / "embeddings"
+    emb.mkdir(parents=True, exist_ok=True)
+    (emb / "negpt.pt").write_bytes(b"\x80\x02pickle")
+    cut = write_safetensors(emb / "cutoff.safetensors", {"emb_params": [2, 768]})
+    cut.write_bytes(cut.read_bytes()[:-100])
+    write_safetensors(emb / "twoterms.safetensors", {"a": [1, 768], "b": [1, 768]})
     return root
 
 
@@ -214,7 +234,7 @@ def test_bad_input_is_one_line_exit_code_and_nothing_written(
 ):
     tmp = user_recipes
     truncated = _truncated_safetensors(tmp / "truncated.safetensors")
-    webui = _upscaler_tree(_lora_tree(tmp / "webui"))
+    webui = _embedding_tree(_upscaler_tree(_lora_tree(tmp / "webui")))
     args = [a.replace("{truncated}", str(truncated)).replace("{webui}", str(webui)) for a in args]
     before = _files(tmp)
     got, out, err = run_cli(monkeypatch, capsys, "run.device=cpu", "run.progress=false", *args)
