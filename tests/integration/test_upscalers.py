@@ -50,8 +50,11 @@ def test_tiles_agree_with_one_piece():
     x = torch.rand(1, 3, 44, 52, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         for name, tolerance in (
-            ("compact_x4_nf8_nc4.safetensors", 1e-5),  # reach 6 px < 16 px of context
-            ("esrgan_old_x4_nf8_nb1.pth", 2e-3),  # reach 17 px: the seams differ a little
+            ("compact_x4_nf8_nc4.safetensors", 1e-6),  # reach 6 px < 16 px of context: equal
+            # these reach further than the context: seams differ (measured 6e-8 and 4e-7 with
+            # these random weights; trained models can differ more)
+            ("esrgan_old_x4_nf8_nb1.pth", 1e-5),
+            ("realesrgan_x2plus_nf8_nb1.safetensors", 1e-5),
         ):
             model = detect(load_state(DATA / name))[1].eval()
             whole, tiled = model(x), run_tiled(model, x, tile=16, context=16)
