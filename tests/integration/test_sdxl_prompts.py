@@ -144,3 +144,24 @@ def test_tools_prompt_counts_chunks_for_both_sdxl_encoders(tmp_path):
     assert lines[-1] == (
         "2 chunks (154 tokens for each of SDXL's CLIP-L and OpenCLIP-G, joined along the channels)"
     )
+
+
+def test_an_empty_negative_renders_as_diffusers_renders_a_missing_one(xl):
+    """The pixels: sdbatch with ``negative_prompt: ""`` is diffusers' own call with no negative
+    prompt (zeros), and not the call with ``""`` (which sdbatch used to match)."""
+    import numpy as np
+
+    [(pixels, nan)] = xl.render([job(xl, "a red circle", steps=2, cfg=5.0)])
+    assert not nan
+
+    def direct(negative):
+        with torch.inference_mode():  # the renderer left its Euler scheduler on the pipe
+            image = xl.pipe(
+                prompt="a red circle", negative_prompt=negative, num_inference_steps=2,
+                guidance_scale=5.0, width=32, height=32, output_type="np",
+                generator=[torch.Generator("cpu").manual_seed(1)],
+            ).images[0]  # fmt: skip
+        return (image * 255).round().clip(0, 255).astype(np.uint8)
+
+    np.testing.assert_array_equal(pixels, direct(None))
+    assert (pixels != direct("")).any()
