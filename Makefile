@@ -49,6 +49,11 @@ bench: install  ## benchmarks (see BENCHMARKS.md)
 bench-editing: install  ## prompt editing vs a plain prompt, one 4-image batch, 20 steps, CPU (~1 min)
 	$(VENV)/bin/python bench/editing.py $(ARGS)
 
+.PHONY: bench-cpu
+bench-cpu: install  ## CPU speed: fp32 vs bf16 side by side, bf16 judged, torch.compile (BENCHMARKS.md)
+	$(VENV)/bin/python bench/run.py --ways "a',b,c,a' bf16,b bf16,c bf16" --reps 3 --skip-scale \
+		--dtype-check --compile-check --section cpu $(ARGS)
+
 .PHONY: bench-gpu
 bench-gpu: install  ## CUDA GPU benchmark, SD 1.5 shapes with random weights (ARGS='--sdxl')
 	$(VENV)/bin/python bench/gpu.py $(ARGS)
@@ -63,10 +68,13 @@ clean:  ## remove outputs and caches (keeps .venv)
 # The shapes-world embedded model (sdbatch/shapes, sdbatch/shapes/train.py).
 TINY_OUT  ?= build/sdbatch-shapes
 TINY_WORK ?= build/shapes-work
-.PHONY: train-tiny eval-tiny
+.PHONY: train-tiny eval-tiny train-lora
 
 train-tiny: install  ## train the shapes model on CPU (~55 min on 2 cores, resumable) into build/sdbatch-shapes
 	$(PY) -m sdbatch.shapes.train --out $(TINY_OUT) --work $(TINY_WORK) --threads 2
+
+train-lora: install  ## train the example LoRA (orange shapes) for the embedded model on 1 CPU thread into examples/webui/models/Lora/
+	OMP_NUM_THREADS=1 $(PY) -m sdbatch.shapes.train_lora --threads 1
 
 eval-tiny: install  ## judge the trained model: every sampler, CFG 7 and 1, 20 steps
 	$(PY) -m sdbatch.shapes.evaluate --model $(TINY_OUT) --out build/eval-tiny/report.md

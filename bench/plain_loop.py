@@ -10,7 +10,10 @@ sdbatch's timed run. Jobs come from the JSON the harness wrote, so every way ren
 set; images are named ``<index>.png``. The last stdout line is JSON with the moment the model
 was ready and the first image was saved (epoch seconds), for the harness.
 
-    python bench/plain_loop.py JOBS.json OUT_DIR [--by-seed]
+With ``--dtype bf16`` the weights load in bf16 (the expert's best CPU dtype, as sdbatch's
+``run.dtype=bf16`` loads them).
+
+    python bench/plain_loop.py JOBS.json OUT_DIR [--by-seed] [--dtype bf16]
 """
 
 from __future__ import annotations
@@ -29,14 +32,21 @@ from sdbatch.plan.samplers import resolve_sampler
 from sdbatch.render.schedulers import build_scheduler
 
 
+def dtype(argv: list[str]) -> torch.dtype:
+    """``--dtype bf16`` (or fp32, the default) from the command line."""
+    name = argv[argv.index("--dtype") + 1] if "--dtype" in argv else "fp32"
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
 def main() -> None:
-    jobs_file, out = Path(sys.argv[1]), Path(sys.argv[2])
-    by_seed = "--by-seed" in sys.argv[3:]
+    argv = sys.argv[1:]
+    jobs_file, out = Path(argv[0]), Path(argv[1])
+    by_seed = "--by-seed" in argv[2:]
     jobs = json.loads(jobs_file.read_text())["jobs"]
     out.mkdir(parents=True, exist_ok=True)
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        EMBEDDED_MODEL_PATH, local_files_only=True, safety_checker=None
+        EMBEDDED_MODEL_PATH, local_files_only=True, safety_checker=None, torch_dtype=dtype(argv)
     )
     pipe.set_progress_bar_config(disable=True)
     ready, first = time.time(), None

@@ -14,22 +14,24 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from ways import LABELS
+from ways import label
 
-ORDER = ("a", "a'", "b", "c")
 B_OVER_C_TARGET = 1.10
 PLAN_TARGET_S, PLAN_TARGET_MIB, RESUME_TARGET_S = 10.0, 2048.0, 3.0
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU model, its bf16 kernels (AMX, AVX-512 BF16 or none) and torch's kernel level,
+    read at run time (sdbatch.render.loading.cpu_features)."""
+    from sdbatch.render.loading import cpu_features, describe_cpu
+
+    f = cpu_features()
+    return f"{describe_cpu(f)}; flags: {' '.join(f['flags']) or 'none of ' + 'amx/avx512'}"
+
+
+def load_line() -> str:
+    """What ``uptime`` says about load: the 1, 5 and 15 minute averages."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _version(dist: str) -> str:
@@ -67,7 +69,7 @@ def _s(value: float | None, fmt: str = "{:.2f}") -> str:
 def summarize(results: dict[str, list], n: int) -> dict[str, dict]:
     """Per way: medians over repetitions."""
     out = {}
-    for way in ORDER:
+    for way in results:
         runs = results.get(way) or []
         if not runs:
             continue
@@ -95,50 +97,70 @@ def table(stats: dict[str, dict]) -> list[str]:
     for way, s in stats.items():
         walls = ", ".join(f"{w:.1f}" for w in s["walls"])
         lines.append(
-            f"| {way} | {LABELS[way]} | {s['wall']:.2f} | {s['ips']:.2f} | {_s(s['ready'])} | "
+            f"| {way} | {label(way)} | {s['wall']:.2f} | {s['ips']:.2f} | {_s(s['ready'])} | "
             f"{_s(s['first'])} | {_s(s['render_ips'])} | {s['cpu']:.1f} | {s['rss']:.0f} | "
             f"{walls} |"
         )
     return lines
 
 
+def _paired(results: dict, over: str, under: str) -> float:
+    """Median over repetitions of under's wall / over's wall (run next to each other)."""
+    pairs = zip(results[over], results[under], strict=False)
+    return statistics.median(u.wall / o.wall for o, u in pairs)
+
+
+def _ratio(stats: dict, results: dict, over: str, under: str, what: str) -> str:
+    return (
+        f"- **{over}/{under}** ({what}): **{stats[under]['wall'] / stats[over]['wall']:.2f}x** "
+        f"(median of per-repetition ratios {_paired(results, over, under):.2f}x)"
+    )
+
+
 def ratios(stats: dict[str, dict], results: dict[str, list]) -> list[str]:
+    """Throughput ratios: b over a, a' and c at each dtype, and what bf16 changes."""
     lines = []
-    b = stats.get("b")
-    if not b:
-        return lines
-    for way in ("a", "a'"):
-        if way in stats:
-            lines.append(
-                f"- **b/{way}** (sdbatch's throughput over the {LABELS[way]}): "
-                f"**{stats[way]['wall'] / b['wall']:.2f}x**"
-            )
-    c = stats.get("c")
-    if c:
-        ratio = b["wall"] / c["wall"]
-        verdict = "meets" if ratio <= B_OVER_C_TARGET else "misses"
-        paired = ", ".join(
-            f"{rb.wall / rc.wall:.3f}" for rb, rc in zip(results["b"], results["c"], strict=False)
-        )
+    for dt in ("fp32", "bf16"):
+        sfx = "" if dt == "fp32" else f" {dt}"
+        b = f"b{sfx}"
+        if b not in stats:
+            continue
+        for way in ("a", "a'"):
+            if f"{way}{sfx}" in stats:
+                what = f"sdbatch's throughput over the {label(way + sfx)}"
+                lines.append(_ratio(stats, results, b, f"{way}{sfx}", what))
+        if dt != "fp32" and "a'" in stats:
+            lines.append(_ratio(stats, results, b, "a'", "sdbatch in bf16 over the fp32 a'"))
+        if dt != "fp32" and "b" in stats:
+            lines.append(_ratio(stats, results, b, "b", "what bf16 gives sdbatch"))
+        if f"c{sfx}" in stats:
+            lines += _b_over_c(stats, results, b, f"c{sfx}")
+    return lines
+
+
+def _b_over_c(stats: dict, results: dict, b_way: str, c_way: str) -> list[str]:
+    b, c = stats[b_way], stats[c_way]
+    ratio = b["wall"] / c["wall"]
+    verdict = "meets" if ratio <= B_OVER_C_TARGET else "misses"
+    paired = ", ".join(
+        f"{rb.wall / rc.wall:.3f}" for rb, rc in zip(results[b_way], results[c_way], strict=False)
+    )
+    lines = [
+        f"- **{b_way}/{c_way}** (sdbatch wall / compute-alone wall): **{ratio:.3f}** "
+        f"({verdict} the <= {B_OVER_C_TARGET:.2f} target; per repetition: {paired})",
+        f"- {b_way}/{c_way} by CPU seconds (steadier than wall on a busy machine): "
+        f"{b['cpu'] / c['cpu']:.3f}",
+    ]
+    if b["ready"] is not None and c["ready"] is not None:
+        startup = b["ready"] - c["ready"]
+        rest = (b["wall"] - b["ready"]) - (c["wall"] - c["ready"])
         lines.append(
-            f"- **b/c** (sdbatch wall / compute-alone wall): **{ratio:.3f}** "
-            f"({verdict} the <= {B_OVER_C_TARGET:.2f} target; per repetition: "
-            f"{paired})"
+            f"- where {b_way}'s extra {b['wall'] - c['wall']:+.2f}s goes (medians): "
+            f"start-up {startup:+.2f}s (Hydra, sdbatch imports, plan, model hash, "
+            f"lock, resume scan), after start-up {rest:+.2f}s (PNG encode + "
+            "infotext + sha256 + fsync per image, one manifest part per batch, "
+            "compaction at the end)"
         )
-        lines.append(
-            f"- b/c by CPU seconds (steadier than wall on a busy machine): "
-            f"{b['cpu'] / c['cpu']:.3f}"
-        )
-        if b["ready"] is not None and c["ready"] is not None:
-            startup = b["ready"] - c["ready"]
-            rest = (b["wall"] - b["ready"]) - (c["wall"] - c["ready"])
-            lines.append(
-                f"- where b's extra {b['wall'] - c['wall']:+.2f}s goes (medians): "
-                f"start-up {startup:+.2f}s (Hydra, sdbatch imports, plan, model hash, "
-                f"lock, resume scan), after start-up {rest:+.2f}s (PNG encode + "
-                "infotext + sha256 + fsync per image, one manifest part per batch, "
-                "compaction at the end)"
-            )
     return lines
 
 
@@ -187,6 +209,9 @@ def markdown(
     checks: list[str],
     scale: dict,
     load: tuple,
+    judged: tuple = ([], {}),
+    compiled: list | None = None,
+    scaled: bool = True,
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -199,7 +224,8 @@ def markdown(
         f"Command: `{command}`",
         "",
         *[f"- {k}: {v}" for k, v in info.items()],
-        f"- load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f}",
+        f"- load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f} "
+        f"(uptime at the end: {load_line()})",
         "",
         f"## Images: {workload}, embedded sdbatch-shapes model, CPU, {reps} repetition(s)",
         "",
@@ -224,12 +250,72 @@ def markdown(
         "",
         *[f"- {c}" for c in checks],
         "",
-        "## Scale (pure Python, no model)",
+        *_judged_lines(judged),
+        *_compiled_lines(compiled),
+    ]
+    if scaled:
+        lines += ["## Scale (pure Python, no model)", "", *scale_lines(scale), ""]
+    else:  # a section of BENCHMARKS.md: one level down
+        lines[0] = "## CPU speed: fp32 and bf16 side by side, torch.compile (`make bench-cpu`)"
+        lines = [("#" + x) if x.startswith("## ") and i else x for i, x in enumerate(lines)]
+    return "\n".join(lines)
+
+
+def _judged_lines(judged: tuple) -> list[str]:
+    lines, data = judged
+    if not data:
+        return []
+    return [
+        f"## bf16 on the shapes-demo prompts, judged ({data['images']} images: "
+        f"recipes/shapes_demo.yaml with {data['seeds']} seeds; bench/dtype_check.py)",
         "",
-        *scale_lines(scale),
+        "The pixel judge (sdbatch.shapes.judge) reads colour, shape and background of every "
+        "picture; autocast is fp32 weights under `torch.autocast('cpu', torch.bfloat16)`, "
+        "bf16 is what `run.dtype=bf16` loads (weights in bf16). Speed: median of per-batch "
+        "render-time ratios against fp32, batches in turn.",
+        "",
+        *[f"- {line}" for line in lines],
         "",
     ]
-    return "\n".join(lines)
+
+
+def _compiled_lines(compiled: list | None) -> list[str]:
+    if not compiled:
+        return []
+    return ["## torch.compile", "", *[f"- {line}" for line in compiled], ""]
+
+
+BEGIN, END = "<!-- bench:{} -->", "<!-- /bench:{} -->"
+
+
+def write(out: Path, text: str, section: str | None) -> None:
+    """The whole report into ``out``, keeping the sections other commands wrote there; or,
+    with ``section``, ``text`` as that section (replacing its earlier version)."""
+    old = out.read_text() if out.exists() else ""
+    kept = _sections(old)
+    if section:
+        kept[section] = text
+        text = _strip_sections(old).rstrip("\n") + "\n"
+    for name, body in kept.items():
+        text = (
+            text.rstrip("\n") + f"\n\n{BEGIN.format(name)}\n{body.rstrip()}\n{END.format(name)}\n"
+        )
+    out.write_text(text)
+
+
+def _sections(text: str) -> dict[str, str]:
+    import re
+
+    found = re.findall(r"<!-- bench:(\w[\w-]*) -->\n(.*?)\n<!-- /bench:\1 -->", text, re.S)
+    return dict(found)
+
+
+def _strip_sections(text: str) -> str:
+    import re
+
+    return re.sub(
+        r"\n*<!-- bench:(\w[\w-]*) -->\n.*?\n<!-- /bench:\1 -->\n?", "\n", text, flags=re.S
+    )
 
 
 def command_line(make_target: str) -> str:

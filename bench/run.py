@@ -12,13 +12,21 @@ Checks that they make the same images, measures the 1M-job / 1M-row scale figure
 
     .venv/bin/python bench/run.py              # the default: 6-9 min on a quiet 2-core machine
     .venv/bin/python bench/run.py --jobs small --reps 1 --skip-scale   # smoke check, ~1-2 min
+
+``make bench-cpu`` runs the CPU speed comparison instead: fp32 and bf16 ways side by side
+(``--ways "a',b,c,a' bf16,b bf16,c bf16"``), the pixel judge on bf16 (bench/dtype_check.py),
+one cold-cache ``torch.compile`` run (where compiling pays), and writes its report as the
+``cpu`` section of BENCHMARKS.md (``make bench`` keeps that section).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,20 +36,28 @@ import report
 import scale
 from report import command_line
 from ways import (
-    LABELS,
+    base,
     compare,
     compare_digests,
+    label,
+    parse_ways,
     plain_images,
     run_compute,
     run_plain,
     run_sdbatch,
+    run_way,
     sdbatch_command,
     sdbatch_images,
+    way_dtype,
 )
 from workloads import CHECK, WORKLOADS
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"a": "a_loop", "a'": "a_batched", "b": "b_sdbatch", "c": "c_compute"}
+
+
+def folder(way: str) -> str:
+    return FOLDERS[base(way)] + ("" if way_dtype(way) == "fp32" else f"_{way_dtype(way)}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,12 +71,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--skip-scale", action="store_true", help="leave out the 1M scale figures")
     ap.add_argument("--batched-loop", action="store_true", help="add way (a'): ~+25%% time")
+    ap.add_argument(
+        "--ways",
+        type=parse_ways,
+        help="the ways, comma-separated, e.g. \"a',b,c,b bf16\" (default: a,[a',]b,c)",
+    )
+    ap.add_argument("--dtype-check", action="store_true", help="judge bf16 on shapes_demo")
+    ap.add_argument("--compile-check", action="store_true", help="one cold torch.compile run")
+    ap.add_argument("--section", help="write the report as this section of --out")
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="report file")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (images, logs)")
     args = ap.parse_args(argv)
     if args.reps < 1:
         ap.error("--reps must be >= 1")
     return args
+
+
+def jobs_file_of(workload, tmp: Path) -> Path:
+    return tmp / "recipes" / f"{workload.recipe}.jobs.json"
 
 
 def check_identical(tmp: Path, env: dict) -> tuple[str, bool]:
@@ -84,17 +112,12 @@ def timed_runs(ways: list[str], workload, tmp: Path, env: dict, reps: int) -> di
     start = time.perf_counter()
     for rep in range(reps):
         for way in ways:
-            out = tmp / f"{FOLDERS[way]}-{rep}"
-            if way in ("a", "a'"):
-                res = run_plain(jobs_file, out, way == "a'", env, tmp)
-            elif way == "b":
-                res = run_sdbatch(workload.recipe, out, env, tmp)
-            else:
-                res = run_compute(jobs_file, env, tmp)
+            out = tmp / f"{folder(way)}-{rep}"
+            res = run_way(way, jobs_file, workload.recipe, out, env, tmp)
             results[way].append(res)
             print(
-                f"  rep {rep + 1}/{reps}  {way:2} {LABELS[way]:42} {res.wall:7.2f}s  "
-                f"(ready {res.ready:.2f}s)",
+                f"  rep {rep + 1}/{reps}  {way:7} {label(way):48} {res.wall:7.2f}s  "
+                f"(ready {res.ready:.2f}s)  load {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
             if rep and out.exists():
@@ -108,29 +131,83 @@ def timed_runs(ways: list[str], workload, tmp: Path, env: dict, reps: int) -> di
 
 
 def image_checks(results: dict, jobs: list[dict]) -> tuple[list[str], bool]:
-    b = sdbatch_images(results["b"][0].out)
+    """Every way against (b) of its dtype; bf16 against fp32 (a difference, not a check)."""
     lines, ok = [], True
-    if "a" in results:
-        res = compare("(a) vs (b), batch size 4", plain_images(results["a"][0].out, jobs), b)
-        lines.append(res.line(1))
-        ok &= res.ok(1)
-    if "a'" in results:
-        res = compare("(a') vs (b)", plain_images(results["a'"][0].out, jobs), b)
-        lines.append(res.line(1))
-        ok &= res.ok(1)
-    if "c" in results:
-        res = compare_digests(
-            "(c) vs (b): pixel sha256 of every image", results["c"][0].digests, jobs, b
+    for dt in ("fp32", "bf16"):
+        b_way = "b" if dt == "fp32" else f"b {dt}"
+        if b_way not in results:
+            continue
+        b = sdbatch_images(results[b_way][0].out)
+        for way in results:
+            if way_dtype(way) != dt or base(way) == "b":
+                continue
+            if base(way) in ("a", "a'"):
+                tol = 1 if dt == "fp32" else 2
+                what = f"({way}) vs ({b_way})" + (", batch size 4" if base(way) == "a" else "")
+                res = compare(what, plain_images(results[way][0].out, jobs), b)
+                lines.append(res.line(tol))
+                ok &= res.ok(tol)
+            else:
+                res = compare_digests(
+                    f"({way}) vs ({b_way}): pixel sha256 of every image",
+                    results[way][0].digests,
+                    jobs,
+                    b,
+                )
+                tol = 0 if dt == "fp32" else 255  # bf16: sdbatch's A1111 encoder rounds apart
+                lines.append(res.line(tol) + f" ({way} computes what {b_way} writes)")
+                ok &= res.ok(tol)
+    if "b" in results and "b bf16" in results:
+        res = compare(
+            "(b bf16) vs (b): what bf16 changes",
+            sdbatch_images(results["b bf16"][0].out),
+            sdbatch_images(results["b"][0].out),
         )
-        lines.append(res.line(0) + " (c computes exactly what b writes)")
-        ok &= res.ok(0)
+        lines.append(res.line(255).rsplit(" (want", 1)[0] + " (a difference, not a check)")
     return lines, ok
+
+
+def dtype_check(env: dict, tmp: Path) -> tuple[list[str], dict]:
+    """bench/dtype_check.py as a process: the judge's scores of fp32, bf16 and autocast."""
+    print("dtype check: shapes_demo prompts, fp32 vs bf16 vs autocast, judged", flush=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "dtype_check.py")],
+        env=env, cwd=tmp, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = proc.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        print(line, flush=True)
+    return [line.strip() for line in lines[:-1]], json.loads(lines[-1])
+
+
+def compile_check(jobs_file: Path, env: dict, tmp: Path, eager: list) -> list[str]:
+    """One (c) run with torch.compile and an empty inductor cache: the compile time a first
+    run pays, the steady batch time, and after how many batches compiling pays."""
+    print("compile check: (c) with torch.compile, cold cache", flush=True)
+    cache = tmp / "inductor-cache"
+    res = run_compute(jobs_file, {**env, "TORCHINDUCTOR_CACHE_DIR": str(cache)}, tmp, "fp32", True)
+    eager_batches = [s for r in eager for s in r.batch_seconds]
+    if not eager_batches or len(res.batch_seconds) < 3:
+        return ["compile check: no batch timings"]
+    steady = statistics.median(res.batch_seconds[2:])
+    plain = statistics.median(eager_batches)
+    cost = sum(res.batch_seconds) - steady * len(res.batch_seconds)
+    saving = plain - steady
+    pays = f"pays after {cost / saving:.0f} batches" if saving > 0 else "never pays here"
+    line = (
+        f"torch.compile (UNet, cold cache): compile + recompiles cost {cost:.0f}s (first batch "
+        f"{res.batch_seconds[0]:.1f}s), then {steady:.3f}s a batch against eager {plain:.3f}s "
+        f"(x{plain / steady:.2f}): {pays}; whole run {res.wall:.1f}s against eager (c) "
+        f"{statistics.median(r.wall for r in eager):.1f}s; load {os.getloadavg()[0]:.2f}"
+    )
+    print(f"  {line}", flush=True)
+    return [line]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workload = WORKLOADS[args.jobs]
-    ways = ["a", *(["a'"] if args.batched_loop else []), "b", "c"]
+    ways = args.ways or ["a", *(["a'"] if args.batched_loop else []), "b", "c"]
     command = command_line("bench")
     load0 = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="sdbatch-bench-"))
@@ -150,9 +227,16 @@ def main(argv: list[str] | None = None) -> int:
         lines, ok_images = image_checks(results, workload.jobs())
         checks = [line, *lines]
         ok &= ok_images
+        judged = dtype_check(env, tmp) if args.dtype_check else ([], {})
+        eager = results.get("c", [])
+        compiled = (
+            compile_check(jobs_file_of(workload, tmp), env, tmp, eager)
+            if (args.compile_check and eager)
+            else []
+        )
         scale_res = {} if args.skip_scale else scale.measure(tmp)
         stats = report.summarize(results, len(workload.jobs()))
-        threads = next((r.threads for r in results["a"] if r.threads), None)
+        threads = next((r.threads for rs in results.values() for r in rs if r.threads), None)
         text = report.markdown(
             command=command,
             info=report.machine(threads),
@@ -163,10 +247,13 @@ def main(argv: list[str] | None = None) -> int:
             checks=checks,
             scale=scale_res,
             load=(load0, os.getloadavg()[0]),
+            judged=judged,
+            compiled=compiled,
+            scaled=not args.section,
         )
         print()
         print(text)
-        args.out.write_text(text)
+        report.write(args.out, text, args.section)
         print(f"wrote {args.out}; image checks {'passed' if ok else 'FAILED'}")
         return 0 if ok else 1
     finally:

@@ -25,6 +25,31 @@ LABELS = {
     "b": "sdbatch CLI (PNG+infotext, manifest)",
     "c": "compute alone (sdbatch's batches, no I/O)",
 }
+DTYPES = ("fp32", "bf16")
+
+
+def base(way: str) -> str:
+    """``"b bf16"`` -> ``"b"``: a way is a base way (a, a', b, c) and optionally a dtype."""
+    return way.split()[0]
+
+
+def way_dtype(way: str) -> str:
+    parts = way.split()
+    return parts[1] if len(parts) > 1 else "fp32"
+
+
+def label(way: str) -> str:
+    dt = way_dtype(way)
+    return LABELS[base(way)] + ("" if dt == "fp32" else f", {dt}")
+
+
+def parse_ways(text: str) -> list[str]:
+    """``a,a',b,c,a' bf16,b bf16`` -> the ways, each checked."""
+    ways = [w.strip() for w in text.split(",") if w.strip()]
+    for way in ways:
+        if base(way) not in LABELS or way_dtype(way) not in DTYPES or len(way.split()) > 2:
+            raise ValueError(f"unknown way {way!r}: a, a', b or c, optionally with ' bf16'")
+    return ways
 
 
 @dataclass
@@ -38,6 +63,7 @@ class Result:
     out: Path | None = None  # where its PNGs are (a, a', b)
     digests: dict[int, str] = field(default_factory=dict)  # job index -> pixel sha (c)
     threads: int | None = None
+    batch_seconds: list = field(default_factory=list)  # (c) each batch's seconds
 
 
 def _worker(script: str, args: list, env: dict, cwd: Path) -> tuple:
@@ -48,34 +74,55 @@ def _worker(script: str, args: list, env: dict, cwd: Path) -> tuple:
     return proc, info, ready, first
 
 
-def run_plain(jobs_file: Path, out: Path, by_seed: bool, env: dict, cwd: Path) -> Result:
+def run_plain(
+    jobs_file: Path, out: Path, by_seed: bool, env: dict, cwd: Path, dtype: str = "fp32"
+) -> Result:
     """(a), or (a') with by_seed."""
-    args = [jobs_file, out, *(["--by-seed"] if by_seed else [])]
+    args = [jobs_file, out, *(["--by-seed"] if by_seed else []), "--dtype", dtype]
     proc, info, ready, first = _worker("plain_loop.py", args, env, cwd)
-    way = "a'" if by_seed else "a"
+    way = ("a'" if by_seed else "a") + ("" if dtype == "fp32" else f" {dtype}")
     return Result(
         way, proc.wall, proc.rss_mib, ready, first, proc.cpu, out, {}, info.get("threads")
     )
 
 
-def run_compute(jobs_file: Path, env: dict, cwd: Path) -> Result:
-    """(c): digests instead of files."""
-    proc, info, ready, first = _worker("compute_only.py", [jobs_file], env, cwd)
+def run_compute(
+    jobs_file: Path, env: dict, cwd: Path, dtype: str = "fp32", compile: bool = False
+) -> Result:
+    """(c): digests instead of files. ``compile``: a cold inductor cache of its own."""
+    args = [jobs_file, "--dtype", dtype, *(["--compile"] if compile else [])]
+    proc, info, ready, first = _worker("compute_only.py", args, env, cwd)
     digests = {int(k): v for k, v in info["digests"].items()}
     threads = info.get("threads")
-    return Result("c", proc.wall, proc.rss_mib, ready, first, proc.cpu, None, digests, threads)
+    way = "c" + ("" if dtype == "fp32" else f" {dtype}")
+    res = Result(way, proc.wall, proc.rss_mib, ready, first, proc.cpu, None, digests, threads)
+    res.batch_seconds = info.get("batch_seconds", [])
+    return res
 
 
-def run_sdbatch(recipe: str, out: Path, env: dict, cwd: Path) -> Result:
+def run_sdbatch(recipe: str, out: Path, env: dict, cwd: Path, dtype: str = "fp32") -> Result:
     """(b): the real CLI, end to end, into a fresh folder."""
     import pyarrow.parquet as pq
 
     cmd = [str(BIN / "sdbatch"), f"+recipe={recipe}", f"output.dir={out}", "run.progress=false"]
+    if dtype != "fp32":
+        cmd.append(f"run.dtype={dtype}")
     proc = spawn(cmd, env, str(cwd))
     times = pq.read_table(out / "manifest", columns=["started", "finished"])
     ready = min(times["started"].to_pylist()).timestamp() - proc.spawned
     first = min(times["finished"].to_pylist()).timestamp() - proc.spawned
-    return Result("b", proc.wall, proc.rss_mib, ready, first, proc.cpu, out)
+    way = "b" + ("" if dtype == "fp32" else f" {dtype}")
+    return Result(way, proc.wall, proc.rss_mib, ready, first, proc.cpu, out)
+
+
+def run_way(way: str, jobs_file: Path, recipe: str, out: Path, env: dict, cwd: Path) -> Result:
+    """Any way by its name (``a``, ``a'``, ``b``, ``c``, each optionally `` bf16``)."""
+    b, dt = base(way), way_dtype(way)
+    if b in ("a", "a'"):
+        return run_plain(jobs_file, out, b == "a'", env, cwd, dt)
+    if b == "b":
+        return run_sdbatch(recipe, out, env, cwd, dt)
+    return run_compute(jobs_file, env, cwd, dt)
 
 
 def sdbatch_command(recipe: str) -> str:
@@ -92,6 +139,7 @@ class Comparison:
     identical: int = 0
     max_diff: int = 0
     missing: list = field(default_factory=list)  # keys one side lacks
+    diff_sum: float = 0.0  # sum over images of the mean |diff| per pixel
 
     def ok(self, tolerance: int) -> bool:
         return self.compared > 0 and not self.missing and self.max_diff <= tolerance
@@ -102,8 +150,11 @@ class Comparison:
         miss = f", {len(self.missing)} missing" if self.missing else ""
         return (
             f"{self.what}: {self.identical}/{self.compared} bit-identical, max |diff| "
-            f"{self.max_diff}/255{miss} (want {want}): {verdict}"
+            f"{self.max_diff}/255, mean {self.mean_diff():.3f}/255{miss} (want {want}): {verdict}"
         )
+
+    def mean_diff(self) -> float:
+        return self.diff_sum / self.compared if self.compared else 0.0
 
 
 def plain_images(out: Path, jobs: list[dict]) -> dict[tuple, Path]:
@@ -137,6 +188,7 @@ def compare(what: str, left: dict[tuple, Path], right: dict[tuple, Path]) -> Com
             res.missing.append(key)
             continue
         diff = int(abs(a - b).max())
+        res.diff_sum += float(abs(a - b).mean())
         res.compared += 1
         res.identical += diff == 0
         res.max_diff = max(res.max_diff, diff)

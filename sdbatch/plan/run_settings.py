@@ -12,6 +12,14 @@ overrides are kept in it) and the manifest (``dtype`` column). The **device** do
 ``rng: cpu`` the same job on a CPU and on a GPU starts from the same noise and differs only by
 kernel rounding, as an image differs from itself in another batch; the manifest records it per
 row (``device`` column). ``rng: gpu`` draws noise on the device and is part of the job id.
+``run.compile`` does not either: a compiled UNet differs from the eager one by kernel rounding
+only (measured: at most 1/255 on the bench workload, as batch-mates differ), so compiled and
+eager runs share job ids and resume each other.
+
+``run.compile`` compiles the UNet with ``torch.compile``. Compiling costs minutes on a small
+CPU machine (cold cache) and saves a fraction of every batch, so it is done only when this
+run (this shard) has at least ``COMPILE_MIN_BATCHES`` batches; below that the setting is a
+warning and the run stays eager, so a short run never becomes slower.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from sdbatch.errors import RecipeError
 
 DTYPES = ("fp32", "fp16", "bf16")
 VERIFY = ("hash", "size")
+# run.compile pays only past this many batches (BENCHMARKS.md: compile cost / saving a batch)
+COMPILE_MIN_BATCHES = 500
 MAX_JOBS = 1_000_000  # run.max_jobs: a plan past this is refused before it is built
 # The run.* settings that decide pixels (see the module docstring); job_folder keeps them.
 PIXEL_RUN_KEYS = ("run.dtype",)
@@ -42,6 +52,7 @@ class RunSettings:
     deadline: str | None = None
     max_jobs: int = MAX_JOBS
     strict_prompts: bool = False
+    compile: bool = False
 
 
 def _bool(field: str, value: Any) -> bool:
@@ -83,7 +94,21 @@ def parse_run(run: dict | None) -> RunSettings:
         deadline=None if deadline in (None, "") else str(deadline),
         max_jobs=_count("run.max_jobs", run.get("max_jobs", d.max_jobs), 1),
         strict_prompts=_bool("run.strict_prompts", run.get("strict_prompts", d.strict_prompts)),
+        compile=_bool("run.compile", run.get("compile", d.compile)),
     )
+
+
+def compile_now(settings: RunSettings, batches: int) -> tuple[bool, str | None]:
+    """Whether to compile the UNet for a run of ``batches`` batches, and the warning when
+    ``run.compile`` is asked for a run too short to pay for it."""
+    if not settings.compile:
+        return False, None
+    if batches < COMPILE_MIN_BATCHES:
+        return False, (
+            f"run.compile: {batches} batches is below {COMPILE_MIN_BATCHES}, where compiling "
+            "starts to pay; rendering without it"
+        )
+    return True, None
 
 
 def resolve_dtype(dtype: str, device_type: str) -> str:

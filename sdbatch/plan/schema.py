@@ -56,6 +56,7 @@ class RunConfig:
     deadline: str | None = None  # stop cleanly after the batch in flight: "07:00" or "6h"
     max_jobs: int = 1_000_000  # a bigger plan is refused before it is built (raise it here)
     strict_prompts: bool = False  # prompt forms sdbatch cannot honour yet are errors, not warnings
+    compile: bool = False  # torch.compile the UNet, only for runs of 500+ batches (docs/benchmarks)
 
 
 @dataclass
@@ -88,6 +89,16 @@ class SdbatchConfig:
     subseed_strength: float = 0.0  # 0..1; with it every image keeps the first seed (A1111)
     rng: str = "cpu"  # noise source: cpu (same image on any device) | gpu (A1111's default)
     hires: HiresConfig = field(default_factory=HiresConfig)
+    # img2img / inpainting (sdbatch.plan.image_inputs; docs/image-inputs.md)
+    init_images: Any = None  # a folder, a glob or a list of pictures: a sweep axis
+    denoise: Any = 0.75  # A1111's "Denoising strength"(s), 0..1, with init_images
+    masks: Any = None  # a folder or glob of masks matched to init_images by file stem, or one file
+    mask_blur: int = 4  # A1111's "Mask blur" (Gaussian sigma in pixels)
+    inpainting_mask_invert: Any = "Inpaint masked"  # or "Inpaint not masked" (A1111's Mask mode)
+    resize_mode: Any = "Just resize"  # Just resize | Crop and resize | Resize and fill
+    inpainting_fill: Any = "original"  # masked content: fill | original | latent noise | ...nothing
+    inpaint_full_res: Any = False  # A1111's inpaint area "Only masked" (true) or whole picture
+    inpaint_full_res_padding: int = 32  # "Only masked padding, pixels"
     batch_size: int = 4  # images per forward pass (jobs sharing model/size/sampler/steps/cfg)
     run: RunConfig = field(default_factory=RunConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

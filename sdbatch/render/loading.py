@@ -14,10 +14,17 @@ since the plan: without ``model.allow_pickle`` every ``from_pretrained`` gets
 ``use_safetensors=True`` (diffusers then refuses a folder that has only ``.bin`` weights) and
 a single pickle file is refused before diffusers opens it. With it, diffusers reads pickles
 with ``torch.load(weights_only=True)``, which the plan has already checked them against.
+
+Speed settings (BENCHMARKS.md has the figures): ``run.compile`` wraps the UNet in
+``torch.compile`` (``compile_unet``); channels_last and a non-default attention processor were
+measured on the CPU and did not pay, so the pipeline keeps diffusers' defaults (SDPA attention,
+contiguous tensors). ``cpu_features`` reads what the CPU can do (AMX, AVX-512 BF16) so every
+benchmark figure and every run's ``model:`` line says which kernels the numbers came from.
 """
 
 from __future__ import annotations
 
+import platform
 import shutil
 import tempfile
 import warnings
@@ -31,6 +38,56 @@ from sdbatch.plan.weights import from_pretrained_kwargs
 PIPELINES = {"sd1": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 TOKENIZERS = ("tokenizer", "tokenizer_2")
 BPE_FILES = ("vocab.json", "merges.txt")
+# /proc/cpuinfo flags that decide bf16 speed on a CPU (oneDNN uses AMX, then AVX-512 BF16)
+BF16_FLAGS = ("amx_bf16", "amx_tile", "amx_fp16", "avx512_bf16", "avx512f", "avx512_vnni")
+
+
+def cpu_features(cpuinfo: str | None = None) -> dict:
+    """The CPU model, its bf16-relevant flags and torch's kernel level (``AVX512``, ...).
+
+    ``cpuinfo``: the text of /proc/cpuinfo (read when None; empty where there is none)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    model, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    found = [f for f in BF16_FLAGS if f in flags]
+    amx = "amx_bf16" in flags and "amx_tile" in flags
+    return {
+        "model": model or platform.processor() or platform.machine(),
+        "flags": found,
+        "bf16": "AMX" if amx else "AVX-512 BF16" if "avx512_bf16" in flags else "none",
+        "torch": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def describe_cpu(features: dict | None = None) -> str:
+    """One line: ``AMD EPYC; bf16 kernels: AVX-512 BF16; torch AVX512``."""
+    f = features or cpu_features()
+    return f"{f['model']}; bf16 kernels: {f['bf16']}; torch {f['torch']}"
+
+
+def compile_unet(pipe) -> None:
+    """``torch.compile`` the UNet in place (default mode, shapes made dynamic on the first
+    recompile: a smaller last batch or a hires size compiles once more, not per shape)."""
+    pipe.unet = torch.compile(pipe.unet)
+
+
+def describe_speedups(pipe, device: torch.device) -> str:
+    """What the ``model:`` line adds: the compiled UNet and, on the CPU, which one it is."""
+    out = ", torch.compile UNet" if hasattr(pipe.unet, "_orig_mod") else ""
+    if device.type == "cpu":
+        out += f" ({describe_cpu()})"
+    return out
 
 
 def _quiet() -> None:
@@ -80,8 +137,9 @@ def load_vae(vae: str | Path, config: str | Path, dtype: torch.dtype, allow_pick
     )
 
 
-def load_pipeline(model: Model, device: torch.device, dtype: torch.dtype):
-    """The model's pipeline class, offline, with the VAE override, without a safety checker."""
+def load_pipeline(model: Model, device: torch.device, dtype: torch.dtype, compile: bool = False):
+    """The model's pipeline class, offline, with the VAE override, without a safety checker;
+    its UNet compiled with ``compile`` (run.compile)."""
     import diffusers
 
     _quiet()
@@ -107,4 +165,7 @@ def load_pipeline(model: Model, device: torch.device, dtype: torch.dtype):
                     kwargs[name] = load_tokenizer(Path(config) / name)
             pipe = cls.from_single_file(model.path, config=str(config), **kwargs)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    pipe = pipe.to(device)
+    if compile:
+        compile_unet(pipe)
+    return pipe

@@ -225,7 +225,8 @@ class Run:
         self.manifest = Manifest(self.out_dir / "manifest")
 
     def load_model(self, model):
-        return self.load(model, self.setup.device, self.setup.dtype)
+        extra = {"compile": True} if self.setup.compile else {}  # test loaders take three
+        return self.load(model, self.setup.device, self.setup.dtype, **extra)
 
     def finish(self, summary: Summary) -> Summary:
         summary.seconds = time.perf_counter() - self.t_start

@@ -14,7 +14,7 @@ from pathlib import Path
 from sdbatch.errors import RecipeError, UserError
 from sdbatch.plan.extra_networks import tag_warning, unapplied_tags
 from sdbatch.plan.recipe import Batch, Job, Plan, build_plan, select_shard, wants_random_seeds
-from sdbatch.plan.run_settings import RunSettings, parse_run, resolve_dtype
+from sdbatch.plan.run_settings import RunSettings, compile_now, parse_run, resolve_dtype
 from sdbatch.plan.schema import SdbatchConfig, as_config
 from sdbatch.run.control import StopSignal, parse_deadline
 
@@ -39,12 +39,12 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_renderer(model, device: str, dtype: str):
+def load_renderer(model, device: str, dtype: str, compile: bool = False):
     """The pipeline for ``model``; any failure to load is one line naming the model."""
     from sdbatch.render.pipeline import Renderer
 
     try:
-        return Renderer.load(model, device, dtype)
+        return Renderer.load(model, device, dtype, compile=compile)
     except UserError:
         raise
     except Exception as exc:  # truncated files, missing components, refused pickles ...
@@ -67,6 +67,7 @@ class Setup:
     stop: StopSignal
     shard_note: str
     warnings: list[str] = field(default_factory=list)  # one line each, printed with the plan
+    compile: bool = False  # run.compile asked for and the run is long enough to pay for it
 
 
 def prompt_warnings(plan: Plan, strict: bool) -> list[str]:
@@ -131,4 +132,7 @@ def prepare(cfg: SdbatchConfig | dict, salt_dir: Path | None = None) -> Setup:
     shard_note = ""
     if shard.count > 1:
         shard_note = f"; shard {shard.index} of {shard.count}: {len(jobs)} jobs"
-    return Setup(plan, batches, jobs, settings, device, dtype, stop, shard_note, warnings)
+    compiled, note = compile_now(settings, len(batches))
+    warnings += [note] if note else []
+    return Setup(plan, batches, jobs, settings, device, dtype, stop, shard_note, warnings,
+                 compiled)  # fmt: skip
