@@ -470,7 +470,7 @@ def _vae(params: Mapping[str, str], out: ReplayRecipe) -> None:
     path = files[hits[0]]
     have = model_hash(path)
     if path.suffix.lower() != ".safetensors":
-        out.warnings.append(f"VAE: {path} is a pickle: run with +model.allow_pickle=true")
+        out.warnings.append(f"VAE: {path} is a pickle: run with model.allow_pickle=true")
     if want and have != want.strip():
         out.warnings.append(f"VAE hash: {want} is not {hits[0]}'s ({have}): another file")
 
@@ -490,7 +490,7 @@ def _upscaler_file(out: ReplayRecipe) -> None:
         return
     if Path(file).suffix.lower() != ".safetensors":
         out.warnings.append(
-            f"Hires upscaler: {name} is {file}, a pickle: run with +model.allow_pickle=true"
+            f"Hires upscaler: {name} is {file}, a pickle: run with model.allow_pickle=true"
         )
 
 

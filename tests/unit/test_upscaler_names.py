@@ -159,7 +159,7 @@ def test_replay_names_the_upscaler_and_the_vae_and_the_recipe_plans(replay_root)
     assert warnings == [  # the file is a pickle: the one thing the user must add
         "Hires upscaler: R-ESRGAN 4x+ is "
         f"{replay_root / 'models/RealESRGAN/RealESRGAN_x4plus.pth'}, a pickle: run with "
-        "+model.allow_pickle=true"
+        "model.allow_pickle=true"
     ]
     assert "  upscaler: R-ESRGAN 4x+\n" in recipe.to_yaml()
     values = {k: v for k, v in recipe.values.items() if k not in ("name", "sampler")}
