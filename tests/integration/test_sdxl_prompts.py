@@ -87,6 +87,14 @@ def test_emphasis_scales_each_encoder_and_restores_its_mean(xl):
     # one mean over both encoders' channels would be something else
     z = plain[0]
     assert not torch.allclose(weighted[0], z * w * (z.mean() / (z * w).mean()), atol=1e-4)
+    # per chunk: a weight in the second chunk leaves the first alone and keeps its own mean
+    plain = xl.embeddings("a red circle BREAK a blue square", "")[0]
+    weighted = xl.embeddings("a red circle BREAK a (blue:1.4) square", "")[0]
+    assert torch.equal(weighted[:, :77], plain[:, :77])
+    assert not torch.equal(weighted[:, 77:], plain[:, 77:])
+    for part in (slice(0, L), slice(L, None)):
+        got, z = weighted[:, 77:, part], plain[:, 77:, part]
+        torch.testing.assert_close(got.mean(), z.mean(), rtol=1e-4, atol=1e-7)
 
 
 def test_break_and_long_prompts_make_chunks(xl):
