@@ -46,13 +46,17 @@ def ray_head(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> Path:
-    """checks.SHARDED rendered in one unsharded run, here, without any cluster."""
+    """checks.SHARDED rendered in one unsharded run, here, without any cluster, on one thread
+    like every shard: on a CPU, torch's thread count changes the last bit of a few pixels."""
     out = tmp_path_factory.mktemp("reference") / "out"
     code, log = checks.sdbatch(
         *checks.SHARDED,
         f"output.dir={out}",
         cwd=out.parent,
-        env={"SDBATCH_CACHE": str(tmp_path_factory.getbasetemp() / "cache")},
+        env={
+            "SDBATCH_CACHE": str(tmp_path_factory.getbasetemp() / "cache"),
+            "OMP_NUM_THREADS": "1",
+        },
     )
     assert code == 0, log
     return out

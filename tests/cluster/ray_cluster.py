@@ -36,7 +36,7 @@ class Head:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)  # ray start --block stops its processes
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
         try:

@@ -35,6 +35,7 @@ NEEDED = [
     "sacct",
     "sinfo",
     "scancel",
+    "squeue",
 ]
 SBIN = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -66,7 +67,16 @@ class Cluster:
         return "\n".join(parts)
 
     def stop(self) -> None:
-        """Stop the daemons in reverse order of start (SIGTERM, then SIGKILL after 15 s)."""
+        """Cancel every job left, then stop the daemons in reverse order of start (SIGTERM,
+        then SIGKILL after 15 s)."""
+        if any(name == "slurmd" and p.poll() is None for name, p in self.procs):
+            try:
+                self.run("scancel", f"--user={os.geteuid()}")
+                end = time.monotonic() + 30
+                while self.run("squeue", "-h", "-o", "%i").strip() and time.monotonic() < end:
+                    time.sleep(0.5)
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass
         for _name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -230,7 +240,7 @@ def start(root: Path) -> Cluster:
             f"AccountingStoragePass={munge_socket}\n"  # the munge socket, for slurmdbd
             "JobCompType=jobcomp/none\nSelectType=select/cons_tres\n"
             "SelectTypeParameters=CR_Core_Memory\nSchedulerType=sched/backfill\n"
-            "SchedulerParameters=bf_interval=1\nReturnToService=2\nKillWait=30\n"
+            "SchedulerParameters=bf_interval=1\nReturnToService=2\nKillWait=15\n"
             "InactiveLimit=0\nMinJobAge=600\n"
             f"{_node_line()} State=UNKNOWN\n"
             "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP\n"

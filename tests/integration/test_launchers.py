@@ -3,7 +3,8 @@
 Real processes with the tiny model on the CPU: Hydra's basic launcher, the joblib launcher
 (hydra/launcher=local) and submitit's local executor. Slurm without a cluster: the sbatch script
 submitit would submit for hydra/launcher=slurm, against tests/data/slurm_golden.sbatch
-(UPDATE_GOLDEN=1 rewrites it). Ray only where its plugin is installed. The GPU choice of
+(UPDATE_GOLDEN=1 rewrites it); tests/cluster/test_slurm.py runs the same launcher on a real
+one-node cluster. Hydra's Ray launcher only where its plugin is installed. The GPU choice of
 sdbatch/run/gpus.py with made-up GPU lists.
 """
 
@@ -205,7 +206,10 @@ def test_slurm_gres_instead_of_gpus_per_task(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_ray_launcher_runs_the_jobs(tmp_path):
     if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
-        reason = "hydra-ray-launcher is not installed (pip install 'sdbatch[ray]', docs/launchers)"
+        reason = (
+            "hydra-ray-launcher is not installed (pip install 'sdbatch[ray-launcher]', "
+            "docs/launchers); sdbatch-tools ray-shards is tested in tests/cluster/test_ray.py"
+        )
         print(f"SKIP: {reason}")
         pytest.skip(reason)
     out = tmp_path / "out"
