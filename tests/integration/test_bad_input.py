@@ -146,6 +146,8 @@ CASES = [
      ["hires.upscaler", "'SwinIR 4x'", "does not build"]),
     (["+recipe=quick", "hires.scale=2", "hires.upscaler=4x-UltraSharp"], 2,
      ["hires.upscaler", "no upscaler folder is set"]),
+    (["+recipe=quick", "model.vae=vae-ft-mse", "folders.a1111={webui}"], 2,
+     ["model.vae", "'vae-ft-mse'", "closest match: 'vae-ft-mse-840000-ema-pruned'"]),
     # TI embeddings (tests/integration/test_embeddings.py; the files are _embedding_tree's)
     (["+recipe=quick", "negative_prompt=(negpt:1.2)", "folders.a1111={webui}"], 2,
      ["negative_prompt", "negpt.pt", "model.allow_pickle"]),
@@ -193,7 +195,7 @@ def _embedding_tree(root: Path) -> Path:
 
 
 def _upscaler_tree(root: Path) -> Path:
-    """Upscaler folders holding an ESRGAN pickle and a safetensors file of another kind."""
+    """Upscaler folders holding an ESRGAN pickle and a safetensors file of another kind; a VAE."""
     import shutil
 
     data = Path(__file__).resolve().parents[1] / "data" / "upscalers"
@@ -202,6 +204,10 @@ def _upscaler_tree(root: Path) -> Path:
     header = b'{"layers.0.attn.qkv.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
     swin = root / "models/ESRGAN/4x-Swin.safetensors"  # a SwinIR key, no ESRGAN ones
     swin.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    (root / "models/VAE").mkdir()
+    vae = b'{"encoder.conv_in.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    vae_file = root / "models/VAE/vae-ft-mse-840000-ema-pruned.safetensors"
+    vae_file.write_bytes(struct.pack("<Q", len(vae)) + vae + b"\0" * 4)
     return root
 
 
