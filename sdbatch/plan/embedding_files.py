@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import sys
 import unicodedata
@@ -72,8 +73,26 @@ class EmbeddingFile:
 def read_embedding(path: str | Path, field: str, allow_pickle: bool) -> EmbeddingFile:
     """Vector count and widths of an embedding file, as A1111's ``load_from_file`` would find
     them (``string_to_param``; ``clip_l`` + ``clip_g``; else a single tensor), or one
-    RecipeError on ``field``. Pickles are checked by the weights policy first."""
+    RecipeError on ``field``. Pickles are checked by the weights policy first. Remembered by
+    (path, size, mtime) once read."""
     p = Path(path)
+    try:
+        st = p.stat()
+        key = (str(p), st.st_size, st.st_mtime_ns, allow_pickle)
+    except OSError:
+        key = None
+    if key in _HEADERS:
+        return _HEADERS[key]
+    info = _read_embedding(p, field, allow_pickle)
+    if key is not None:
+        _HEADERS[key] = info
+    return info
+
+
+_HEADERS: dict[tuple, EmbeddingFile] = {}
+
+
+def _read_embedding(p: Path, field: str, allow_pickle: bool) -> EmbeddingFile:
     check_weights_file(p, field, allow_pickle)
     if p.suffix.lower() == SAFETENSORS:
         header = safetensors_header(p)
@@ -180,8 +199,12 @@ def clip_tokenizer(folder: str = str(CLIP_FILES)):
 
 def tokenize(texts: list[str]) -> list[list[int]]:
     """Token ids of each text, without BOS/EOS (A1111's ``tokenize``)."""
-    tok = clip_tokenizer()
-    return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    return [list(_ids(t)) for t in texts]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ids(text: str) -> tuple[int, ...]:
+    return tuple(clip_tokenizer().encode(text, add_special_tokens=False).ids)
 
 
 def comma_id() -> int:
@@ -213,20 +236,51 @@ def _squash(text: str) -> str:
     return re.sub(r"[\s()\[\]\\]+", "", text)
 
 
+_LISTINGS: dict[tuple, list[tuple[str, str, Path]]] = {}  # folders and their stamps -> files
+
+
+def _stamp(roots: list[Path]) -> tuple:
+    """The folders' mtimes: a file added, removed or renamed at their top level changes them.
+    A1111 reloads its embeddings on the same signal (a change deeper down waits for the next
+    process, there as here)."""
+    out = []
+    for root in roots:
+        try:
+            out.append(os.stat(root).st_mtime_ns)
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def _listing(folders: Mapping[str, object] | None) -> list[tuple[str, str, Path]]:
+    """(stem, squashed stem, file) of every embedding file, listed once per folder state: a
+    plan asks once per prompt and model."""
+    from sdbatch.plan.model_folders import folders_of
+
+    roots = folders_of("embeddings", folders)
+    if not roots:
+        return []
+    key = (tuple(map(str, roots)), _stamp(roots))
+    if key not in _LISTINGS:
+        if len(_LISTINGS) > 16:
+            _LISTINGS.clear()
+        rows, seen = [], set()
+        for rel, path in list_files("embeddings", folders).items():
+            stem = rel.rsplit("/", 1)[-1]
+            if stem not in seen:  # A1111 names by stem; of two files, the first found wins
+                seen.add(stem)
+                rows.append((stem, _squash(stem), path))
+        _LISTINGS[key] = rows
+    return _LISTINGS[key]
+
+
 def candidates(texts: list[str], folders: Mapping[str, object] | None) -> dict[str, Path]:
-    """Stem -> file for embedding files whose stem could be a word of ``texts`` (A1111 names
-    by stem; of two files with one stem, the first found wins)."""
-    files = list_files("embeddings", folders)
-    if not files:
+    """Stem -> file for embedding files whose stem could be a word of ``texts``."""
+    rows = _listing(folders)
+    if not rows:
         return {}
     squashed = [_squash(t) for t in texts]
-    out: dict[str, Path] = {}
-    for rel, path in files.items():
-        stem = rel.rsplit("/", 1)[-1]
-        key = _squash(stem)
-        if key and stem not in out and any(key in s for s in squashed):
-            out[stem] = path
-    return out
+    return {stem: path for stem, key, path in rows if key and any(key in t for t in squashed)}
 
 
 def used_names(text: str, lookup: EmbeddingLookup) -> list[str]:
@@ -240,8 +294,16 @@ def used_names(text: str, lookup: EmbeddingLookup) -> list[str]:
 
 
 def embedding_hash(path: str | Path) -> str:
-    """A1111's ``Embedding.shorthash``: the file's sha256, first 12 hex digits."""
-    return cached_sha256(path)[:12]
+    """A1111's ``Embedding.shorthash``: the file's sha256, first 12 hex digits (remembered in
+    this process by path, size and mtime; on disk by the sha256 cache)."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = cached_sha256(path)[:12]
+    return _HASHES[key]
+
+
+_HASHES: dict[tuple, str] = {}
 
 
 _NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")  # <lora:...>: A1111 removes these before tokenizing
