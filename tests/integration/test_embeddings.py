@@ -221,3 +221,18 @@ def test_a_run_writes_ti_hashes_and_the_manifest_column(tmp_path, monkeypatch, c
     replayed = recipe_from_infotext(row["infotext"], "r")
     (line,) = [w for w in replayed.warnings if "TI hashes" in w]
     assert "fuchsia" in line and short in line and "missing" in line
+
+
+def test_the_plans_tokenizer_gives_the_renderers_ids(renderer):
+    """The plan finds embeddings with CLIP's vocabulary through the tokenizers library; the
+    renderer matches with transformers' CLIPTokenizer. They must agree on every text."""
+    from sdbatch.plan.embedding_files import tokenize
+
+    texts = [
+        "EasyNegative, (worst quality:1.4), bad-hands-5",
+        "Ünïcode  tabs\tand\nnewlines 123 it's they'll <|endoftext|> x",
+        "héllo wörld ！？ 漢字 😀 a,b.c;d",
+        "masterpiece, best quality, 1girl, (ng_deepnegative_v1_75t:1.2)",
+    ]
+    want = renderer.pipe.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert tokenize(texts) == want
