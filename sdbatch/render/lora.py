@@ -66,9 +66,22 @@ def load_into(pipe, state: dict[str, torch.Tensor], name: str) -> set[str]:
     return parts
 
 
+def _as_peft(state: dict) -> dict:
+    """Text-encoder LoRA keys in peft's layout (``q_proj.lora_A.weight``). The layout is named
+    here: diffusers' own guess looks for ``to_out_lora`` and fails on files without it."""
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
+    from diffusers.utils.state_dict_utils import StateDictType
+
+    keys = list(state)
+    if any(".lora_A." in k or ".lora_B." in k for k in keys):
+        return state
+    if any("_lora.down." in k or "_lora.up." in k for k in keys):
+        state = convert_state_dict_to_diffusers(state, original_type=StateDictType.DIFFUSERS_OLD)
+    return convert_state_dict_to_peft(state, original_type=StateDictType.DIFFUSERS)
+
+
 def _into_text_encoder(converted: dict, alphas, encoder, prefix: str, name: str) -> bool:
     """diffusers' ``_load_lora_into_text_encoder`` without transformers' ``load_adapter``."""
-    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
     from diffusers.utils.peft_utils import _create_lora_config
     from peft import inject_adapter_in_model, set_peft_model_state_dict
 
@@ -76,7 +89,7 @@ def _into_text_encoder(converted: dict, alphas, encoder, prefix: str, name: str)
     state = {k.removeprefix(lead): v for k, v in converted.items() if k.startswith(lead)}
     if not state:
         return False
-    state = convert_state_dict_to_peft(convert_state_dict_to_diffusers(state))
+    state = _as_peft(state)
     if not hasattr(encoder, "text_model"):
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
     rank = {k: v.shape[1] for k, v in state.items() if k.endswith("lora_B.weight")}
