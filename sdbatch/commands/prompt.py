@@ -23,6 +23,11 @@ def register(sub) -> None:
         "DPM++ SDE",
     )  # fmt: skip
     p.add_argument("--hires-steps", type=_positive, help="also show the hires pass's schedule")
+    p.add_argument(
+        "--embeddings", metavar="DIR",
+        help="an embeddings folder: words naming its files show as <name> over the positions "
+        "their vectors take",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -83,24 +88,59 @@ def _token_label(tokenizer, token: int, weight: float) -> str:
     return text if abs(weight - 1) < 1e-9 else f"{text}:{weight:.4g}"
 
 
-def _show(tokenizers: list, text: str, indent: str) -> None:
+def _embedding_lookup(folder: str | None, tokenizer):
+    """A1111's ids lookup for the files of an embeddings folder (headers only; nothing is
+    unpickled), or None."""
+    if not folder:
+        return None
+    from sdbatch.plan.embedding_files import build_lookup, read_embedding
+    from sdbatch.plan.model_folders import list_files
+
+    counts = {}
+    for rel, path in list_files("embeddings", {"embeddings": folder}).items():
+        counts.setdefault(
+            rel.rsplit("/", 1)[-1], read_embedding(path, "--embeddings", True).vectors
+        )
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    return build_lookup(counts, tokenize)
+
+
+def _labels(tokenizer, chunk, vectors: dict[str, int]) -> list[str]:
+    """Each token as `_token_label`, and each embedding as ``<name>`` (``<name:w>``)."""
+    fixes = dict(chunk.fixes)
+    shown, i = [], 0
+    while i < len(chunk.tokens):
+        w = chunk.weights[i]
+        if i in fixes:
+            name = fixes[i]
+            shown.append(f"<{name}>" if abs(w - 1) < 1e-9 else f"<{name}:{w:.4g}>")
+            i += vectors[name]
+            continue
+        shown.append(_token_label(tokenizer, chunk.tokens[i], w))
+        i += 1
+    return shown
+
+
+def _show(tokenizers: list, text: str, indent: str, lookup=None) -> None:
     """A text's weighted runs and its 77-token chunks (the first tokenizer's; with SDXL's
     second one, its chunk count too)."""
     from sdbatch.plan.prompts import is_break, parse_attention, prompt_chunks
 
     tokenizer = tokenizers[0]
+    vectors = {name: n for entries in (lookup or {}).values() for _, name, n in entries}
     print(f"{indent}runs (text, weight):")
     for run in parse_attention(text):
         print(f"{indent}  BREAK" if is_break(run) else f"{indent}  {run[0]!r:40} {run[1]:.4g}")
-    chunks = prompt_chunks(tokenizer, text)
+    chunks = prompt_chunks(tokenizer, text, lookup)
     for i, chunk in enumerate(chunks, 1):
         print(f"{indent}chunk {i}: {len(chunk.tokens)} of 75 tokens")
-        shown = [
-            _token_label(tokenizer, t, w) for t, w in zip(chunk.tokens, chunk.weights, strict=True)
-        ]
+        shown = _labels(tokenizer, chunk, vectors)
         if shown:
             print(f"{indent}  " + " ".join(shown))
-    counts = [len(chunks)] + [len(prompt_chunks(t, text)) for t in tokenizers[1:]]
+    counts = [len(chunks)] + [len(prompt_chunks(t, text, lookup)) for t in tokenizers[1:]]
     k = max(counts)  # the encoders are padded to the longer one (they share a vocabulary)
     plural = "s" if k != 1 else ""
     if len(tokenizers) == 1:
@@ -119,10 +159,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     texts = _schedule(args)
     tokenizers = _tokenizers(args.model)
+    lookup = _embedding_lookup(args.embeddings, tokenizers[0])
     if texts == [args.text]:
-        _show(tokenizers, args.text, "")
+        _show(tokenizers, args.text, "", lookup)
         return 0
     for i, text in enumerate(texts, 1):  # what A1111 encodes: each text of the schedule
         print(f"text {i} of {len(texts)}: {text!r}")
-        _show(tokenizers, text, "  ")
+        _show(tokenizers, text, "  ", lookup)
     return 0

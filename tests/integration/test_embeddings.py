@@ -236,3 +236,17 @@ def test_the_plans_tokenizer_gives_the_renderers_ids(renderer):
     ]
     want = renderer.pipe.tokenizer(texts, add_special_tokens=False)["input_ids"]
     assert tokenize(texts) == want
+
+
+def test_tools_prompt_shows_where_embeddings_go(capsys):
+    from sdbatch import tools
+
+    text = "a (fuchsia:1.2) circle, fuchsia square"
+    try:
+        code = tools.main(["prompt", "--embeddings", str(EXAMPLE), text])
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr().out
+    assert code in (0, None)
+    # two vectors each: 8 positions, each embedding shown once at its weight
+    assert "chunk 1: 8 of 75 tokens\n  a <fuchsia:1.2> circle , <fuchsia> square\n" in out
