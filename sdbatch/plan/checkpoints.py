@@ -64,8 +64,12 @@ class Model:
     @property
     def key(self) -> str:
         """What of the model goes into job ids; the plain hash when nothing is overridden,
-        so job ids of plain models stay what they were."""
+        so job ids of plain models stay what they were. SDXL carries ``text=a1111``: its
+        prompts are encoded as A1111 does since then (emphasis, BREAK, an empty negative as
+        zeros), which changed pixels, so older SDXL folders re-render instead of mixing."""
         parts = [self.hash]
+        if self.family == "sdxl":
+            parts.append("text=a1111")
         if self.config_hash:
             parts.append(f"config={self.config_hash}")
         if self.vae:
