@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from sdbatch import config
+from sdbatch.models import EMBEDDED_MODEL_PATH
 from sdbatch.outputs.infotext import parse_infotext, read_png_infotext
 from sdbatch.render.upscalers import detect, load_state, model_upscale, run_tiled, upscale_to
 from tests.conftest import run_cli
@@ -83,11 +85,15 @@ def recipes(tmp_path, monkeypatch):
     shutil.copy(DATA / "realesrgan_x2plus_nf8_nb1.safetensors",
                 root / "models" / "RealESRGAN" / "RealESRGAN_x2plus.safetensors")  # fmt: skip
     shutil.copy(DATA / "esrgan_old_x4_nf8_nb1.pth", root / "models" / "ESRGAN" / "4x-Tiny.pth")
+    (root / "models" / "VAE").mkdir()  # the embedded model's VAE, brighter: a VAE by name
+    vae = load_file(EMBEDDED_MODEL_PATH / "vae" / "diffusion_pytorch_model.safetensors")
+    vae["decoder.conv_out.bias"] += 0.2
+    save_file(vae, root / "models" / "VAE" / "bright.safetensors")
     folder = tmp_path / "recipes"
     folder.mkdir()
     (folder / "upscaled.yaml").write_text(
         "name: upscaled\nprompt: a red circle on a white background\nseeds: 1\nsteps: 2\n"
-        "size: 32x32\nbatch_size: 1\n"
+        "size: 32x32\nbatch_size: 1\nmodel: {vae: bright}\n"
         "hires: {scale: 2, upscaler: R-ESRGAN 2x+, steps: 2, denoise: 0.5}\n"
     )
     monkeypatch.setenv("SDBATCH_RECIPES", str(folder))
@@ -99,8 +105,10 @@ def recipes(tmp_path, monkeypatch):
     config.register_configs()
 
 
-def render(monkeypatch, capsys, out: Path, *args: str) -> tuple[np.ndarray, dict, Path]:
-    code, _, err = run_cli(monkeypatch, capsys, "+recipe=upscaled", f"output.dir={out}",
+def render(
+    monkeypatch, capsys, out: Path, *args: str, recipe: str = "upscaled"
+) -> tuple[np.ndarray, dict, Path]:
+    code, _, err = run_cli(monkeypatch, capsys, f"+recipe={recipe}", f"output.dir={out}",
                            "run.device=cpu", "run.progress=false", *args)  # fmt: skip
     assert code == 0, err
     (row,) = pq.read_table(out / "manifest").to_pylist()
@@ -112,6 +120,7 @@ def test_a_recipe_runs_hires_fix_through_a_model_upscaler(recipes, monkeypatch, 
     pixels, row, real = render(monkeypatch, capsys, recipes / "real")
     params = parse_infotext(read_png_infotext(real)).params
     assert pixels.shape == (64, 64, 3) and params["Hires upscaler"] == "R-ESRGAN 2x+"
+    assert params["VAE"] == "bright.safetensors"
     assert row["hires"] == "2x R-ESRGAN 2x+, 2 steps, denoise 0.5"
     lanczos, *_ = render(monkeypatch, capsys, recipes / "lanczos", "hires.upscaler=Lanczos")
     assert np.abs(pixels.astype(int) - lanczos).mean() > 1  # the model's picture, not a resize
@@ -121,13 +130,19 @@ def test_a_recipe_runs_hires_fix_through_a_model_upscaler(recipes, monkeypatch, 
                               "model.allow_pickle=true")  # fmt: skip
     assert parse_infotext(read_png_infotext(png)).params["Hires upscaler"] == "4x-Tiny"
     assert np.abs(esrgan.astype(int) - pixels).mean() > 1
-    # replay maps the name back (the file is found in SDBATCH_A1111's upscaler folders)
+    # replay maps the upscaler and the VAE back to files in SDBATCH_A1111's folders, and the
+    # replayed recipe draws the same picture
     from sdbatch import tools
 
+    replayed = recipes / "recipes" / "replayed.yaml"
     try:
-        code = tools.main(["replay", str(real)])
+        code = tools.main(["replay", str(real), "-o", str(replayed)])
     except SystemExit as exc:
         code = exc.code
-    out, err = capsys.readouterr()
-    assert code in (0, None) and "upscaler: R-ESRGAN 2x+" in out, err
-    assert "Hires upscaler" not in err
+    _, err = capsys.readouterr()
+    text = replayed.read_text()
+    assert code in (0, None) and "  upscaler: R-ESRGAN 2x+\n" in text, err
+    assert "  vae: bright\n" in text and "VAE" not in err and "upscaler" not in err
+    config.register_configs()
+    again, *_ = render(monkeypatch, capsys, recipes / "again", recipe="replayed")
+    np.testing.assert_array_equal(again, pixels)
