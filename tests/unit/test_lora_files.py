@@ -224,7 +224,8 @@ def test_replay_maps_lora_hashes_to_the_folders_names(tmp_path, monkeypatch):
     text = (
         "a cat <lora:add_detail:0.6> <lora:ink:1> <lora:gone:1>\n"
         "Steps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32, Lora hashes: "
-        f'"add_detail: {lora_hash(renamed)}, ink: 0123456789ab, gone: 00000000abcd", Version: v1.10.1'
+        f'"add_detail: {lora_hash(renamed)}, ink: 0123456789ab, gone: 00000000abcd", '
+        "Version: v1.10.1"
     )
     recipe = recipe_from_infotext(text, "r")
     # by hash: the file is add_detail_v2 here; by name: ink (another version); gone: missing
