@@ -51,8 +51,8 @@ bench-editing: install  ## prompt editing vs a plain prompt, one 4-image batch, 
 
 .PHONY: bench-cpu
 bench-cpu: install  ## CPU speed: fp32 vs bf16 side by side, bf16 judged, torch.compile (BENCHMARKS.md)
-	$(VENV)/bin/python bench/run.py --ways "a',b,c,a' bf16,b bf16,c bf16" --reps 3 --skip-scale \
-		--dtype-check --compile-check --section cpu $(ARGS)
+	$(VENV)/bin/python bench/run.py --ways "a',b,c,a' bf16,b bf16,c bf16" --jobs cpu --reps 3 \
+		--skip-scale --dtype-check --settings-check --compile-check --section cpu $(ARGS)
 
 .PHONY: bench-gpu
 bench-gpu: install  ## CUDA GPU benchmark, SD 1.5 shapes with random weights (ARGS='--sdxl')

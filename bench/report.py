@@ -210,6 +210,7 @@ def markdown(
     scale: dict,
     load: tuple,
     judged: tuple = ([], {}),
+    settings: tuple = ([], {}),
     compiled: list | None = None,
     scaled: bool = True,
 ) -> str:
@@ -251,6 +252,7 @@ def markdown(
         *[f"- {c}" for c in checks],
         "",
         *_judged_lines(judged),
+        *_settings_lines(settings),
         *_compiled_lines(compiled),
     ]
     if scaled:
@@ -279,6 +281,21 @@ def _judged_lines(judged: tuple) -> list[str]:
     ]
 
 
+def _settings_lines(settings: tuple) -> list[str]:
+    lines, data = settings
+    if not data:
+        return []
+    return [
+        "## CPU settings on the compute alone, in one process (bench/cpu_settings.py)",
+        "",
+        "One pipeline per setting, batches in turn, so machine load hits all alike; speed is "
+        "the median of the per-round time ratios to fp32 (above 1: faster).",
+        "",
+        *[f"- {line}" for line in lines],
+        "",
+    ]
+
+
 def _compiled_lines(compiled: list | None) -> list[str]:
     if not compiled:
         return []
@@ -300,7 +317,7 @@ def write(out: Path, text: str, section: str | None) -> None:
         text = (
             text.rstrip("\n") + f"\n\n{BEGIN.format(name)}\n{body.rstrip()}\n{END.format(name)}\n"
         )
-    out.write_text(text)
+    out.write_text(text.lstrip("\n"))
 
 
 def _sections(text: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ Checks that they make the same images, measures the 1M-job / 1M-row scale figure
 
 ``make bench-cpu`` runs the CPU speed comparison instead: fp32 and bf16 ways side by side
 (``--ways "a',b,c,a' bf16,b bf16,c bf16"``), the pixel judge on bf16 (bench/dtype_check.py),
+bf16, autocast, channels_last and classic attention in one process (bench/cpu_settings.py),
 one cold-cache ``torch.compile`` run (where compiling pays), and writes its report as the
 ``cpu`` section of BENCHMARKS.md (``make bench`` keeps that section).
 """
@@ -67,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--jobs",
         choices=sorted(WORKLOADS),
         default="default",
-        help="default: 64 jobs; small: 8 jobs for a quick check",
+        help="default: 64 jobs; cpu: 32 jobs (make bench-cpu); small: 8 jobs for a quick check",
     )
     ap.add_argument("--skip-scale", action="store_true", help="leave out the 1M scale figures")
     ap.add_argument("--batched-loop", action="store_true", help="add way (a'): ~+25%% time")
@@ -77,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the ways, comma-separated, e.g. \"a',b,c,b bf16\" (default: a,[a',]b,c)",
     )
     ap.add_argument("--dtype-check", action="store_true", help="judge bf16 on shapes_demo")
+    ap.add_argument(
+        "--settings-check", action="store_true", help="bf16, channels_last, attention in turn"
+    )
     ap.add_argument("--compile-check", action="store_true", help="one cold torch.compile run")
     ap.add_argument("--section", help="write the report as this section of --out")
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="report file")
@@ -154,7 +158,7 @@ def image_checks(results: dict, jobs: list[dict]) -> tuple[list[str], bool]:
                     jobs,
                     b,
                 )
-                tol = 0 if dt == "fp32" else 255  # bf16: sdbatch's A1111 encoder rounds apart
+                tol = 0
                 lines.append(res.line(tol) + f" ({way} computes what {b_way} writes)")
                 ok &= res.ok(tol)
     if "b" in results and "b bf16" in results:
@@ -167,11 +171,11 @@ def image_checks(results: dict, jobs: list[dict]) -> tuple[list[str], bool]:
     return lines, ok
 
 
-def dtype_check(env: dict, tmp: Path) -> tuple[list[str], dict]:
-    """bench/dtype_check.py as a process: the judge's scores of fp32, bf16 and autocast."""
-    print("dtype check: shapes_demo prompts, fp32 vs bf16 vs autocast, judged", flush=True)
+def script(name: str, what: str, env: dict, tmp: Path) -> tuple[list[str], dict]:
+    """A bench script as a process: its lines as it prints them, and its last-line JSON."""
+    print(what, flush=True)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "dtype_check.py")],
+        [sys.executable, str(ROOT / "bench" / name)],
         env=env, cwd=tmp, capture_output=True, text=True, check=True,
     )  # fmt: skip
     lines = proc.stdout.strip().splitlines()
@@ -227,7 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         lines, ok_images = image_checks(results, workload.jobs())
         checks = [line, *lines]
         ok &= ok_images
-        judged = dtype_check(env, tmp) if args.dtype_check else ([], {})
+        judged = settings = ([], {})
+        if args.dtype_check:
+            what = "dtype check: shapes_demo prompts, fp32 vs bf16 vs autocast, judged"
+            judged = script("dtype_check.py", what, env, tmp)
+        if args.settings_check:
+            what = "settings check: fp32, bf16, autocast, channels_last, attention, in turn"
+            settings = script("cpu_settings.py", what, env, tmp)
         eager = results.get("c", [])
         compiled = (
             compile_check(jobs_file_of(workload, tmp), env, tmp, eager)
@@ -248,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             scale=scale_res,
             load=(load0, os.getloadavg()[0]),
             judged=judged,
+            settings=settings,
             compiled=compiled,
             scaled=not args.section,
         )

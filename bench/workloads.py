@@ -101,6 +101,8 @@ def _seeds(n: int) -> tuple[int, ...]:
 WORKLOADS = {
     "default": Workload("sdbatch_bench_default", PROMPTS, SAMPLERS, (5.0, 8.0), _seeds(4)),
     "small": Workload("sdbatch_bench_small", PROMPTS[:1], SAMPLERS, (7.0,), _seeds(4)),
+    # make bench-cpu: half the default (8 batches), so six ways x 3 repetitions stay short
+    "cpu": Workload("sdbatch_bench_cpu", PROMPTS[:2], SAMPLERS, (5.0, 8.0), _seeds(4)),
 }
 # The bit-identity check: (a) against sdbatch with batch_size=1; both samplers, two prompts.
 CHECK = Workload("sdbatch_bench_check", PROMPTS[:2], SAMPLERS, (7.0,), _seeds(1), batch_size=1)
