@@ -329,6 +329,10 @@ TOOL_CASES = [
     (["replay", "BOMB"], {}, 2, ["bomb.png", "100,000x100,000", "decompression-bomb limit"]),
     (["infotext", "BOMB"], {}, 2, ["bomb.png", "decompression-bomb limit"]),
     (["replay", "HUGE"], {}, 2, ["huge.png", "at most 1,048,576 bytes (1 MiB)"]),
+    # ray-shards checks its arguments before Ray starts (these need no ray installed)
+    (["ray-shards", "--shards", "2", "+recipe=quick"], {}, 2, ["output.dir: not set"]),
+    (["ray-shards", "--shards", "0", "output.dir=DEST"], {}, 2, ["--shards: 0 is not allowed"]),
+    (["ray-shards", "--shards", "2", "shard.index=1"], {}, 2, ["shard.index: '1' is not allowed"]),
 ]
 
 
