@@ -30,6 +30,17 @@ class Hires:
         steps = f"{self.steps} steps" if self.steps else "same steps"
         return f"{self.scale:g}x {self.label}, {steps}, denoise {self.denoise:g}"
 
+    def pass_steps(self, base_steps: int) -> tuple[int, float]:
+        """``(num_inference_steps, strength)`` that make diffusers' img2img run A1111's hires
+        pass: exactly ``steps`` (or the first pass's) denoising steps, the last ones of a
+        schedule of ``int(steps / min(denoise, 0.999))`` steps (A1111's
+        ``setup_img2img_steps`` when the steps are given, as the hires pass gives them).
+        diffusers runs ``int(num_inference_steps * strength)``; the half step keeps that
+        product from rounding below the steps wanted."""
+        wanted = self.steps or base_steps
+        total = max(wanted, int(wanted / min(self.denoise, 0.999)))
+        return total, min(1.0, (wanted + 0.5) / total)
+
     @property
     def label(self) -> str:
         """The upscaler as A1111 names it (``Hires upscaler:``)."""
@@ -56,7 +67,9 @@ class Extras:
         if self.hires:
             h = self.hires
             model = f",{h.upscaler_hash}" if h.upscaler_hash else ""  # none: ids as before
-            parts.append(f"hires={h.scale!r},{h.upscaler},{h.steps},{h.denoise!r}{model}")
+            # a1111-steps: the pass runs all its steps (A1111's rule), not steps x denoise
+            key = f"hires={h.scale!r},{h.upscaler},{h.steps},{h.denoise!r}{model},a1111-steps"
+            parts.append(key)
         if self.dtype != "fp32":
             parts.append(f"dtype={self.dtype}")
         return ";".join(parts)

@@ -302,6 +302,7 @@ class Renderer:
         first = jobs[0]
         hires = first.extras.hires
         width, height = hires.target(first.width, first.height)
+        total, strength = hires.pass_steps(first.steps)
         f = self.pipe.vae_scale_factor
         latent_mode = LATENT_MODES.get(hires.upscaler)
         if latent_mode:  # A1111's "Latent" (bilinear, no antialiasing) and its other modes
@@ -324,8 +325,8 @@ class Renderer:
             result = img2img(
                 **kwargs,
                 image=image,
-                strength=hires.denoise,
-                num_inference_steps=hires.steps or first.steps,
+                strength=strength,
+                num_inference_steps=total,
                 guidance_scale=first.cfg,
                 generator=self._generators(jobs),
                 output_type="np",

@@ -131,12 +131,14 @@ def test_images_of_one_batch_keep_their_own_schedules(renderer):
 
 def test_hires_pass_follows_its_own_schedule(renderer):
     """[red:blue:1.25] with 4 + 8 hires steps: the first pass is all red (1.25 of 4 steps is
-    past its end), the hires pass switches after its call 2 (a quarter of its 8 planned steps).
-    diffusers runs steps x denoise = 4 hires calls."""
+    past its end), the hires pass switches after its call 2 (a quarter of its 8 steps). The
+    hires pass runs all its 8 steps, as A1111 does (the last 8 of a 16-step schedule)."""
     extras = Extras(hires=Hires(scale=2.0, upscaler="latent", steps=8, denoise=0.5))
     jobs = [job(renderer, "a [red:blue:1.25]" + ON_WHITE, steps=4, extras=extras)]
     calls = unet_inputs(renderer, jobs)
-    assert [names(renderer, rows, TEXTS) for rows in calls] == [["", "red"]] * 7 + [["", "blue"]]
+    assert [names(renderer, rows, TEXTS) for rows in calls] == [["", "red"]] * 7 + [
+        ["", "blue"]
+    ] * 5
 
 
 def test_and_runs_each_part_beside_the_uncond(renderer):

@@ -76,3 +76,19 @@ def test_hires_jobs_never_share_a_batch_with_plain_ones():
     b = build_plan(quick_cfg(hires=HIRES)).jobs
     batches = make_batches(a + b, 8)
     assert [len(x.jobs) for x in batches] == [4, 4]
+
+
+@pytest.mark.parametrize(
+    "steps, base, denoise, total",
+    [(10, 20, 0.5, 20), (0, 20, 0.7, 28), (0, 20, 1.0, 20), (8, 4, 0.5, 16), (3, 20, 0.33, 9),
+     (0, 37, 0.11, 336), (1, 20, 0.01, 100)],
+)  # fmt: skip
+def test_hires_pass_runs_all_its_steps_as_a1111(steps, base, denoise, total):
+    """A1111's setup_img2img_steps with the steps given: a schedule of steps / denoise, of
+    which the last `steps` run; diffusers' img2img runs int(num_inference_steps * strength)."""
+    from sdbatch.plan.generation import Hires
+
+    n, strength = Hires(2.0, "latent", steps, denoise).pass_steps(base)
+    assert n == total
+    assert int(n * strength) == (steps or base)
+    assert 0 < strength <= 1

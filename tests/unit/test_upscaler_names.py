@@ -34,9 +34,10 @@ def hires(upscaler, folders=None, allow_pickle=False):
     return parse_hires({**HIRES, "upscaler": upscaler}, folders, allow_pickle)
 
 
-def test_latent_and_lanczos_keep_their_ids_in_either_spelling():
+def test_latent_and_lanczos_keep_one_id_in_either_spelling():
+    """(a1111-steps: the hires pass runs all its steps, sdbatch.plan.generation.Hires.pass_steps)"""
     for spelled, key in (("latent", "latent"), ("Latent", "latent"), ("LANCZOS", "lanczos")):
-        assert Extras(hires=hires(spelled)).key() == f"hires=2.0,{key},10,0.5"
+        assert Extras(hires=hires(spelled)).key() == f"hires=2.0,{key},10,0.5,a1111-steps"
 
 
 @pytest.mark.parametrize(
@@ -58,7 +59,8 @@ def test_a_model_upscaler_is_its_file_and_its_hash_joins_the_id(a1111):
         "R-ESRGAN 2x+",
         "RealESRGAN_x2plus.safetensors",
     )
-    assert Extras(hires=h).key() == f"hires=2.0,R-ESRGAN 2x+,10,0.5,{h.upscaler_hash}"
+    key = f"hires=2.0,R-ESRGAN 2x+,10,0.5,{h.upscaler_hash},a1111-steps"
+    assert Extras(hires=h).key() == key
     job = build_plan(quick_cfg(hires={**HIRES, "upscaler": "R-ESRGAN 2x+"}, folders=folders)).jobs[
         0
     ]
