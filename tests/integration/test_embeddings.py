@@ -187,6 +187,10 @@ def test_an_sdxl_embedding_feeds_clip_l_and_clip_g_to_their_encoders(xl, tmp_pat
     assert not torch.equal(cond[..., :32], plain[0][..., :32])
     assert not torch.equal(cond[..., 32:], plain[0][..., 32:])
     assert not torch.equal(pooled, plain[2])
+    # and a whole SDXL render with it (plain and embedding jobs in one batch) draws
+    jobs = [*planned(xl, prompt, tmp_path, (1,), steps=2), job(xl, "a red circle", 1, steps=2)]
+    out = xl.render(jobs)
+    assert not any(nan for _, nan in out) and (out[0][0] != out[1][0]).any()
 
 
 def test_a_run_writes_ti_hashes_and_the_manifest_column(tmp_path, monkeypatch, capsys):
