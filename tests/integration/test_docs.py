@@ -339,6 +339,8 @@ def run_section(blocks: list[Block], world: Path, where: Path, env: dict) -> dic
     where.mkdir(parents=True)
     shutil.copytree(world / "outputs", where / "outputs", symlinks=True)
     (where / ".venv").symlink_to(VENV, target_is_directory=True)
+    # the example A1111 tree (LoRA, embeddings) the Extra networks page points folders.a1111 at
+    (where / "examples").symlink_to(ROOT / "examples", target_is_directory=True)
     results = {}
     for block in blocks:
         results[block] = run_block(block, where, env)
