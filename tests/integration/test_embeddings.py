@@ -7,7 +7,8 @@ teaches the shapes model that "fuchsia" is magenta. Pictures are judged by
 thresholds were set (seeds 1-12, 20 steps): "a fuchsia circle on a white background" is
 magenta 12/12 with the file and 1/12 without it (the word is then unknown text; the others
 were green 7, blue, red, cyan, yellow); "fuchsia square, black background" and "a fuchsia
-triangle on a gray background" 12/12 magenta with the file.
+triangle on a gray background" 12/12 magenta with the file. At 10 steps (what the test runs):
+12/12 with the file, 0/12 without (green 6, blue 4, cyan 2).
 
 Emphasis, measured (seeds 1-8): ``(fuchsia:w)`` stays magenta from w = 0 to 2 (7/8 at 3):
 the colour also reaches the model through the later tokens, which attend to the embedding
@@ -68,14 +69,14 @@ def verdicts(r, jobs) -> list[dict]:
 
 def test_the_word_draws_magenta_with_the_embedding_and_not_without(renderer, tmp_path):
     seeds = range(1, 7)
-    with_file = planned(renderer, CIRCLE, EXAMPLE, seeds)
+    with_file = planned(renderer, CIRCLE, EXAMPLE, seeds, steps=10)
     assert [u.name for u in with_file[0].networks.embeddings] == ["fuchsia"]
     colours = [v["colour"] for v in verdicts(renderer, with_file)]
     assert colours.count("magenta") >= 5, colours  # measured 12/12
-    without = planned(renderer, CIRCLE, tmp_path, seeds)  # an empty folder: the word is text
+    without = planned(renderer, CIRCLE, tmp_path, seeds, steps=10)  # the word is text here
     assert not without[0].networks
     colours = [v["colour"] for v in verdicts(renderer, without)]
-    assert colours.count("magenta") <= 2, colours  # measured 1/12
+    assert colours.count("magenta") <= 2, colours  # measured 0/12 (1/12 at 20 steps)
 
 
 def test_emphasis_weight_lowers_the_shapes_contrast_monotonically(renderer):
