@@ -354,25 +354,31 @@ def resolve_embeddings(
         return []
     width = text_width(model, family)
     usable: dict[str, EmbeddingFile] = {}
+    skipped: dict[str, EmbeddingFile] = {}
     for stem, path in found.items():
         field = "prompt" if _squash(stem) in _squash(prompt) else "negative_prompt"
         info = read_embedding(path, field, allow_pickle)
-        if width is not None and info.width != width:
-            if (str(path), str(width)) not in warned:
-                made_for = FAMILY_NAMES.get(info.family() or "", "another model")
-                warn(
-                    f"embedding {stem} ({path}) is for {made_for} (vectors of width "
-                    f"{info.width}; this {FAMILY_NAMES.get(family, family)} model takes "
-                    f"{width}): skipped, the word stays text"
-                )
-                warned.add((str(path), str(width)))
-            continue
-        usable[stem] = info
-    if not usable:
+        (usable if width is None or info.width == width else skipped)[stem] = info
+    for stem in _used(prompt, negative, skipped):  # only words that A1111 would have replaced
+        info = skipped[stem]
+        if (info.path, str(width)) not in warned:
+            made_for = FAMILY_NAMES.get(info.family() or "", "another model")
+            warn(
+                f"embedding {stem} ({info.path}) is for {made_for} (vectors of width "
+                f"{info.width}; this {FAMILY_NAMES.get(family, family)} model takes "
+                f"{width}): skipped, the word stays text"
+            )
+            warned.add((info.path, str(width)))
+    return [
+        (n, usable[n].path, embedding_hash(usable[n].path)) for n in _used(prompt, negative, usable)
+    ]
+
+
+def _used(prompt: str, negative: str, files: Mapping[str, EmbeddingFile]) -> list[str]:
+    if not files:
         return []
-    lookup = build_lookup({s: e.vectors for s, e in usable.items()}, tokenize)
-    names = dict.fromkeys([*used_names(prompt, lookup), *used_names(negative, lookup)])
-    return [(n, usable[n].path, embedding_hash(usable[n].path)) for n in names]
+    lookup = build_lookup({s: e.vectors for s, e in files.items()}, tokenize)
+    return list(dict.fromkeys([*used_names(prompt, lookup), *used_names(negative, lookup)]))
 
 
 def infotext_name(name: str) -> str:

@@ -139,6 +139,8 @@ def test_the_job_id_and_ti_hashes_carry_the_files_a1111_short_hash(folder):
 
 
 def test_an_embedding_for_another_family_is_skipped_with_one_warning(folder, capsys):
+    resolve_networks("xlnegative", "", "sd1", folder, False)  # other tokens: A1111 says nothing
+    assert capsys.readouterr().err == ""
     nets = resolve_networks("xlneg EasyNegative", "", "sd1", folder, False)
     assert [u.name for u in nets.embeddings] == ["EasyNegative"]
     resolve_networks("xlneg", "", "sd1", folder, False)  # said once per file and model width
