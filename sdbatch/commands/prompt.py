@@ -151,8 +151,14 @@ def _show(tokenizers: list, text: str, indent: str, lookup=None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdbatch.plan.extra_networks import extra_network_tags, strip_tags
     from sdbatch.plan.prompts import parse_attention
 
+    tags = extra_network_tags([args.text])
+    if tags:  # A1111 removes them before it reads emphasis and schedules; so does the renderer
+        args.text = strip_tags(args.text)
+        if not args.json:
+            print(f"extra-network tags (removed before encoding): {' '.join(tags)}")
     runs = parse_attention(args.text)
     if args.json:
         print(json.dumps([[text, weight] for text, weight in runs], ensure_ascii=False))

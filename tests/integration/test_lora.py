@@ -199,3 +199,14 @@ def test_a_run_records_lora_hashes_and_the_loras_column(webui, tmp_path):
     assert info.prompt == "a blue circle on a white background <lora:orange:0.5>"
     assert info.params["Lora hashes"] == f"orange: {digest}"
     assert f'Lora hashes: "orange: {digest}", Version' in read_png_infotext(out / rows[0]["image"])
+
+
+def test_tools_prompt_reads_the_text_the_encoder_sees(capsys):
+    from sdbatch import tools
+
+    with pytest.raises(SystemExit) as done:
+        tools.main(["prompt", "a (red:1.2) <lora:orange:0.5> circle"])
+    out = capsys.readouterr().out.splitlines()
+    assert done.value.code == 0
+    assert out[0] == "extra-network tags (removed before encoding): <lora:orange:0.5>"
+    assert "  a red:1.2 circle" in out  # the tag's words are no tokens
