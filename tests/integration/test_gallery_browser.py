@@ -190,8 +190,8 @@ def test_ten_thousand_images_render_one_page(browser, tmp_path):
     browser.find_element("id", "next").click()
     assert browser.find_element("id", "count").text.endswith("page 2 of 50")
     assert cards(browser)[0].get_attribute("data-job") == f"{PAGE_SIZE:016x}"
+    # the times are printed for the reader, not asserted (tests never assert timings)
     print(f"10,000-row gallery: built in {built:.2f}s, first page in {loaded:.2f}s")
-    assert built < 20 and loaded < 15
 
 
 BIG_SEED = 9223372036854775807  # the largest seed the manifest holds: 19 digits

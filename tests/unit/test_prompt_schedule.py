@@ -10,7 +10,6 @@ lark's result depends on the seed there are several, and ours must be one of the
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -107,11 +106,10 @@ def test_too_large_and_too_deep_raise_one_line_errors():
     assert "\n" not in str(err.value)
 
 
-def test_unclosed_brackets_do_not_nest_and_stay_fast():
+def test_unclosed_brackets_do_not_nest():
+    """10,000 unclosed brackets stay text (a parser that nested them would not return)."""
     prompt = "(" * 5000 + "a [b:c:3] " + "[" * 5000
-    start = time.perf_counter()
     schedule = prompt_schedule(prompt, 10)
-    assert time.perf_counter() - start < 0.5
     assert schedule == [(3, prompt.replace("[b:c:3]", "b")), (10, prompt.replace("[b:c:3]", "c"))]
 
 
