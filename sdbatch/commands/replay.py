@@ -14,6 +14,7 @@ is written whole or not at all.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -40,6 +41,12 @@ def register(sub) -> None:
         help="recipe name (several images: NAME_1, NAME_2, ...); default: replay_<image stem>",
     )
     p.add_argument("--force", action="store_true", help="overwrite existing recipe files")
+    p.add_argument(
+        "--a1111", metavar="ROOT",
+        help="an A1111 install whose model folders the image's Lora hashes, TI hashes, VAE and "
+        "upscaler are looked up in (the recipe then names it as folders.a1111); default: "
+        "SDBATCH_A1111 and the SDBATCH_<KIND> folders",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -80,11 +87,19 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"-o: {args.output!r} is not a folder; name a folder or a .yaml file")
     names = _names(args, to_file)
 
+    root = None
+    if args.a1111:
+        root = Path(args.a1111).expanduser().resolve()
+        if not root.is_dir():
+            raise UserError(f"--a1111: {args.a1111!r} is not a folder; give an A1111 install root")
+        os.environ["SDBATCH_A1111"] = str(root)  # the folders' lookups read the environment
     recipes, errors = [], []
     for image, name in zip(args.images, names, strict=True):
         try:
             text = read_infotext_file(image)
             recipes.append(recipe_from_infotext(text, name, source=Path(image).name))
+            if root is not None:
+                recipes[-1].values["folders"] = {"a1111": str(root)}
         except UserError as exc:
             errors.append(str(exc))
     for err in errors:

@@ -25,7 +25,7 @@ from sdbatch.render.pipeline import Renderer
 from sdbatch.shapes.judge import _nearest, largest_blob, to_lab
 from sdbatch.shapes.train_lora import ORANGE, adapter_weights, kohya_state_dict
 from sdbatch.shapes.world import COLOURS
-from tests.conftest import ROOT, quick_cfg
+from tests.conftest import ROOT, quick_cfg, run_cli
 
 EXAMPLE = ROOT / "examples/webui/models/Lora/orange.safetensors"
 PALETTE = {k: to_lab(np.array(v, float)) for k, v in {**COLOURS, "orange": ORANGE}.items()}
@@ -210,3 +210,45 @@ def test_tools_prompt_reads_the_text_the_encoder_sees(capsys):
     assert done.value.code == 0
     assert out[0] == "extra-network tags (removed before encoding): <lora:orange:0.5>"
     assert "  a red:1.2 circle" in out  # the tag's words are no tokens
+
+
+def test_replay_of_an_a1111_image_finds_its_lora_by_hash_and_runs(
+    webui, tmp_path, monkeypatch, capsys
+):
+    from PIL import Image
+
+    from sdbatch import config, tools
+    from sdbatch.outputs.infotext import png_info
+
+    digest = lora_hash(webui / "models/Lora/orange.safetensors")
+    text = (
+        "a blue circle on a white background <lora:orange_v1:0.8> <lora:gone:1>\n"
+        "Steps: 4, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 3, "
+        f'Size: 32x32, Lora hashes: "orange_v1: {digest}, gone: 0123456789ab", Version: v1.10.1'
+    )
+    png = tmp_path / "a1111.png"
+    Image.new("RGB", (32, 32)).save(png, pnginfo=png_info(text))
+    recipes = tmp_path / "recipes"
+    monkeypatch.setenv("SDBATCH_A1111", "")  # --a1111 sets it for the process: undone after
+    with pytest.raises(SystemExit) as done:
+        tools.main(["replay", str(png), "-o", str(recipes / "r.yaml"), "--a1111", str(webui)])
+    err = capsys.readouterr().err
+    assert done.value.code == 0, err
+    assert "gone (0123456789ab) is missing" in err and "found by its hash as 'orange'" in err
+    yaml_text = (recipes / "r.yaml").read_text()
+    assert "<lora:orange:0.8> <lora:gone:1>" in yaml_text and f"a1111: {webui}" in yaml_text
+    # the user removes the missing LoRA's tag; the recipe then renders with the file found
+    (recipes / "r.yaml").write_text(yaml_text.replace(" <lora:gone:1>", ""))
+    monkeypatch.setenv(config.RECIPES_ENV, str(recipes))
+    monkeypatch.chdir(tmp_path)
+    config.register_configs()
+    try:
+        code, _, err = run_cli(monkeypatch, capsys, "+recipe=r", "run.device=cpu")
+    finally:
+        monkeypatch.delenv(config.RECIPES_ENV)
+        config.register_configs()
+    assert code == 0, err
+    (row,) = pq.read_table(tmp_path / "outputs/r/manifest").to_pylist()
+    assert row["loras"] == [
+        {"name": "orange", "hash": digest, "te_weight": 0.8, "unet_weight": 0.8}
+    ]
