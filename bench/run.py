@@ -51,7 +51,7 @@ from ways import (
     sdbatch_images,
     way_dtype,
 )
-from workloads import CHECK, WORKLOADS
+from workloads import CHECK, COMPILE, WORKLOADS, batches
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"a": "a_loop", "a'": "a_batched", "b": "b_sdbatch", "c": "c_compute"}
@@ -184,25 +184,28 @@ def script(name: str, what: str, env: dict, tmp: Path) -> tuple[list[str], dict]
     return [line.strip() for line in lines[:-1]], json.loads(lines[-1])
 
 
-def compile_check(jobs_file: Path, env: dict, tmp: Path, eager: list) -> list[str]:
-    """One (c) run with torch.compile and an empty inductor cache: the compile time a first
-    run pays, the steady batch time, and after how many batches compiling pays."""
-    print("compile check: (c) with torch.compile, cold cache", flush=True)
-    cache = tmp / "inductor-cache"
-    res = run_compute(jobs_file, {**env, "TORCHINDUCTOR_CACHE_DIR": str(cache)}, tmp, "fp32", True)
-    eager_batches = [s for r in eager for s in r.batch_seconds]
-    if not eager_batches or len(res.batch_seconds) < 3:
-        return ["compile check: no batch timings"]
-    steady = statistics.median(res.batch_seconds[2:])
-    plain = statistics.median(eager_batches)
-    cost = sum(res.batch_seconds) - steady * len(res.batch_seconds)
+def compile_check(env: dict, tmp: Path) -> list[str]:
+    """(c) eager, then (c) with torch.compile and an empty inductor cache, on COMPILE's jobs
+    (a smaller last batch in every group): the compile time a first run pays (recompiles
+    included), the steady batch time, and after how many batches compiling pays."""
+    print(f"compile check: (c) eager, then compiled, cold cache; {COMPILE.describe()}")
+    jobs_file = jobs_file_of(COMPILE, tmp)
+    eager = run_compute(jobs_file, env, tmp)
+    cold = {**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor-cache")}
+    res = run_compute(jobs_file, cold, tmp, "fp32", True)
+    sizes = [len(b) for b in batches(COMPILE.jobs(), COMPILE.batch_size)]
+    full = [i for i, n in enumerate(sizes) if n == COMPILE.batch_size]
+    steady = statistics.median(res.batch_seconds[i] for i in full[2:])
+    plain = statistics.median(eager.batch_seconds[i] for i in full)
+    cost = sum(res.batch_seconds) - sum(eager.batch_seconds) * steady / plain
     saving = plain - steady
-    pays = f"pays after {cost / saving:.0f} batches" if saving > 0 else "never pays here"
+    pays = f"pays after about {cost / saving:.0f} batches" if saving > 0 else "never pays here"
     line = (
-        f"torch.compile (UNet, cold cache): compile + recompiles cost {cost:.0f}s (first batch "
-        f"{res.batch_seconds[0]:.1f}s), then {steady:.3f}s a batch against eager {plain:.3f}s "
-        f"(x{plain / steady:.2f}): {pays}; whole run {res.wall:.1f}s against eager (c) "
-        f"{statistics.median(r.wall for r in eager):.1f}s; load {os.getloadavg()[0]:.2f}"
+        f"torch.compile (UNet, cold cache), {COMPILE.describe()}: compiling and recompiling "
+        f"cost {cost:.0f}s (first batch {res.batch_seconds[0]:.1f}s), then {steady:.3f}s a "
+        f"batch of {COMPILE.batch_size} against eager {plain:.3f}s (x{plain / steady:.2f}): "
+        f"{pays}; whole run {res.wall:.1f}s against eager {eager.wall:.1f}s; "
+        f"load {os.getloadavg()[0]:.2f}"
     )
     print(f"  {line}", flush=True)
     return [line]
@@ -212,13 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workload = WORKLOADS[args.jobs]
     ways = args.ways or ["a", *(["a'"] if args.batched_loop else []), "b", "c"]
-    command = command_line("bench")
+    command = command_line("bench-cpu" if args.section == "cpu" else "bench")
     load0 = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="sdbatch-bench-"))
     env = {**os.environ, "SDBATCH_RECIPES": str(tmp / "recipes")}
     try:
         workload.write(tmp / "recipes")
         CHECK.write(tmp / "recipes")
+        COMPILE.write(tmp / "recipes")
         print(f"workload: {workload.describe()}")
         print(f"(b) is: {sdbatch_command(workload.recipe)}   (recipes in {tmp / 'recipes'})")
         print(
@@ -238,12 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.settings_check:
             what = "settings check: fp32, bf16, autocast, channels_last, attention, in turn"
             settings = script("cpu_settings.py", what, env, tmp)
-        eager = results.get("c", [])
-        compiled = (
-            compile_check(jobs_file_of(workload, tmp), env, tmp, eager)
-            if (args.compile_check and eager)
-            else []
-        )
+        compiled = compile_check(env, tmp) if args.compile_check else []
         scale_res = {} if args.skip_scale else scale.measure(tmp)
         stats = report.summarize(results, len(workload.jobs()))
         threads = next((r.threads for rs in results.values() for r in rs if r.threads), None)

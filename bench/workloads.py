@@ -104,6 +104,9 @@ WORKLOADS = {
     # make bench-cpu: half the default (8 batches), so six ways x 3 repetitions stay short
     "cpu": Workload("sdbatch_bench_cpu", PROMPTS[:2], SAMPLERS, (5.0, 8.0), _seeds(4)),
 }
+# The compile check: batches of 6, 6 and a smaller last 4 per (sampler, cfg), so the figure
+# pays the recompile a smaller last batch costs (12 batches; not a choice in --jobs).
+COMPILE = Workload("sdbatch_bench_compile", PROMPTS, SAMPLERS, (5.0, 8.0), _seeds(4), batch_size=6)
 # The bit-identity check: (a) against sdbatch with batch_size=1; both samplers, two prompts.
 CHECK = Workload("sdbatch_bench_check", PROMPTS[:2], SAMPLERS, (7.0,), _seeds(1), batch_size=1)
 
