@@ -91,6 +91,11 @@ SCHEMA = pa.schema(
         ("hires", pa.string()),  # hires fix, e.g. "2x Latent, 10 steps, denoise 0.5"; null = off
         ("loras", LORAS),  # the LoRA files the prompt's tags applied (empty list: none)
         ("embeddings", EMBEDDINGS),  # the TI embeddings the texts used (empty list: none)
+        ("init_image", pa.string()),  # img2img input picture as planned (null: txt2img)
+        ("init_image_sha256", pa.string()),  # its content hash (in the job id)
+        ("mask", pa.string()),  # inpainting mask (null: none)
+        ("mask_sha256", pa.string()),
+        ("denoise", pa.float64()),  # A1111's Denoising strength of the img2img pass
         ("image", pa.string()),  # path relative to the output folder
         ("image_sha256", pa.string()),
         ("status", pa.string()),  # ok | failed | nan

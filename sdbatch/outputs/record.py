@@ -19,7 +19,8 @@ from sdbatch.plan.samplers import a1111_names, resolve_sampler
 INFOTEXT_ORDER = (
     "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
     "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Denoising strength",
-    "Clip skip", "RNG", "Hires upscale", "Hires steps", "Hires upscaler", "Lora hashes",
+    "Clip skip", "RNG", "Mask mode", "Mask blur", "Inpaint area", "Masked area padding",
+    "Masked content", "Hires upscale", "Hires steps", "Hires upscaler", "Lora hashes",
     "TI hashes", "Version",
 )  # fmt: skip
 # What a render gives a row, and what the run knows about itself
@@ -53,6 +54,7 @@ def infotext_for(job: Job) -> str:
         **job.model.infotext(),
         **job.extras.infotext(),
         **job.networks.infotext(),  # Lora hashes, TI hashes
+        **(job.image.infotext() if job.image else {}),  # Denoising strength, Mask blur, ...
         "Version": f"sdbatch {__version__}",
     }
     rank = {k: i for i, k in enumerate(INFOTEXT_ORDER)}
@@ -102,6 +104,7 @@ def make_row(job: Job, recipe: str, batch: int, context: Mapping, **result) -> d
             for u in job.networks.loras
         ],
         "embeddings": [{"name": u.name, "hash": u.hash} for u in job.networks.embeddings],
+        **_image_columns(job),
         "batch": batch,
         "image": None,
         "image_sha256": None,
@@ -113,3 +116,16 @@ def make_row(job: Job, recipe: str, batch: int, context: Mapping, **result) -> d
     }
     row.update(result)
     return row
+
+
+def _image_columns(job: Job) -> dict:
+    """The input picture and mask (paths as planned, content sha256) and the strength; nulls
+    for txt2img jobs."""
+    image = job.image
+    if image is None:
+        return dict.fromkeys(("init_image", "init_image_sha256", "mask", "mask_sha256", "denoise"))
+    f = image.file
+    return {
+        "init_image": f.path, "init_image_sha256": f.sha256, "mask": f.mask,
+        "mask_sha256": f.mask_sha256, "denoise": image.denoise,
+    }  # fmt: skip

@@ -21,6 +21,7 @@ from sdbatch.errors import RecipeError
 from sdbatch.plan.axes import expand_axis
 from sdbatch.plan.checkpoints import Model, resolve_models
 from sdbatch.plan.generation import Extras, parse_hires, parse_rng, parse_subseed_strength
+from sdbatch.plan.image_inputs import ImageInput, image_entries, protect_captions
 from sdbatch.plan.networks import Networks, resolve_networks
 from sdbatch.plan.prompts import PromptSyntaxError, parse_attention
 from sdbatch.plan.run_settings import MAX_JOBS
@@ -56,6 +57,7 @@ class Job:
     height: int
     extras: Extras = Extras()  # hires fix, variation seed, noise source
     networks: Networks = Networks()  # LoRA files and embeddings the prompts name
+    image: ImageInput | None = None  # img2img / inpainting input (sdbatch.plan.image_inputs)
 
     @property
     def image_name(self) -> str:
@@ -81,7 +83,7 @@ class Plan:
 
     def describe(self) -> str:
         """``60 jobs = 5 prompts x 1 sampler x 3 cfg x 4 seeds``."""
-        always = ("prompts", "sampler", "cfg", "seeds")
+        always = ("prompts", "sampler", "cfg", "seeds", "images")
         parts = [f"{n} {axis}" for axis, n in self.axes.items() if axis in always or n > 1]
         return f"{len(self.jobs)} jobs = " + " x ".join(parts)
 
@@ -232,6 +234,8 @@ def _json_tail(extras: str) -> str:
 def _prompt_items(cfg: SdbatchConfig, recipe_dirs: list[Path]) -> list[PromptItem]:
     prompts = [str(p) for p in as_list(cfg.prompt)]
     templates = [str(t) for t in as_list(cfg.template)]
+    if cfg.init_images not in (None, "", []):  # {caption}: each picture's, filled in later
+        prompts, templates = protect_captions(prompts), protect_captions(templates)
     items = prompt_set(prompts, templates, cfg.vars or {}, wildcard_files(recipe_dirs))
     if not items:
         raise RecipeError("prompt", cfg.prompt, "at least one prompt or template")
@@ -275,6 +279,10 @@ def build_plan(
 
         recipe_dirs = default_dirs()
     items = _prompt_items(cfg, recipe_dirs)
+    entries, image_axis = image_entries(cfg, items, recipe_dirs)  # (picture or None, item)
+    if image_axis is not None:
+        _check_syntax("prompt", {item.text for _, item in entries})
+    denoises = image_axis.denoise if image_axis else (None,)
     models = resolve_models(asdict(cfg.model), asdict(cfg.folders))
     sizes = list(dict.fromkeys(parse_size(s) for s in expand_axis("size", cfg.size)))
     # sampler x schedule type, A1111 1.9+'s reading (sdbatch.plan.samplers.plan_sampler): one
@@ -292,7 +300,8 @@ def build_plan(
     for axis, values in (("size", sizes), ("sampler", samplers), ("steps", steps), ("cfg", cfgs)):
         if not values:
             raise RecipeError(axis, getattr(cfg, axis), "at least one value")
-    count = math.prod(len(a) for a in (models, sizes, samplers, steps, cfgs, items, seeds))
+    axes_ = (models, sizes, samplers, steps, cfgs, entries, denoises, seeds)
+    count = math.prod(len(a) for a in axes_)
     if count > max_jobs:
         raise PlanTooLarge(count, max_jobs)
     batch_size = _int("batch_size", cfg.batch_size, 1, 4096, "an integer >= 1")
@@ -317,23 +326,27 @@ def build_plan(
             item.text: resolve_networks(
                 item.text, negative, model.family, folders, model.allow_pickle, model=model
             )
-            for item in items
+            for _, item in entries
         }
         net_tails = {text: _json_tail(n.key()) for text, n in nets.items()}
         # all jobs of one LoRA set together (one set of adapters per stretch of batches);
         # a plan without LoRA is one group, in the order it always had
-        for group in _lora_groups(items, nets):
+        for group in _lora_groups(entries, nets):
             for w, h in sizes:
                 size_tail = f",{w},{h}"
                 for sampler in samplers:
                     spec = scheduler_spec(sampler)
                     for n_steps in steps:
                         for scale in cfgs:
-                            for item in group:
+                            for denoise, (file, item) in itertools.product(denoises, group):
                                 prefix = _json_prefix(
                                     mkey, item.text, negative, sampler.name, spec, n_steps, scale
                                 )
                                 ntail = net_tails[item.text]
+                                image = None
+                                if file is not None:
+                                    image = ImageInput(file, denoise, image_axis.options)
+                                    ntail += _json_tail(image.key())
                                 for i, (seed, extras, tail) in enumerate(var_keys):
                                     if seed == RANDOM_SEED:
                                         draw = f"{prefix}{size_tail}{tail}{ntail}"
@@ -360,11 +373,13 @@ def build_plan(
                                             h,
                                             extras,
                                             nets[item.text],
+                                            image,
                                         )
                                     )
     axes = {
         "models": len(models),
         "prompts": len(items),
+        **({"images": len(image_axis.files), "denoise": len(denoises)} if image_axis else {}),
         "sampler": len(samplers),
         "steps": len(steps),
         "cfg": len(cfgs),
@@ -379,6 +394,9 @@ def build_plan(
         "cfg": [f"{c:g}" for c in cfgs],
         "seeds": ["random" if x == RANDOM_SEED else str(x) for x in seeds],
     }
+    if image_axis:
+        values["init_images"] = [f.name for f in image_axis.files]
+        values["denoise"] = [f"{d:g}" for d in denoises]
     swept = {k: v for k, v in values.items() if len(v) > 1}
     batches = make_batches(jobs, batch_size)
     provisional = bool(randoms) and seed_salt is None
@@ -386,12 +404,12 @@ def build_plan(
     return Plan(name, jobs, batches, axes, batch_size, swept, frozenset(randoms), provisional)
 
 
-def _lora_groups(items: list[PromptItem], nets: dict[str, Networks]) -> list[list[PromptItem]]:
-    """The prompt items grouped by the LoRA files and weights their tags name, groups in order
-    of first appearance, items in their order inside each group."""
-    groups: dict[tuple, list[PromptItem]] = {}
-    for item in items:
-        groups.setdefault(nets[item.text].batch_key(), []).append(item)
+def _lora_groups(entries: list[tuple], nets: dict[str, Networks]) -> list[list[tuple]]:
+    """The (picture, prompt item) entries grouped by the LoRA files and weights their tags
+    name, groups in order of first appearance, entries in their order inside each group."""
+    groups: dict[tuple, list[tuple]] = {}
+    for entry in entries:
+        groups.setdefault(nets[entry[1].text].batch_key(), []).append(entry)
     return list(groups.values())
 
 
@@ -449,6 +467,7 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[Batch]:
             job.cfg,
             job.extras.batch_key(),
             job.networks.batch_key(),
+            job.image.batch_key() if job.image else None,
         )
 
     for _, group in itertools.groupby(jobs, key=batch_key):
@@ -478,4 +497,5 @@ def iter_preview(jobs: list[Job], n: int, random: frozenset[str] = frozenset()) 
         yield (
             f"  {job.job_id}  seed {seed}  {job.width}x{job.height}  {job.sampler}, "
             f"{job.steps} steps, cfg {job.cfg:g}  {job.prompt!r}"
+            + (f"  from {job.image.file.name}, denoise {job.image.denoise:g}" if job.image else "")
         )

@@ -84,6 +84,7 @@ class Renderer:
     dtype: torch.dtype
     _embeds: dict = field(default_factory=dict)
     _img2img_pipe: object = None
+    _inpaint_pipe: object = None  # made by sdbatch.render.image_inputs on the first mask
     _texts: dict = field(default_factory=dict)  # (text, negative) -> text_embedding()
     _upscalers: dict = field(default_factory=dict)  # upscaler model file -> loaded model
     _loras: LoraSwitch | None = None  # the LoRA files loaded on this model (render/lora)
@@ -273,18 +274,24 @@ class Renderer:
                 stacked = [torch.cat(parts) for parts in zip(*embeds, strict=True)]
                 tensors = dict(zip(EMBED_ARGS, stacked, strict=False))
             passes = None if prompts is None else [p.first for p in prompts]
-            with self._conditioned(self.pipe, jobs, tensors, passes) as kwargs:
-                result = self.pipe(
+            pipe, prepared = self.pipe, None
+            call = {"width": first.width, "height": first.height}
+            if first.image is not None:  # img2img / inpainting (sdbatch.render.image_inputs)
+                from sdbatch.render.image_inputs import finish, image_call
+
+                pipe, call, prepared = image_call(self, jobs)
+            else:
+                call["latents"] = self._latents(jobs, first.width, first.height)
+            with self._conditioned(pipe, jobs, tensors, passes) as kwargs:
+                result = pipe(
                     **kwargs,
+                    **call,
                     num_inference_steps=first.steps,
                     guidance_scale=first.cfg,
-                    width=first.width,
-                    height=first.height,
                     generator=self._generators(jobs),
-                    latents=self._latents(jobs, first.width, first.height),
                     output_type="latent" if hires else "np",
                 )
-            images = result.images
+            images = result.images if prepared is None else finish(result.images, prepared)
             if hires:
                 passes = None if prompts is None else [p.hires for p in prompts]
                 images = self._hires(jobs, tensors, images, passes)

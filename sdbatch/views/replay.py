@@ -141,6 +141,13 @@ FIELDS: dict[str, Field] = {
         note="an architecture sdbatch does not build (it has the ESRGAN family); the recipe "
         "uses latent",
     ),
+    # img2img / inpainting (sdbatch.plan.image_inputs); "Denoising strength" without "Hires
+    # upscale" is img2img's (recipe_from_infotext)
+    "Mask blur": Field("mask_blur", True, lambda t: _int(t, 0, 64)),
+    "Mask mode": Field("inpainting_mask_invert", True),
+    "Inpaint area": Field("inpaint_full_res", True, lambda t: t.strip() == "Only masked"),
+    "Masked area padding": Field("inpaint_full_res_padding", True, lambda t: _int(t, 0, 256)),
+    "Masked content": Field("inpainting_fill", True),
     "Clip skip": Field("model.clip_skip", True, _int),
     "RNG": Field("rng", True, _lower, note=_NV),  # A1111: GPU (not written), CPU or NV
     "ENSD": Field(default="0", note="eta noise seed delta"),
@@ -416,6 +423,9 @@ def recipe_from_infotext(text: str, name: str, source: str = "") -> ReplayRecipe
         shown = format_params({key: value})  # as the infotext wrote it: one line, quoted
         if key in _HIRES_PASS and "Hires upscale" not in info.params:
             spec = Field(note=_no_hires(key, info.params))
+            if key == "Denoising strength" and "Hires resize" not in info.params:
+                spec = Field("denoise", True, _unit)  # img2img's strength
+                out.warnings.append(IMG2IMG)
         choices = _CHOICES.get(spec.target or "")
         if spec.mapped and spec.target and (not choices or choices(spec.convert(value))):
             try:
@@ -494,12 +504,16 @@ def _upscaler_file(out: ReplayRecipe) -> None:
         )
 
 
+IMG2IMG = (
+    "img2img: A1111 does not write which picture it started from; set init_images (and masks "
+    "for inpainting) to run the recipe"
+)
+
+
 def _no_hires(key: str, params: Mapping[str, str]) -> str:
     """Why a hires-pass field is not reproduced when the infotext has no ``Hires upscale``."""
     if "Hires resize" in params:
         return "the hires fix ran to a fixed size (Hires resize), which sdbatch lacks"
-    if key == "Denoising strength":
-        return "img2img: sdbatch makes txt2img images only"
     return "no Hires upscale: the hires fix did not run"
 
 

@@ -155,6 +155,19 @@ CASES = [
      ["prompt", "cutoff.safetensors", "truncated"]),
     (["+recipe=quick", "prompt=a twoterms cat", "folders.a1111={webui}"], 2,
      ["prompt", "twoterms.safetensors", "holds 2 tensors", "one term per file"]),
+    # image inputs (tests/integration/test_image_inputs.py; the files are _pictures_tree's)
+    (["+recipe=quick", "init_images={pics}/nope.png"], 2, ["init_images", "nope.png", "not found"]),
+    (["+recipe=quick", "init_images={pics}/notes.png"], 2, ["init_images", "notes.png", "not one"]),
+    (["+recipe=quick", "masks={pics}/masks"], 2, ["masks", "only together with init_images"]),
+    (["+recipe=quick", "init_images={pics}/a.png", "denoise=2"], 2, ["denoise", "2", "0..1"]),
+    (["+recipe=quick", "init_images={pics}/*.png", "masks={pics}/masks/b*"], 2,
+     ["masks", "'a'", "a.png has none"]),
+    (["+recipe=quick", "init_images={pics}/b.png", "prompt={caption}"], 2,
+     ["init_images", "b.png", "caption file", "b.txt"]),
+    (["+recipe=quick", "init_images={pics}/a.png", "hires.scale=2"], 2,
+     ["hires.scale", "no hires fix"]),
+    (["+recipe=quick", "init_images={pics}/a.png", "resize_mode=Stretch"], 2,
+     ["resize_mode", "'Stretch'", "Just resize, Crop and resize, Resize and fill"]),
 ]  # fmt: skip
 
 
@@ -191,6 +204,20 @@ def _embedding_tree(root: Path) -> Path:
     cut = write_safetensors(emb / "cutoff.safetensors", {"emb_params": [2, 768]})
     cut.write_bytes(cut.read_bytes()[:-100])
     write_safetensors(emb / "twoterms.safetensors", {"a": [1, 768], "b": [1, 768]})
+    return root
+
+
+def _pictures_tree(root: Path) -> Path:
+    """Two pictures (a.png with a caption), a PNG that is text, and a mask for b only."""
+    from PIL import Image
+
+    (root / "masks").mkdir(parents=True)
+    for name in ("a", "b"):
+        Image.new("RGB", (32, 32), (220, 30, 30)).save(root / f"{name}.png")
+    (root / "a.txt").write_text("a red square")
+    Image.new("L", (32, 32), 255).save(root / "masks" / "b.png")
+    (root / "notes.txt").write_text("not a picture")
+    (root / "notes.txt").rename(root / "notes.png")
     return root
 
 
@@ -241,7 +268,9 @@ def test_bad_input_is_one_line_exit_code_and_nothing_written(
     tmp = user_recipes
     truncated = _truncated_safetensors(tmp / "truncated.safetensors")
     webui = _embedding_tree(_upscaler_tree(_lora_tree(tmp / "webui")))
+    pics = _pictures_tree(tmp / "pics")
     args = [a.replace("{truncated}", str(truncated)).replace("{webui}", str(webui)) for a in args]
+    args = [a.replace("{pics}", str(pics)) for a in args]
     before = _files(tmp)
     got, out, err = run_cli(monkeypatch, capsys, "run.device=cpu", "run.progress=false", *args)
     lines = [ln for ln in err.splitlines() if ln.strip()]

@@ -449,12 +449,19 @@ def test_defaults_that_sdbatch_matches_are_comments_without_warnings():
     }
 
 
-def test_denoising_strength_without_hires_is_called_img2img():
-    recipe = recipe_from_infotext(our_infotext(**{"Denoising strength": 0.75}), "x")
-    assert recipe.warnings == [
-        "not reproduced: Denoising strength: 0.75 (img2img: sdbatch makes txt2img images only)"
-    ]
+def test_img2img_fields_map_to_the_image_keys_and_ask_for_the_picture(recipes_dir):
+    fields = {"Denoising strength": 0.4, "Mask blur": 2, "Mask mode": "Inpaint not masked",
+              "Inpaint area": "Only masked", "Masked area padding": 16,
+              "Masked content": "latent noise"}  # fmt: skip
+    recipe = recipe_from_infotext(our_infotext(**fields), "x")
     assert "hires" not in recipe.values
+    assert {k: recipe.values[k] for k in ("denoise", "mask_blur", "inpainting_mask_invert",
+            "inpaint_full_res", "inpaint_full_res_padding", "inpainting_fill")} == {
+        "denoise": 0.4, "mask_blur": 2, "inpainting_mask_invert": "Inpaint not masked",
+        "inpaint_full_res": True, "inpaint_full_res_padding": 16, "inpainting_fill": "latent noise",
+    }  # fmt: skip
+    assert len(recipe.warnings) == 1 and "set init_images" in recipe.warnings[0]
+    assert plan_recipe(recipe, recipes_dir).jobs  # plans (as txt2img until init_images is set)
 
 
 HIRES_FIELDS = {"Denoising strength": 0.5, "Hires upscale": 1.5, "Hires upscaler": "Lanczos"}
