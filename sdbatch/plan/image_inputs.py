@@ -218,7 +218,7 @@ def list_files(field: str, value: Any, dirs: list[Path]) -> list[str]:
                 break
         if not found:
             raise RecipeError(field, entry, "an existing image file, folder or glob (not found)")
-        out.extend(found)
+        out.extend(os.path.normpath(os.path.abspath(p)) for p in found)  # as the manifest says
     return list(dict.fromkeys(out))
 
 

@@ -71,3 +71,12 @@ def test_image_passes_share_the_weights_and_keep_what_they_must(renderer, tmp_pa
     # batch-invariance: the second image alone is the second image of the pair (to rounding)
     [(alone, _)] = renderer.render(_jobs(renderer, file, seeds=(2,)))
     assert np.abs(alone.astype(int) - out[1][0].astype(int)).max() <= 1
+
+
+def test_a_picture_changed_after_planning_fails_its_batch_with_a_reason(renderer, tmp_path):
+    from sdbatch.render.image_inputs import ChangedInput
+
+    file = _file(tmp_path, masked=False)
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(file.path)  # edited after the plan hashed it
+    with pytest.raises(ChangedInput, match="in.png changed since the plan was made"):
+        renderer.render(_jobs(renderer, file))
