@@ -8,12 +8,14 @@ The unsharded reference run of checks.SHARDED is shared by the Slurm and the Ray
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.cluster import checks, ray_cluster, slurm
+from tests.conftest import sdbatch_env
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +32,29 @@ def slurm_cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_head(tmp_path_factory):
+def _reference_run(tmp_path_factory):
+    """Starts the reference run (see ``reference``) in the background."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    cache = str(tmp_path_factory.getbasetemp() / "cache")
+    env = sdbatch_env(SDBATCH_CACHE=cache, OMP_NUM_THREADS="1")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.Popen(
+        [checks.SDBATCH, *checks.SHARDED, f"output.dir={out}"],
+        cwd=out.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    yield out, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory, _reference_run):
+    """The head; the reference renders while it starts (Ray's start is mostly waiting)."""
     try:
         ray_cluster.check()
     except ray_cluster.Unavailable as exc:
@@ -45,18 +69,10 @@ def ray_head(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory) -> Path:
-    """checks.SHARDED rendered in one unsharded run, here, without any cluster, on one thread
-    like every shard: on a CPU, torch's thread count changes the last bit of a few pixels."""
-    out = tmp_path_factory.mktemp("reference") / "out"
-    code, log = checks.sdbatch(
-        *checks.SHARDED,
-        f"output.dir={out}",
-        cwd=out.parent,
-        env={
-            "SDBATCH_CACHE": str(tmp_path_factory.getbasetemp() / "cache"),
-            "OMP_NUM_THREADS": "1",
-        },
-    )
-    assert code == 0, log
+def reference(_reference_run) -> Path:
+    """checks.SHARDED rendered in one unsharded run, without any cluster, on one thread like
+    every shard: on a CPU, torch's thread count changes the last bit of a few pixels."""
+    out, proc = _reference_run
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
     return out
