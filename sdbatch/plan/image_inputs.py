@@ -251,13 +251,17 @@ def _masks_by_stem(value: Any, dirs: list[Path]) -> tuple[dict[str, str], str | 
     return by_stem, None
 
 
-def read_caption(image: str) -> str | None:
+def read_caption(image: str, listings: dict[str, set[str]] | None = None) -> str | None:
     """The text of ``NAME.txt`` beside ``NAME.png`` (stripped, lines joined with ", "), or None
     when there is none. Found by listing the picture's folder; a caption that leads out of it
-    (a link elsewhere) is refused."""
+    (a link elsewhere) is refused. ``listings`` caches each folder's names (one listing per
+    folder, not per picture)."""
     folder, stem = os.path.dirname(image) or ".", Path(image).stem
-    name = next((n for n in sorted(os.listdir(folder)) if n == f"{stem}.txt"), None)
-    if name is None:
+    listings = {} if listings is None else listings
+    if folder not in listings:
+        listings[folder] = set(os.listdir(folder))
+    name = f"{stem}.txt"
+    if name not in listings[folder]:
         return None
     path = os.path.join(folder, name)
     if os.path.dirname(os.path.realpath(path)) != os.path.realpath(folder):
@@ -292,6 +296,7 @@ def input_files(cfg: Any, dirs: list[Path], captions: bool) -> list[InputFile]:
         return hashes[path]
 
     out: list[InputFile] = []
+    listings: dict[str, set[str]] = {}
     for path in images:
         sha = digest("init_images", path)
         masked = bool(single or by_stem)
@@ -301,7 +306,7 @@ def input_files(cfg: Any, dirs: list[Path], captions: bool) -> list[InputFile]:
                 "masks", Path(path).stem, f"a mask named like each picture ({path} has none)"
             )
         mask_sha = digest("masks", mask) if mask else None
-        caption = read_caption(path) if captions else None
+        caption = read_caption(path, listings) if captions else None
         out.append(InputFile(path, sha, mask, mask_sha, caption))
     return list(dict.fromkeys(out))
 
