@@ -178,7 +178,7 @@ def script(name: str, what: str, env: dict, tmp: Path) -> tuple[list[str], dict]
         [sys.executable, str(ROOT / "bench" / name)],
         env=env, cwd=tmp, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    lines = proc.stdout.strip().splitlines()
+    lines = proc.stdout.rstrip().splitlines()
     for line in lines[:-1]:
         print(line, flush=True)
     return [line.strip() for line in lines[:-1]], json.loads(lines[-1])

@@ -18,10 +18,12 @@ from sdbatch.render.loading import cpu_features, describe_cpu
 from sdbatch.shapes.judge import judge
 from tests.conftest import ROOT, run_cli
 
-# Measured (make bench-cpu, BENCHMARKS.md): bf16 against fp32 on the shapes-demo prompts, mean
-# 0.46/255 per pixel, max 59/255 (a few edge pixels), every picture judged the same.
-BF16_MEAN_LIMIT = 2.0
-BF16_MAX_LIMIT = 128
+# Measured (make bench-cpu, BENCHMARKS.md): bf16 against fp32, per pixel, mean 0.46/255 and
+# max 59/255 on the shapes-demo prompts (every picture judged alike), mean 0.6-2.3/255 and max
+# 122-141/255 on the bench workload (a few edge pixels of Euler a); a broken bf16 path is far
+# off both (noise or a blank image is tens of /255 on average).
+BF16_MEAN_LIMIT = 4.0
+BF16_MAX_LIMIT = 192
 
 SAPPHIRE_RAPIDS = """processor\t: 0
 vendor_id\t: GenuineIntel
