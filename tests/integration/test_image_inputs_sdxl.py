@@ -80,3 +80,20 @@ def test_a_picture_changed_after_planning_fails_its_batch_with_a_reason(renderer
     Image.new("RGB", (32, 32), (0, 0, 0)).save(file.path)  # edited after the plan hashed it
     with pytest.raises(ChangedInput, match="in.png changed since the plan was made"):
         renderer.render(_jobs(renderer, file))
+
+
+@pytest.mark.parametrize(("denoise", "calls"), [(0.05, 1), (0.5, 6), (0.75, 8), (1.0, 10)])
+def test_img2img_runs_a1111s_number_of_steps(renderer, tmp_path, denoise, calls):
+    """A1111's img2img tab, 10 steps of Euler: int(min(denoise, 0.999) * 10) + 1 UNet calls
+    (each one batched pass of cond and uncond)."""
+    if renderer.model.family != "sd1":
+        pytest.skip("the step rule does not depend on the model; SD 1.x is enough")
+    file = _file(tmp_path, masked=False)
+    image = ImageInput(file, denoise, ImageOptions())
+    seen = []
+    hook = renderer.pipe.unet.register_forward_hook(lambda *a: seen.append(1))
+    try:
+        renderer.render([job(renderer, "a red circle", 1, steps=10, image=image)])
+    finally:
+        hook.remove()
+    assert len(seen) == calls
