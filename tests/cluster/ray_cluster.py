@@ -31,6 +31,7 @@ class Head:
     address: str
     proc: subprocess.Popen
     log: Path
+    home: Path  # HOME for the head and its drivers
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -55,7 +56,9 @@ def start(temp: Path, cache: Path) -> Head:
     check()
     port = free_port()
     log = temp / "ray-head.log"
-    env = sdbatch_env(SDBATCH_CACHE=str(cache), RAY_USAGE_STATS_ENABLED="0")
+    home = temp / "home"  # Ray reads ~/.ray (an auth token from another Ray): not the user's
+    home.mkdir()
+    env = sdbatch_env(SDBATCH_CACHE=str(cache), RAY_USAGE_STATS_ENABLED="0", HOME=str(home))
     env.pop("CUDA_VISIBLE_DEVICES", None)
     cmd = [
         str(RAY),
@@ -75,7 +78,7 @@ def start(temp: Path, cache: Path) -> Head:
         proc = subprocess.Popen(
             cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
         )
-    head = Head(address=f"127.0.0.1:{port}", proc=proc, log=log)
+    head = Head(address=f"127.0.0.1:{port}", proc=proc, log=log, home=home)
     end = time.monotonic() + 90
     while b"Ray runtime started" not in log.read_bytes():
         if proc.poll() is not None or time.monotonic() > end:

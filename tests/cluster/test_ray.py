@@ -28,7 +28,11 @@ def test_ray_shards_survive_a_killed_worker_and_equal_the_unsharded_run(
     out = tmp_path / "out"
     cmd = [checks.TOOLS, "ray-shards", "--shards", "2", "--address", ray_head.address,
            *checks.SHARDED, f"output.dir={out}"]  # fmt: skip
-    env = sdbatch_env(SDBATCH_CACHE=str(tmp_path.parent / "cache"), RAY_USAGE_STATS_ENABLED="0")
+    env = sdbatch_env(
+        SDBATCH_CACHE=str(tmp_path.parent / "cache"),
+        RAY_USAGE_STATS_ENABLED="0",
+        HOME=str(ray_head.home),
+    )
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
