@@ -200,12 +200,13 @@ def compile_check(env: dict, tmp: Path) -> list[str]:
     cost = sum(res.batch_seconds) - sum(eager.batch_seconds) * steady / plain
     saving = plain - steady
     pays = f"pays after about {cost / saving:.0f} batches" if saving > 0 else "never pays here"
+    same = sum(res.digests.get(i) == d for i, d in eager.digests.items())
     line = (
         f"torch.compile (UNet, cold cache), {COMPILE.describe()}: compiling and recompiling "
         f"cost {cost:.0f}s (first batch {res.batch_seconds[0]:.1f}s), then {steady:.3f}s a "
         f"batch of {COMPILE.batch_size} against eager {plain:.3f}s (x{plain / steady:.2f}): "
-        f"{pays}; whole run {res.wall:.1f}s against eager {eager.wall:.1f}s; "
-        f"load {os.getloadavg()[0]:.2f}"
+        f"{pays}; whole run {res.wall:.1f}s against eager {eager.wall:.1f}s; {same}/"
+        f"{len(eager.digests)} images bit-identical to eager; load {os.getloadavg()[0]:.2f}"
     )
     print(f"  {line}", flush=True)
     return [line]
