@@ -19,7 +19,7 @@ Speed settings (BENCHMARKS.md has the figures): ``run.compile`` wraps the UNet i
 ``torch.compile`` (``compile_unet``); channels_last and a non-default attention processor were
 measured on the CPU and did not pay, so the pipeline keeps diffusers' defaults (SDPA attention,
 contiguous tensors). ``cpu_features`` reads what the CPU can do (AMX, AVX-512 BF16) so every
-benchmark figure and every run's ``model:`` line says which kernels the numbers came from.
+benchmark figure, and the ``model:`` line of a bf16 run on the CPU, says which kernels ran.
 """
 
 from __future__ import annotations
@@ -82,10 +82,11 @@ def compile_unet(pipe) -> None:
     pipe.unet = torch.compile(pipe.unet)
 
 
-def describe_speedups(pipe, device: torch.device) -> str:
-    """What the ``model:`` line adds: the compiled UNet and, on the CPU, which one it is."""
+def describe_speedups(pipe, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """What the ``model:`` line adds: the compiled UNet and, for bf16 on the CPU, which CPU
+    (whether it has bf16 kernels decides what bf16 is worth)."""
     out = ", torch.compile UNet" if hasattr(pipe.unet, "_orig_mod") else ""
-    if device.type == "cpu":
+    if device.type == "cpu" and dtype == torch.bfloat16:
         out += f" ({describe_cpu()})"
     return out
 

@@ -101,7 +101,7 @@ class Renderer:
 
     def describe(self) -> str:
         dt = {v: k for k, v in DTYPES.items()}[self.dtype]
-        extra = describe_speedups(self.pipe, self.device)
+        extra = describe_speedups(self.pipe, self.device, self.dtype)
         return f"{self.model.name} (hash {self.model.hash}) on {self.device} {dt}{extra}"
 
     def environment(self) -> dict:

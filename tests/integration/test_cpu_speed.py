@@ -72,10 +72,11 @@ def _run(tmp_path, monkeypatch, capsys, name: str, *extra: str):
 
 def test_bf16_and_compile_on_the_cpu(tmp_path, monkeypatch, capsys):
     """One test (three short runs of the quick recipe) to keep the suite fast."""
-    rows32, img32, _ = _run(tmp_path, monkeypatch, capsys, "fp32")
+    rows32, img32, out = _run(tmp_path, monkeypatch, capsys, "fp32")
+    assert "model: sdbatch-shapes (hash 875ba81cca) on cpu fp32\n" in out  # as the README shows
     # bf16: close to fp32, the same picture judged, the dtype in the row and the job id
     rows16, img16, out = _run(tmp_path, monkeypatch, capsys, "bf16", "run.dtype=bf16")
-    assert "cpu bf16" in out and "bf16 kernels:" in out  # the model line names the CPU
+    assert "on cpu bf16 (" in out and "bf16 kernels:" in out  # the model line names the CPU
     assert [r["dtype"] for r in rows32] == ["fp32"] * 4
     assert [r["dtype"] for r in rows16] == ["bf16"] * 4
     assert not {r["job_id"] for r in rows32} & {r["job_id"] for r in rows16}  # pixels differ
