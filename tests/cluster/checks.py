@@ -16,17 +16,19 @@ from tests.conftest import BIN, sdbatch_env
 
 SDBATCH = str(BIN / "sdbatch")
 TOOLS = str(BIN / "sdbatch-tools")
-# A recipe of 8 batches at a fraction of a second each on a CPU: long enough for a signal or
-# a kill to land between batches, short enough for the test budget.
+# A recipe of 12 batches (6 a shard) at a fraction of a second each on a CPU: once a shard's
+# first batch is on disk, five are left for a signal or a kill to land in, even on a faster
+# machine; short enough for the test budget.
 SHARDED = [
     "+recipe=quick",
     "steps=4",
     "size=64x64",
-    "seeds.count=8",
+    "seeds.count=12",
     "batch_size=2",
     "run.progress=false",
 ]
-SHARDED_JOBS = 16
+SHARDED_JOBS = 24
+SHARD_JOBS = SHARDED_JOBS // 2  # each of 2 shards
 # Columns that say when, where and in which sweep a row was written, not what it is.
 PER_RUN = {"started", "finished", "duration_s", "hydra_job", "overrides", "batch", "note"}
 
