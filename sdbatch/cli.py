@@ -154,8 +154,11 @@ def run(cfg: DictConfig) -> int:
     if grids and not summary.stopped and not typed.run.dry_run:
         draw_grids(out, grids)
     code = summary.exit_code
-    if run_context()["hydra_job"] is not None and out.is_dir() and not typed.run.dry_run:
-        (out / EXIT_FILE).write_text(f"{code}\n")  # read by MultirunExitCode in the parent
+    if run_context()["hydra_job"] is not None and not typed.run.dry_run and (out.is_dir() or code):
+        # read by MultirunExitCode in the parent; a job that stopped before its first image
+        # has no folder yet, and its exit code must still reach the sweep's
+        out.mkdir(parents=True, exist_ok=True)
+        (out / EXIT_FILE).write_text(f"{code}\n")
     return code
 
 
