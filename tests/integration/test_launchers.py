@@ -375,10 +375,10 @@ def test_job_folder_names():
 
 
 def test_a_sweep_job_stopped_before_its_first_image_still_sets_the_exit_code(tmp_path):
-    """A deadline that passes while the model loads: the job writes no image (so it has no
-    folder of its own yet), and the sweep still exits 4, as the single run does."""
+    """A deadline already passed when the first batch would start (0s): the job writes no
+    image (so it has no folder of its own yet), and the sweep still exits 4, as a run does."""
     out = tmp_path / "out"
-    res = sdbatch("-m", *QUICK, "run.deadline=1s", "cfg=5", f"output.dir={out}", cwd=tmp_path)
+    res = sdbatch("-m", *QUICK, "run.deadline=0s", "cfg=5", f"output.dir={out}", cwd=tmp_path)
     assert "0 of 4 done" in res.stdout, res.stdout + res.stderr
     assert res.returncode == 4, res.stderr
     assert not list(out.glob("multirun/*/images/*.png"))
