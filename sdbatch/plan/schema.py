@@ -56,7 +56,7 @@ class RunConfig:
     deadline: str | None = None  # stop cleanly after the batch in flight: "07:00" or "6h"
     max_jobs: int = 1_000_000  # a bigger plan is refused before it is built (raise it here)
     strict_prompts: bool = False  # prompt forms sdbatch cannot honour yet are errors, not warnings
-    compile: bool = False  # torch.compile the UNet, only for runs of 500+ batches (docs/benchmarks)
+    compile: bool = False  # torch.compile the UNet, only in runs of 2000+ batches (benchmarks)
 
 
 @dataclass
