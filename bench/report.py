@@ -46,7 +46,12 @@ def machine(threads: int | None) -> dict:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "CPU": cpu_model(),
-        "cores": f"{os.cpu_count()} logical, {usable} usable; torch threads: {threads or '?'}",
+        "cores": f"{os.cpu_count()} logical, {usable} usable; torch threads: {threads or '?'}"
+        + (
+            f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
+            if "OMP_NUM_THREADS" in os.environ
+            else ""
+        ),
         "OS": platform.platform(),
         "Python": platform.python_version(),
         "versions": ", ".join(
