@@ -67,6 +67,15 @@ LORAS = pa.list_(
 # One entry per textual-inversion embedding the prompt or negative prompt used: the word (the
 # file's stem) and A1111's short hash, as "TI hashes" writes them.
 EMBEDDINGS = pa.list_(pa.struct([("name", pa.string()), ("hash", pa.string())]))
+# One entry per ControlNet unit (sdbatch.plan.controlnet): the model's name and the hash the
+# extension writes, the condition image as planned and its sha256, the weight and its window.
+CONTROLNET = pa.list_(
+    pa.struct(
+        [("model", pa.string()), ("hash", pa.string()), ("image", pa.string()),
+         ("image_sha256", pa.string()), ("weight", pa.float64()),
+         ("start", pa.float64()), ("end", pa.float64())]
+    )
+)  # fmt: skip
 
 SCHEMA = pa.schema(
     [
@@ -96,6 +105,7 @@ SCHEMA = pa.schema(
         ("mask", pa.string()),  # inpainting mask (null: none)
         ("mask_sha256", pa.string()),
         ("denoise", pa.float64()),  # A1111's Denoising strength of the img2img pass
+        ("controlnet", CONTROLNET),  # ControlNet units (empty list: none)
         ("image", pa.string()),  # path relative to the output folder
         ("image_sha256", pa.string()),
         ("status", pa.string()),  # ok | failed | nan

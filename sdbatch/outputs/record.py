@@ -20,8 +20,8 @@ INFOTEXT_ORDER = (
     "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
     "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Denoising strength",
     "Clip skip", "RNG", "Mask mode", "Mask blur", "Inpaint area", "Masked area padding",
-    "Masked content", "Hires upscale", "Hires steps", "Hires upscaler", "Lora hashes",
-    "TI hashes", "Version",
+    "Masked content", "Hires upscale", "Hires steps", "Hires upscaler",
+    *(f"ControlNet {i}" for i in range(64)), "Lora hashes", "TI hashes", "Version",
 )  # fmt: skip
 # What a render gives a row, and what the run knows about itself
 RESULT_FIELDS = frozenset(
@@ -55,6 +55,7 @@ def infotext_for(job: Job) -> str:
         **job.extras.infotext(),
         **job.networks.infotext(),  # Lora hashes, TI hashes
         **(job.image.infotext() if job.image else {}),  # Denoising strength, Mask blur, ...
+        **(job.control.infotext() if job.control else {}),  # ControlNet 0, ControlNet 1, ...
         "Version": f"sdbatch {__version__}",
     }
     rank = {k: i for i, k in enumerate(INFOTEXT_ORDER)}
@@ -105,6 +106,7 @@ def make_row(job: Job, recipe: str, batch: int, context: Mapping, **result) -> d
         ],
         "embeddings": [{"name": u.name, "hash": u.hash} for u in job.networks.embeddings],
         **_image_columns(job),
+        "controlnet": job.control.columns() if job.control else [],
         "batch": batch,
         "image": None,
         "image_sha256": None,

@@ -58,6 +58,10 @@ KINDS: dict[str, Kind] = {
             "upscalers", "SDBATCH_UPSCALERS", ("models/ESRGAN", "models/RealESRGAN"),
             (SAFETENSORS, ".pth", ".pt"), "upscaler model",
         ),
+        Kind(
+            "controlnet", "SDBATCH_CONTROLNET", ("models/ControlNet",),
+            (SAFETENSORS, ".pth", ".pt", ".ckpt", ".bin"), "ControlNet model",
+        ),
     )
 }  # fmt: skip
 ROOT_ENV = "SDBATCH_A1111"

@@ -20,6 +20,7 @@ from typing import Any
 from sdbatch.errors import RecipeError
 from sdbatch.plan.axes import expand_axis
 from sdbatch.plan.checkpoints import Model, resolve_models
+from sdbatch.plan.controlnet import Control, check_family, check_prompts, controls_for, parse_units
 from sdbatch.plan.generation import Extras, parse_hires, parse_rng, parse_subseed_strength
 from sdbatch.plan.image_inputs import ImageInput, image_entries, protect_captions
 from sdbatch.plan.networks import Networks, resolve_networks
@@ -58,6 +59,7 @@ class Job:
     extras: Extras = Extras()  # hires fix, variation seed, noise source
     networks: Networks = Networks()  # LoRA files and embeddings the prompts name
     image: ImageInput | None = None  # img2img / inpainting input (sdbatch.plan.image_inputs)
+    control: Control | None = None  # ControlNet units (sdbatch.plan.controlnet)
 
     @property
     def image_name(self) -> str:
@@ -284,6 +286,12 @@ def build_plan(
         _check_syntax("prompt", {item.text for _, item in entries})
     denoises = image_axis.denoise if image_axis else (None,)
     models = resolve_models(asdict(cfg.model), asdict(cfg.folders))
+    units = parse_units(cfg, recipe_dirs, bool(cfg.model.allow_pickle))
+    if units:
+        for m in models:
+            check_family(m.family)
+        check_prompts({item.text for _, item in entries})
+    combos = {f: _control_combos(units, f) for f in dict.fromkeys(f for f, _ in entries)}
     sizes = list(dict.fromkeys(parse_size(s) for s in expand_axis("size", cfg.size)))
     # sampler x schedule type, A1111 1.9+'s reading (sdbatch.plan.samplers.plan_sampler): one
     # entry per job sampler ("DPM++ 2M" and "DPM++ 2M Karras" are the same job)
@@ -301,7 +309,7 @@ def build_plan(
         if not values:
             raise RecipeError(axis, getattr(cfg, axis), "at least one value")
     axes_ = (models, sizes, samplers, steps, cfgs, entries, denoises, seeds)
-    count = math.prod(len(a) for a in axes_)
+    count = math.prod(len(a) for a in axes_) * max(len(c) for c in combos.values())
     if count > max_jobs:
         raise PlanTooLarge(count, max_jobs)
     batch_size = _int("batch_size", cfg.batch_size, 1, 4096, "an integer >= 1")
@@ -347,11 +355,14 @@ def build_plan(
                                 if file is not None:
                                     image = ImageInput(file, denoise, image_axis.options)
                                     ntail += _json_tail(image.key())
-                                for i, (seed, extras, tail) in enumerate(var_keys):
+                                for (ctail, control), (
+                                    i,
+                                    (seed, extras, tail),
+                                ) in itertools.product(combos[file], enumerate(var_keys)):
                                     if seed == RANDOM_SEED:
-                                        draw = f"{prefix}{size_tail}{tail}{ntail}"
+                                        draw = f"{prefix}{size_tail}{tail}{ntail}{ctail}"
                                         seed = random_seed(salt, k_of[i], draw)
-                                    key = f"{prefix}{seed}{size_tail}{tail}{ntail}]"
+                                    key = f"{prefix}{seed}{size_tail}{tail}{ntail}{ctail}]"
                                     jid = _id(key)
                                     if i in k_of:
                                         randoms.add(jid)
@@ -374,12 +385,14 @@ def build_plan(
                                             extras,
                                             nets[item.text],
                                             image,
+                                            control,
                                         )
                                     )
     axes = {
         "models": len(models),
         "prompts": len(items),
         **({"images": len(image_axis.files), "denoise": len(denoises)} if image_axis else {}),
+        **({"controls": max(len(c) for c in combos.values())} if units else {}),
         "sampler": len(samplers),
         "steps": len(steps),
         "cfg": len(cfgs),
@@ -402,6 +415,14 @@ def build_plan(
     provisional = bool(randoms) and seed_salt is None
     name = str(cfg.name)
     return Plan(name, jobs, batches, axes, batch_size, swept, frozenset(randoms), provisional)
+
+
+def _control_combos(units: list, file) -> list[tuple[str, Control | None]]:
+    """(id tail, Control) per unit combination for one picture; [("", None)] without units,
+    so plans without ControlNet keep their ids."""
+    if not units:
+        return [("", None)]
+    return [(_json_tail(c.key()), c) for c in controls_for(units, file.path if file else None)]
 
 
 def _lora_groups(entries: list[tuple], nets: dict[str, Networks]) -> list[list[tuple]]:
@@ -468,6 +489,7 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[Batch]:
             job.extras.batch_key(),
             job.networks.batch_key(),
             job.image.batch_key() if job.image else None,
+            job.control.batch_key() if job.control else None,
         )
 
     for _, group in itertools.groupby(jobs, key=batch_key):

@@ -34,6 +34,7 @@ class FoldersConfig:
     embeddings: str | None = None  # default embeddings/
     vae: str | None = None  # default models/VAE (model.vae by file stem)
     upscalers: str | None = None  # default models/ESRGAN and models/RealESRGAN
+    controlnet: str | None = None  # default models/ControlNet (controlnet units' model names)
 
 
 @dataclass
@@ -99,6 +100,8 @@ class SdbatchConfig:
     inpainting_fill: Any = "original"  # masked content: fill | original | latent noise | ...nothing
     inpaint_full_res: Any = False  # A1111's inpaint area "Only masked" (true) or whole picture
     inpaint_full_res_padding: int = 32  # "Only masked padding, pixels"
+    # ControlNet units (sdbatch.plan.controlnet; docs/image-inputs.md#controlnet)
+    controlnet: list[Any] = field(default_factory=list)  # [{model, image, weight, ...}]
     batch_size: int = 4  # images per forward pass (jobs sharing model/size/sampler/steps/cfg)
     run: RunConfig = field(default_factory=RunConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -282,6 +282,10 @@ class Renderer:
                 pipe, call, prepared = image_call(self, jobs)
             else:
                 call["latents"] = self._latents(jobs, first.width, first.height)
+            if first.control is not None:  # ControlNet units (sdbatch.render.controlnet)
+                from sdbatch.render.controlnet import with_control
+
+                pipe, call = with_control(self, pipe, call, jobs)
             with self._conditioned(pipe, jobs, tensors, passes) as kwargs:
                 result = pipe(
                     **kwargs,

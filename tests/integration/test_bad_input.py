@@ -168,7 +168,36 @@ CASES = [
      ["hires.scale", "no hires fix"]),
     (["+recipe=quick", "init_images={pics}/a.png", "resize_mode=Stretch"], 2,
      ["resize_mode", "'Stretch'", "Just resize, Crop and resize, Resize and fill"]),
+    (["+recipe=quick", "folders.a1111={webui}",
+      "controlnet=[{model:control_shape,image:'{pics}/a.png'}]"],
+     2, ["controlnet[0].model", "'control_shape'", "closest match: 'control_shapes'"]),
+    (["+recipe=quick", "folders.a1111={webui}",
+      "controlnet=[{model:control_shapes,image:'{pics}/nope.png'}]"],
+     2, ["controlnet[0].image", "nope.png", "not found"]),
+    (["+recipe=quick", "folders.a1111={webui}",
+      "controlnet=[{model:control_shapes,image:'{pics}/a.png',weight:3}]"],
+     2, ["controlnet[0].weight", ": 3 is not allowed", "0..2"]),
+    (["+recipe=quick", "folders.a1111={webui}",
+      "controlnet=[{model:control_shapes,image:'{pics}/a.png',guidance_end:1.5}]"],
+     2, ["controlnet[0].guidance_end", "0..1"]),
+    (["+recipe=quick", "folders.a1111={webui}",
+      "controlnet=[{model:control_shapes,image:'{pics}/a.png',"
+      "control_mode:'ControlNet is more important'}]"],
+     2, ["controlnet[0].control_mode", "ControlNet is more important", "Balanced"]),
+    (["+recipe=quick", "folders.a1111={webui}",
+      "controlnet=[{model:control_shapes,image:'{pics}/a.png',module:canny}]"],
+     2, ["controlnet[0].module", "canny", "preprocessors are not built in"]),
 ]  # fmt: skip
+
+
+def _controlnet_tree(root: Path) -> Path:
+    """models/ControlNet with one (claimed) ControlNet file."""
+    key = b'"controlnet_cond_embedding.conv_in.weight"'
+    header = b"{" + key + b': {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    (root / "models/ControlNet").mkdir(parents=True, exist_ok=True)
+    path = root / "models/ControlNet/control_shapes.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    return root
 
 
 def _truncated_safetensors(path: Path) -> Path:
@@ -267,7 +296,7 @@ def test_bad_input_is_one_line_exit_code_and_nothing_written(
 ):
     tmp = user_recipes
     truncated = _truncated_safetensors(tmp / "truncated.safetensors")
-    webui = _embedding_tree(_upscaler_tree(_lora_tree(tmp / "webui")))
+    webui = _controlnet_tree(_embedding_tree(_upscaler_tree(_lora_tree(tmp / "webui"))))
     pics = _pictures_tree(tmp / "pics")
     args = [a.replace("{truncated}", str(truncated)).replace("{webui}", str(webui)) for a in args]
     args = [a.replace("{pics}", str(pics)) for a in args]

@@ -41,6 +41,11 @@ EXPECTED = [
     ("mask", "string"),
     ("mask_sha256", "string"),
     ("denoise", "double"),
+    (
+        "controlnet",
+        "list<item: struct<model: string, hash: string, image: string, image_sha256: string, "
+        "weight: double, start: double, end: double>>",
+    ),
     ("image", "string"),
     ("image_sha256", "string"),
     ("status", "string"),

@@ -1,0 +1,255 @@
+"""ControlNet units of a recipe, as A1111's ControlNet extension has them. Pure (no torch).
+
+``controlnet`` is a list of units ``{model, image, weight, guidance_start, guidance_end,
+control_mode, module}``. The model is a name in the ControlNet folder (A1111's
+``models/ControlNet``; ``folders.controlnet`` or ``SDBATCH_CONTROLNET``): a ``.safetensors``
+(or, with ``model.allow_pickle``, a pickle) file by stem, or a diffusers folder. ``image`` is
+a file, folder or glob of ready-made condition images: when it and ``init_images`` are both
+folders they are matched by file stem, otherwise every condition image is a sweep value.
+Only ``module: none`` exists (preprocessors are not built in) and only the "Balanced" control
+mode (diffusers' guess mode does not scale the residuals as the extension's other modes do).
+
+Each job carries a `Control`: per unit the model file's hash, the condition image's sha256,
+the weight and the guidance window. Its `key` joins the job id only when units are set, so
+ids of plans without ControlNet do not change; `infotext` writes the extension's
+``ControlNet N`` fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sdbatch.errors import RecipeError
+from sdbatch.plan.hashing import cached_sha256, model_hash, sha256_file
+from sdbatch.plan.image_inputs import check_image, list_files
+from sdbatch.plan.model_folders import find_file, folders_of, safe_name
+
+FIELD = "controlnet"
+UNIT_KEYS = ("model", "image", "weight", "guidance_start", "guidance_end", "control_mode", "module")
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+MODULES = ("none",)
+RESIZE_MODE = "Crop and resize"  # the extension's default ("Crop and Resize", INNER_FIT)
+WEIGHT_MAX = 2.0  # the extension's slider: 0..2
+
+
+@dataclass(frozen=True, slots=True)
+class ControlUnit:
+    """One unit of one job: a model, one condition image, its weight and window."""
+
+    model: str  # the name as the extension writes it (file stem)
+    path: str  # the model file or diffusers folder
+    hash: str  # the extension's short hash, "Model: NAME [HASH]"
+    file_sha256: str  # the model's content hash (job id)
+    image: str
+    image_sha256: str
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    mode: str = "Balanced"
+
+    def serialize(self) -> str:
+        """The extension's unit text (ControlNetUnit.serialize: its infotext fields in order)."""
+        fields = (
+            ("Module", "none"),
+            ("Model", f"{self.model} [{self.hash}]"),
+            ("Weight", float(self.weight)),
+            ("Resize Mode", "Crop and Resize"),
+            ("Processor Res", 512),
+            ("Threshold A", 0.5),
+            ("Threshold B", 0.5),
+            ("Guidance Start", float(self.start)),
+            ("Guidance End", float(self.end)),
+            ("Pixel Perfect", False),
+            ("Control Mode", self.mode),
+        )
+        return ", ".join(f"{k}: {v}" for k, v in fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    units: tuple[ControlUnit, ...]
+
+    def key(self) -> str:
+        units = [
+            [u.file_sha256, u.image_sha256, repr(u.weight), repr(u.start), repr(u.end), u.mode]
+            for u in self.units
+        ]
+        return json.dumps({"cn": units}, separators=(",", ":"))
+
+    def batch_key(self) -> tuple:
+        """Jobs share a pass with the same models, weights and windows (images are per job)."""
+        return tuple((u.path, u.file_sha256, u.weight, u.start, u.end) for u in self.units)
+
+    def infotext(self) -> dict[str, str]:
+        return {f"ControlNet {i}": u.serialize() for i, u in enumerate(self.units)}
+
+    def columns(self) -> list[dict]:
+        """The manifest's ``controlnet`` column: one struct per unit."""
+        return [
+            {
+                "model": u.model, "hash": u.hash, "image": u.image,
+                "image_sha256": u.image_sha256, "weight": u.weight,
+                "start": u.start, "end": u.end,
+            }
+            for u in self.units
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSpec:
+    """A recipe unit, validated: its model and condition images (path, sha256)."""
+
+    model: str
+    path: str
+    hash: str
+    file_sha256: str
+    images: tuple[tuple[str, str], ...]
+    by_stem: bool  # matched to init_images by file stem
+    weight: float
+    start: float
+    end: float
+    mode: str
+
+
+def a1111_short_hash(path: str | os.PathLike) -> str:
+    """The hash the extension shows after a model's name: A1111's old model hash (sha256 of
+    64 KiB at 1 MiB, 8 hex digits); for a diffusers folder the first 8 of its folder hash."""
+    if os.path.isdir(path):
+        return model_hash(path)[:8]
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+
+
+def _number(field: str, value: Any, lo: float, hi: float, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not lo <= number <= hi:
+        raise RecipeError(field, value, f"{what} in {lo:g}..{hi:g}")
+    return number
+
+
+def _is_folder(value: Any, dirs: list[Path]) -> bool:
+    from sdbatch.plan.image_inputs import _resolve
+
+    if not isinstance(value, str):
+        return False
+    return any(os.path.isdir(p) for p in _resolve(value, dirs))
+
+
+def resolve_model(name: Any, folders: Mapping[str, object], field: str, allow_pickle: bool):
+    """(path, is folder) of a ControlNet model: a diffusers folder directly in the ControlNet
+    folder, else a file by stem (A1111's lookup), checked by the weights policy."""
+    from sdbatch.plan.weights import check_weights_file
+
+    if not isinstance(name, str) or not name.strip():
+        raise RecipeError(field, name, "a ControlNet model name in the ControlNet folder")
+    if safe_name(name):
+        for root in folders_of("controlnet", folders):
+            here = root / name
+            if (here / "config.json").is_file():
+                for p in sorted(here.iterdir()):
+                    if p.suffix.lower() in (".safetensors", ".bin", ".pt", ".pth", ".ckpt"):
+                        check_weights_file(p, field, allow_pickle)
+                return here
+    path = find_file("controlnet", name, folders, field)
+    check_weights_file(path, field, allow_pickle)
+    return path
+
+
+def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec]:
+    """The recipe's units, validated (models found, images read and hashed); [] when unset."""
+    raw = cfg.controlnet
+    if raw in (None, "", []):
+        return []
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    if not isinstance(raw, list | tuple):
+        raise RecipeError(FIELD, raw, "a list of units {model, image, weight, ...}")
+    if float(cfg.hires.scale or 1) != 1:
+        raise RecipeError("hires.scale", cfg.hires.scale, "1 (off) with controlnet")
+    folders = asdict(cfg.folders)
+    init_folder = _is_folder(cfg.init_images, dirs)
+    specs = []
+    for i, unit in enumerate(raw):
+        where = f"{FIELD}[{i}]"
+        if not isinstance(unit, Mapping):
+            raise RecipeError(where, unit, "a unit {model, image, weight, ...}")
+        for key in unit:
+            if key not in UNIT_KEYS:
+                raise RecipeError(f"{where}.{key}", unit[key], "keys " + ", ".join(UNIT_KEYS))
+        for key in ("model", "image"):
+            if unit.get(key) in (None, "", []):
+                raise RecipeError(f"{where}.{key}", unit.get(key), f"a {key} (required)")
+        module = str(unit.get("module", "none")).strip()
+        if module.lower() not in MODULES:
+            allowed = "none (ready-made condition images; preprocessors are not built in)"
+            raise RecipeError(f"{where}.module", module, allowed)
+        mode = str(unit.get("control_mode", "Balanced")).strip()
+        if mode.lower() != "balanced":
+            allowed = "Balanced (diffusers' guess mode is not the extension's other modes)"
+            raise RecipeError(f"{where}.control_mode", mode, allowed)
+        weight = _number(f"{where}.weight", unit.get("weight", 1), 0, WEIGHT_MAX, "a number")
+        start = _number(f"{where}.guidance_start", unit.get("guidance_start", 0), 0, 1, "a number")
+        end = _number(f"{where}.guidance_end", unit.get("guidance_end", 1), 0, 1, "a number")
+        if start > end:
+            raise RecipeError(f"{where}.guidance_start", start, f"at most guidance_end ({end:g})")
+        path = resolve_model(unit["model"], folders, f"{where}.model", allow_pickle)
+        is_dir = os.path.isdir(path)
+        file_sha = model_hash(path) if is_dir else cached_sha256(path)
+        field = f"{where}.image"
+        images = []
+        for p in list_files(field, unit["image"], dirs):
+            check_image(field, p)
+            images.append((p, sha256_file(p)))
+        by_stem = init_folder and _is_folder(unit["image"], dirs)
+        name = path.name if is_dir else path.stem
+        specs.append(
+            UnitSpec(
+                name, str(path), a1111_short_hash(path), file_sha, tuple(images), by_stem,
+                weight, start, end, "Balanced",
+            )
+        )  # fmt: skip
+    return specs
+
+
+def controls_for(specs: list[UnitSpec], image: str | None) -> list[Control]:
+    """The unit combinations one init picture (or a txt2img job: None) renders with: a unit
+    matched by stem gives the condition image of the picture's stem, others sweep theirs."""
+    combos: list[tuple[ControlUnit, ...]] = [()]
+    for i, s in enumerate(specs):
+        images = s.images
+        if s.by_stem and image is not None:
+            stem = Path(image).stem
+            images = tuple(x for x in s.images if Path(x[0]).stem == stem)
+            if not images:
+                allowed = f"a condition image named like each picture ({image} has none)"
+                raise RecipeError(f"{FIELD}[{i}].image", stem, allowed)
+        units = [
+            ControlUnit(s.model, s.path, s.hash, s.file_sha256, p, sha, s.weight, s.start, s.end)
+            for p, sha in images
+        ]
+        combos = [(*c, u) for c in combos for u in units]
+    return [Control(c) for c in combos]
+
+
+def check_family(family: str) -> None:
+    if family != "sd1":
+        raise RecipeError(FIELD, family, "an SD 1.x model (ControlNet is SD 1.x only so far)")
+
+
+def check_prompts(texts: set[str]) -> None:
+    """AND runs its own UNet wrapper that does not pass ControlNet residuals: refused."""
+    from sdbatch.plan.prompt_schedule import split_and
+
+    for text in texts:
+        if len(split_and(text)) > 1:
+            raise RecipeError("prompt", text, "a prompt without AND when controlnet is set")

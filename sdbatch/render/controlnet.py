@@ -1,0 +1,130 @@
+"""ControlNet passes over the Renderer's own components (no second copy of the UNet or VAE).
+
+The plan gives each job a `Control` (sdbatch.plan.controlnet): per unit a model, a condition
+image, a weight and a guidance window. Here each ControlNet model loads once per file (a
+diffusers folder, or a ``.safetensors`` file with the config beside it in ``<stem>.config/``
+or else SD 1.5's ControlNet config shipped in ``sdbatch/models/configs/controlnet_sd15``, so
+nothing is fetched), the condition images are read (checked against their planned hash) and
+cropped to the job's size as the extension's default "Crop and Resize" does, and diffusers'
+ControlNet txt2img, img2img or inpaint pipeline is made with ``from_pipe`` from the loaded
+one. Several units run as diffusers' ``MultiControlNetModel``.
+
+diffusers multiplies each residual by the unit's weight and turns a unit off outside its window
+(``i / n < start or (i + 1) / n > end`` over the n steps that run).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from sdbatch.plan.controlnet import RESIZE_MODE, Control
+from sdbatch.plan.image_ops import flatten, resize_image
+from sdbatch.plan.recipe import Job
+from sdbatch.plan.weights import check_weights_file
+
+CONFIG = Path(__file__).resolve().parents[1] / "models" / "configs" / "controlnet_sd15"
+PIPELINES = {
+    "txt2img": "StableDiffusionControlNetPipeline",
+    "img2img": "StableDiffusionControlNetImg2ImgPipeline",
+    "inpaint": "StableDiffusionControlNetInpaintPipeline",
+}
+
+
+def load_controlnet(path: str, device, dtype, allow_pickle: bool):
+    """One ControlNet model, offline, by the weights policy."""
+    from diffusers import ControlNetModel
+
+    p = Path(path)
+    if p.is_dir():
+        for f in sorted(p.iterdir()):
+            if f.suffix.lower() in (".safetensors", ".bin"):
+                check_weights_file(f, "controlnet.model", allow_pickle)
+        model = ControlNetModel.from_pretrained(
+            p, torch_dtype=dtype, local_files_only=True, use_safetensors=not allow_pickle or None
+        )
+    else:
+        check_weights_file(p, "controlnet.model", allow_pickle)
+        beside = p.with_name(p.stem + ".config")
+        config = beside if (beside / "config.json").is_file() else CONFIG
+        model = ControlNetModel.from_single_file(
+            str(p), config=str(config), torch_dtype=dtype, local_files_only=True
+        )
+    return model.to(device)
+
+
+def _models(renderer, control: Control) -> list:
+    cache = renderer.__dict__.setdefault("_controlnets", {})
+    allow = bool(renderer.model.allow_pickle)
+    out = []
+    for u in control.units:
+        if u.path not in cache:
+            cache[u.path] = load_controlnet(u.path, renderer.device, renderer.dtype, allow)
+        out.append(cache[u.path])
+    return out
+
+
+def control_pipe(renderer, kind: str, base, jobs: Sequence[Job]):
+    """diffusers' ControlNet pipeline of ``kind`` over ``base``'s components (``base`` is the
+    renderer's txt2img, img2img or inpaint pipeline), made once per set of models."""
+    import diffusers
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    models = _models(renderer, jobs[0].control)
+    key = (kind, tuple(u.path for u in jobs[0].control.units))
+    cache = renderer.__dict__.setdefault("_controlnet_pipes", {})
+    if key not in cache:
+        controlnet = models[0] if len(models) == 1 else MultiControlNetModel(models)
+        cls = getattr(diffusers, PIPELINES[kind])
+        with warnings.catch_warnings():  # the swapped-in scheduler's config notices
+            warnings.simplefilter("ignore", FutureWarning)
+            pipe = cls.from_pipe(base, controlnet=controlnet)
+        pipe.set_progress_bar_config(disable=True)
+        if hasattr(base, "_sdbatch_fill"):  # the inpaint pipeline's latent fills
+            from sdbatch.render.image_inputs import _fill_latents
+
+            _fill_latents(pipe)
+        cache[key] = pipe
+    return cache[key]
+
+
+def control_call(jobs: Sequence[Job], kind: str) -> dict:
+    """The pipeline arguments of the batch's units: condition images per unit and image,
+    weights and windows (a batch shares models, weights and windows: the plan's batch key)."""
+    from sdbatch.render.image_inputs import read_image
+
+    units = jobs[0].control.units
+    w, h = jobs[0].width, jobs[0].height
+    images = []
+    for i in range(len(units)):
+        per_job = []
+        for j in jobs:
+            u = j.control.units[i]
+            im = flatten(read_image(u.image, u.image_sha256))
+            per_job.append(resize_image(RESIZE_MODE, im, w, h))
+        images.append(per_job)
+    # an empty window (start == end) never runs its unit; diffusers refuses one, so it runs
+    # over the whole window at weight 0 (the same residuals: zeros)
+    windows = [(u.weight, u.start, u.end) if u.start < u.end else (0.0, 0.0, 1.0) for u in units]
+    weight, start, end = (list(x) for x in zip(*windows, strict=True))
+    single = len(units) == 1
+    return {
+        ("image" if kind == "txt2img" else "control_image"): images[0] if single else images,
+        "controlnet_conditioning_scale": weight[0] if single else weight,
+        "control_guidance_start": start[0] if single else start,
+        "control_guidance_end": end[0] if single else end,
+    }
+
+
+def with_control(renderer, pipe, call: dict, jobs: Sequence[Job]) -> tuple[object, dict]:
+    """The batch's pipeline and arguments with its ControlNet units: ``pipe`` (the txt2img,
+    img2img or inpaint pipeline the Renderer chose, its scheduler set) swapped for its
+    ControlNet variant over the same components."""
+    first = jobs[0]
+    kind = "txt2img" if first.image is None else "inpaint" if first.image.masked else "img2img"
+    cn_pipe = control_pipe(renderer, kind, pipe, jobs)
+    cn_pipe.scheduler = pipe.scheduler
+    if hasattr(pipe, "_sdbatch_fill"):
+        cn_pipe._sdbatch_fill = pipe._sdbatch_fill
+    return cn_pipe, {**call, **control_call(jobs, kind)}

@@ -1,0 +1,164 @@
+"""ControlNet units in the plan: validation, sweeps and matching, job ids, infotext text."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sdbatch.errors import RecipeError
+from sdbatch.plan.controlnet import a1111_short_hash
+from sdbatch.plan.recipe import build_plan
+from tests.conftest import quick_cfg
+
+
+def weights(path: Path, salt: str = "") -> Path:
+    """A whole safetensors file (one claimed tensor)."""
+    header = {
+        "__metadata__": {"salt": salt},
+        "w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+    }
+    raw = json.dumps(header).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0")
+    return path
+
+
+def picture(path: Path, colour: str = "white") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 16), colour).save(path)
+    return path
+
+
+@pytest.fixture
+def world(tmp_path):
+    weights(tmp_path / "cn" / "control_shapes.safetensors")
+    weights(tmp_path / "cn" / "other.safetensors", "2")
+    picture(tmp_path / "cond" / "a.png", "white")
+    picture(tmp_path / "cond" / "b.png", "black")
+    picture(tmp_path / "pics" / "a.png", "red")
+    picture(tmp_path / "pics" / "b.png", "blue")
+    return tmp_path
+
+
+def plan(world, units, **over):
+    cfg = quick_cfg(folders={"controlnet": str(world / "cn")}, controlnet=units, **over)
+    return build_plan(cfg, recipe_dirs=[world])
+
+
+def unit(**over):
+    return {"model": "control_shapes", "image": "cond/a.png", **over}
+
+
+def test_without_units_ids_are_unchanged(world):
+    plain = build_plan(quick_cfg(), recipe_dirs=[world])
+    empty = plan(world, [])
+    assert [j.job_id for j in plain.jobs] == [j.job_id for j in empty.jobs]
+    assert all(j.control is None for j in empty.jobs)
+
+
+def test_a_unit_joins_the_id_with_its_weight_window_and_file_hashes(world):
+    plain = {j.job_id for j in build_plan(quick_cfg(), recipe_dirs=[world]).jobs}
+    ids = {}
+    for name, u in {
+        "base": unit(),
+        "weight": unit(weight=0.5),
+        "start": unit(guidance_start=0.2),
+        "end": unit(guidance_end=0.8),
+        "image": unit(image="cond/b.png"),
+        "model": unit(model="other"),
+    }.items():
+        ids[name] = tuple(j.job_id for j in plan(world, [u]).jobs)
+    assert len(set(ids.values())) == len(ids)
+    assert not plain & {i for v in ids.values() for i in v}
+    again = tuple(j.job_id for j in plan(world, [unit()]).jobs)
+    assert again == ids["base"]
+
+
+def test_editing_a_condition_image_changes_only_its_jobs(world):
+    before = plan(world, [unit(image="cond")])
+    picture(world / "cond" / "b.png", "grey")
+    after = plan(world, [unit(image="cond")])
+    changed = {
+        b.control.units[0].image
+        for b, a in zip(before.jobs, after.jobs, strict=True)
+        if b.job_id != a.job_id
+    }
+    assert changed == {str(world / "cond" / "b.png")}
+
+
+def test_a_folder_of_condition_images_is_swept_and_matched_to_init_images_by_stem(world):
+    swept = plan(world, [unit(image="cond")])
+    assert len(swept.jobs) == 2 * 2 * 2  # prompts x seeds x condition images
+    matched = plan(world, [unit(image="cond")], init_images="pics", denoise=0.5)
+    assert len(matched.jobs) == 2 * 2 * 2  # prompts x seeds x pictures (not x 2 conditions)
+    for j in matched.jobs:
+        assert Path(j.control.units[0].image).stem == Path(j.image.file.path).stem
+    listed = plan(world, [unit(image="cond/*.png")], init_images="pics", denoise=0.5)
+    assert len(listed.jobs) == 2 * 2 * 2 * 2  # a glob is swept
+
+
+def test_several_units_multiply_and_share_a_batch(world):
+    p = plan(world, [unit(image="cond"), unit(model="other", weight=0.3)], batch_size=16)
+    assert len(p.jobs) == 8 and len(p.batches) == 1
+    assert [u.model for u in p.jobs[0].control.units] == ["control_shapes", "other"]
+
+
+def test_the_infotext_unit_text_is_the_extensions(world):
+    p = plan(world, [unit(weight=0.5, guidance_end=0.8)])
+    h = a1111_short_hash(world / "cn" / "control_shapes.safetensors")
+    assert len(h) == 8
+    assert p.jobs[0].control.infotext() == {
+        "ControlNet 0": (
+            f"Module: none, Model: control_shapes [{h}], Weight: 0.5, Resize Mode: Crop and "
+            "Resize, Processor Res: 512, Threshold A: 0.5, Threshold B: 0.5, Guidance Start: 0.0, "
+            "Guidance End: 0.8, Pixel Perfect: False, Control Mode: Balanced"
+        )
+    }
+
+
+@pytest.mark.parametrize(
+    "units, field, words",
+    [
+        ([unit(model="control_shape")], "controlnet[0].model", "closest match: 'control_shapes'"),
+        ([unit(image="cond/missing.png")], "controlnet[0].image", "not found"),
+        ([unit(image=None)], "controlnet[0].image", "required"),
+        ([unit(weight=3)], "controlnet[0].weight", "0..2"),
+        ([unit(weight=-0.1)], "controlnet[0].weight", "0..2"),
+        ([unit(guidance_start=1.5)], "controlnet[0].guidance_start", "0..1"),
+        (
+            [unit(guidance_start=0.8, guidance_end=0.2)],
+            "controlnet[0].guidance_start",
+            "guidance_end",
+        ),
+        (
+            [unit(control_mode="ControlNet is more important")],
+            "controlnet[0].control_mode",
+            "Balanced",
+        ),
+        ([unit(module="canny")], "controlnet[0].module", "preprocessors are not built in"),
+        ([unit(strength=1)], "controlnet[0].strength", "keys model, image"),
+        (["nope"], "controlnet[0]", "a unit"),
+    ],
+)
+def test_bad_units_are_one_line_naming_the_field(world, units, field, words):
+    with pytest.raises(RecipeError) as err:
+        plan(world, units)
+    text = str(err.value)
+    assert text.startswith(f"{field}:") and words in text and "\n" not in text
+
+
+def test_and_is_refused_with_controlnet(world):
+    with pytest.raises(RecipeError, match="without AND"):
+        plan(world, [unit()], prompt="a red circle AND a blue square")
+
+
+def test_a_model_needs_a_folder(world, monkeypatch):
+    monkeypatch.delenv("SDBATCH_CONTROLNET", raising=False)
+    monkeypatch.delenv("SDBATCH_A1111", raising=False)
+    cfg = quick_cfg(controlnet=[unit()])
+    with pytest.raises(RecipeError, match="folders.controlnet"):
+        build_plan(cfg, recipe_dirs=[world])
