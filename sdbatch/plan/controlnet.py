@@ -253,3 +253,56 @@ def check_prompts(texts: set[str]) -> None:
     for text in texts:
         if len(split_and(text)) > 1:
             raise RecipeError("prompt", text, "a prompt without AND when controlnet is set")
+
+
+def is_infotext_unit(key: str) -> bool:
+    """``ControlNet 0``, ``ControlNet 1``, ...: the extension's unit fields."""
+    head, _, index = key.partition(" ")
+    return head == "ControlNet" and index.isdigit()
+
+
+def units_from_infotext(params: Mapping[str, str]) -> tuple[list[dict], list[str]]:
+    """The recipe's ``controlnet`` units from the extension's ``ControlNet N`` fields (parsed
+    as its ControlNetUnit.parse does: ``Key: value`` pairs split at commas), and one warning
+    line per thing not reproduced. The infotext does not say which condition image was used:
+    each unit's ``image`` is left for the user to set (one warning)."""
+    units: list[dict] = []
+    warnings: list[str] = []
+    for key in sorted((k for k in params if is_infotext_unit(k)), key=lambda k: int(k[11:])):
+        fields: dict[str, str] = {}
+        for item in params[key].split(","):
+            name, sep, value = item.strip().partition(": ")
+            if sep:
+                fields[name.strip()] = value.strip()
+        model = fields.get("Model", "None")
+        name = model.rsplit(" [", 1)[0] if model.endswith("]") else model
+        if name in ("", "None") or "${" in name:  # "${": an interpolation, never a name
+            warnings.append(f"not reproduced: {key} (no model name sdbatch can use)")
+            continue
+        unit: dict = {"model": name, "image": None}
+        for field, target, lo, hi in (
+            ("Weight", "weight", 0, WEIGHT_MAX),
+            ("Guidance Start", "guidance_start", 0, 1),
+            ("Guidance End", "guidance_end", 0, 1),
+        ):
+            if field in fields:
+                try:
+                    unit[target] = _number(target, fields[field], lo, hi, "a number")
+                except RecipeError:
+                    warnings.append(f"not reproduced: {key} {field}: {fields[field]}")
+        module = fields.get("Module", "none")
+        if module.lower() != "none":
+            warnings.append(
+                f"{key}: Module {module} is not built in: set image to its preprocessed "
+                "condition image (module: none)"
+            )
+        for field, want in (("Control Mode", "Balanced"), ("Resize Mode", "Crop and Resize")):
+            if fields.get(field, want) != want:
+                warnings.append(f"not reproduced: {key} {field}: {fields[field]} (sdbatch: {want})")
+        units.append(unit)
+    if units:
+        warnings.append(
+            "ControlNet: the infotext does not say which condition image was used; set each "
+            "controlnet unit's image to run the recipe"
+        )
+    return units, warnings

@@ -27,6 +27,7 @@ from sdbatch.outputs.infotext import (
 )
 from sdbatch.outputs.infotext import parse_size as parse_infotext_size
 from sdbatch.plan.checkpoints import CHECKPOINT_NAMES, inside_model_dir
+from sdbatch.plan.controlnet import is_infotext_unit, units_from_infotext
 
 __all__ = [
     "FIELDS",
@@ -208,6 +209,9 @@ class ReplayRecipe:
                 for sub, v in value.items():
                     beside = key == "model" and sub == "name" and note
                     lines.append(f"  {sub}: {_scalar(v)}" + (f"  # {note}" if beside else ""))
+            elif isinstance(value, list):  # controlnet units: one flow-style line
+                flow = yaml.safe_dump(value, default_flow_style=True, width=1 << 30)
+                lines.append(f"{key}: {flow.strip()}")  # no "${" in them (units_from_infotext)
             else:
                 lines.append(f"{key}: {_scalar(value)}")
         if note and "name" not in self.values.get("model", {}):
@@ -416,8 +420,12 @@ def recipe_from_infotext(text: str, name: str, source: str = "") -> ReplayRecipe
     _prompt_checks(info, out)
     _loras(info, out)
     _embeddings(info, out)
+    units, notes = units_from_infotext(info.params)  # ControlNet N (sdbatch.plan.controlnet)
+    if units:
+        out.values["controlnet"] = units
+    out.warnings.extend(notes)
     for key, value in info.params.items():
-        if key in _OWN_CODE or key in _REQUIRED:
+        if key in _OWN_CODE or key in _REQUIRED or is_infotext_unit(key):
             continue
         spec = FIELDS.get(key, Field(note="not an A1111 field sdbatch knows"))
         shown = format_params({key: value})  # as the infotext wrote it: one line, quoted

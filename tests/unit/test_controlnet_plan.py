@@ -162,3 +162,46 @@ def test_a_model_needs_a_folder(world, monkeypatch):
     cfg = quick_cfg(controlnet=[unit()])
     with pytest.raises(RecipeError, match="folders.controlnet"):
         build_plan(cfg, recipe_dirs=[world])
+
+
+A1111_TEXT = (
+    "a red circle\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, "
+    "CFG scale: 7, Seed: 5, Size: 512x512, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, "
+    'ControlNet 0: "Module: none, Model: control_v11p_sd15_canny [d14c016b], Weight: 0.7, Resize '
+    "Mode: Crop and Resize, Processor Res: 512, Threshold A: 0.5, Threshold B: 0.5, Guidance "
+    'Start: 0.1, Guidance End: 0.9, Pixel Perfect: False, Control Mode: Balanced", '
+    'ControlNet 1: "Module: canny, Model: control_v11f1p_sd15_depth [cfd03158], Weight: 1, Resize '
+    "Mode: Crop and Resize, Processor Res: 512, Threshold A: 100, Threshold B: 200, Guidance "
+    'Start: 0, Guidance End: 1, Pixel Perfect: True, Control Mode: ControlNet is more important", '
+    "Version: v1.10.1"
+)
+
+
+def test_replay_maps_the_extensions_units_back_and_asks_for_the_images():
+    import yaml
+
+    from sdbatch.views.replay import recipe_from_infotext
+
+    out = recipe_from_infotext(A1111_TEXT, "cn")
+    assert out.values["controlnet"] == [
+        {"model": "control_v11p_sd15_canny", "image": None, "weight": 0.7,
+         "guidance_start": 0.1, "guidance_end": 0.9},
+        {"model": "control_v11f1p_sd15_depth", "image": None, "weight": 1.0,
+         "guidance_start": 0.0, "guidance_end": 1.0},
+    ]  # fmt: skip
+    text = "\n".join(out.warnings)
+    assert "set each controlnet unit's image" in text
+    assert "ControlNet 1: Module canny is not built in" in text
+    assert "ControlNet 1 Control Mode: ControlNet is more important" in text
+    assert not any("ControlNet 0" in w for w in out.warnings)
+    assert not any("ControlNet" in c for c in out.comments)  # mapped, not "not reproduced"
+    assert yaml.safe_load(out.to_yaml())["controlnet"] == out.values["controlnet"]
+
+
+def test_replay_of_an_interpolation_in_a_model_name_is_dropped():
+    from sdbatch.views.replay import recipe_from_infotext
+
+    text = A1111_TEXT.replace("control_v11p_sd15_canny", "${oc.env:HOME}")
+    out = recipe_from_infotext(text, "cn")
+    assert [u["model"] for u in out.values["controlnet"]] == ["control_v11f1p_sd15_depth"]
+    assert "${" not in out.to_yaml().split("controlnet:")[1].splitlines()[0]
