@@ -96,21 +96,24 @@ def control_call(jobs: Sequence[Job], kind: str) -> dict:
 
     units = jobs[0].control.units
     w, h = jobs[0].width, jobs[0].height
-    images = []
-    for i in range(len(units)):
-        per_job = []
-        for j in jobs:
-            u = j.control.units[i]
-            im = flatten(read_image(u.image, u.image_sha256))
-            per_job.append(resize_image(RESIZE_MODE, im, w, h))
-        images.append(per_job)
+    # per job, its condition image of each unit: diffusers reads a nested list as
+    # [image of the batch][ControlNet] (and transposes it itself)
+    images = [
+        [
+            resize_image(RESIZE_MODE, flatten(read_image(u.image, u.image_sha256)), w, h)
+            for u in j.control.units
+        ]
+        for j in jobs
+    ]
     # an empty window (start == end) never runs its unit; diffusers refuses one, so it runs
     # over the whole window at weight 0 (the same residuals: zeros)
     windows = [(u.weight, u.start, u.end) if u.start < u.end else (0.0, 0.0, 1.0) for u in units]
     weight, start, end = (list(x) for x in zip(*windows, strict=True))
     single = len(units) == 1
     return {
-        ("image" if kind == "txt2img" else "control_image"): images[0] if single else images,
+        ("image" if kind == "txt2img" else "control_image"): (
+            [per_job[0] for per_job in images] if single else images
+        ),
         "controlnet_conditioning_scale": weight[0] if single else weight,
         "control_guidance_start": start[0] if single else start,
         "control_guidance_end": end[0] if single else end,

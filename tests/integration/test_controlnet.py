@@ -7,6 +7,10 @@ user relies on: weight 1 changes pixels, weight 0 and ``guidance_end: 0`` give e
 picture without ControlNet (diffusers multiplies every residual by the weight, and a unit
 outside its window has weight 0; adding zeros leaves the UNet's sums as they were), the
 PNG's infotext and the manifest name the unit, and a ``.safetensors`` file loads offline.
+Two units over a batch of two condition images must give each image exactly what one unit
+gave it (the second unit at weight 0), which fails if the batch's images and the units are
+crossed. Times on a 2-core CPU: about 12 s for the file (one tiny ControlNet, 8 runs of one
+or two 32x32 images at 4 steps).
 """
 
 from __future__ import annotations
@@ -35,14 +39,14 @@ def controlnet_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("a1111") / "models" / "ControlNet"
     unet = UNet2DConditionModel.from_pretrained(EMBEDDED_MODEL_PATH, subfolder="unet")
+    torch.manual_seed(0)  # the condition embedding's own layers are drawn here
     cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32))
-    torch.manual_seed(0)
     with torch.no_grad():
         for p in cn.controlnet_cond_embedding.conv_out.parameters():
-            p.normal_(0, 0.5)
+            p.normal_(0, 3.0)
         for m in [*cn.controlnet_down_blocks, cn.controlnet_mid_block]:
             for p in m.parameters():
-                p.normal_(0, 0.05)
+                p.normal_(0, 0.1)
     cn.save_pretrained(root / "tiny_cn")
     save_file(cn.state_dict(), root / "tiny_file.safetensors")
     cn.save_config(root / "tiny_file.config")  # the config beside a single file
@@ -51,28 +55,34 @@ def controlnet_dir(tmp_path_factory) -> Path:
     pic = np.zeros((32, 32, 3), np.uint8)
     pic[8:24, 4:14] = 255
     Image.fromarray(pic).save(cond / "left.png")
+    Image.fromarray(255 - pic[:, ::-1]).save(cond / "right.png")  # mirrored, inverted
     return root
 
 
 def _run(monkeypatch, capsys, out: Path, cn: Path, units: str, *args: str) -> None:
     code, _, err = run_cli(
         monkeypatch, capsys, "+recipe=quick", f"output.dir={out}", "run.device=cpu",
-        "run.progress=false", "size=32x32", "steps=6", "negative_prompt=", "seeds=[1,2]",
+        "run.progress=false", "size=32x32", "steps=4", "negative_prompt=", "seeds=[1]",
         "prompt=a red circle on a white background", f"folders.controlnet={cn}",
         f"controlnet={units}", *args,
     )  # fmt: skip
     assert code == 0, err
 
 
-def _images(out: Path) -> dict[int, np.ndarray]:
+def _images(out: Path) -> dict[tuple, np.ndarray]:
+    """(seed, first unit's condition image name) -> pixels."""
     rows = pq.read_table(out / "manifest").to_pylist()
-    return {r["seed"]: np.asarray(Image.open(out / r["image"]), np.int16) for r in rows}
+    out_ = {}
+    for r in rows:
+        cond = Path(r["controlnet"][0]["image"]).name if r["controlnet"] else None
+        out_[(r["seed"], cond)] = np.asarray(Image.open(out / r["image"]), np.int16)
+    return out_
 
 
-def _unit(cn: Path, model: str = "tiny_cn", **extra) -> str:
-    cond = cn.parent.parent / "cond" / "left.png"
+def _unit(cn: Path, model: str = "tiny_cn", image: str = "left.png", **extra) -> str:
+    cond = cn.parent.parent / "cond" / image
     fields = [f"model:{model}", f"image:'{cond}'", *(f"{k}:{v}" for k, v in extra.items())]
-    return "[{" + ",".join(fields) + "}]"
+    return "{" + ",".join(fields) + "}"
 
 
 def test_weight_one_changes_pixels_weight_zero_and_an_empty_window_do_not(
@@ -80,40 +90,46 @@ def test_weight_one_changes_pixels_weight_zero_and_an_empty_window_do_not(
 ):
     cn = controlnet_dir
     _run(monkeypatch, capsys, tmp_path / "plain", cn, "[]")
-    plain = _images(tmp_path / "plain")
-    _run(monkeypatch, capsys, tmp_path / "w1", cn, _unit(cn))
+    (plain,) = _images(tmp_path / "plain").values()
+    # one unit over both condition images: one batch of two images
+    _run(monkeypatch, capsys, tmp_path / "w1", cn, f"[{_unit(cn, image='')}]")
     on = _images(tmp_path / "w1")
-    for seed in plain:
-        assert np.abs(on[seed] - plain[seed]).mean() > 2, seed
-    # two units (diffusers' MultiControlNetModel): one at weight 0, one with an empty window
-    both = _unit(cn, weight=0)[:-1] + "," + _unit(cn, "tiny_file", guidance_end=0)[1:]
-    _run(monkeypatch, capsys, tmp_path / "off", cn, both)
-    off = _images(tmp_path / "off")
-    for seed in plain:
-        assert np.array_equal(off[seed], plain[seed]), seed
-    # the single .safetensors file (config beside it) is the same model: the same pixels
-    _run(monkeypatch, capsys, tmp_path / "file", cn, _unit(cn, model="tiny_file"))
-    same = _images(tmp_path / "file")
-    for seed in plain:
-        assert np.array_equal(same[seed], on[seed]), seed
-    out = tmp_path / "file"
+    assert sorted(on) == [(1, "left.png"), (1, "right.png")]
+    for got in on.values():
+        assert np.abs(got - plain).mean() > 2
+    # the untrained ControlNet leans on its condition only a little (mean 0.46 levels of 255
+    # between the two images, measured): enough for the exact comparisons below to tell
+    # which condition image each image of the batch got
+    assert not np.array_equal(on[1, "left.png"], on[1, "right.png"])
+    # two units (MultiControlNetModel): the .safetensors file of the same model at weight 1
+    # over both images, the folder at weight 0: each image as the one unit made it
+    multi = f"[{_unit(cn, 'tiny_file', image='')},{_unit(cn, image='left.png', weight=0)}]"
+    _run(monkeypatch, capsys, tmp_path / "multi", cn, multi)
+    for key, got in _images(tmp_path / "multi").items():
+        assert np.array_equal(got, on[key]), key
+    # weight 0 and an empty window: exactly the picture without ControlNet
+    off = f"[{_unit(cn, weight=0)},{_unit(cn, 'tiny_file', guidance_end=0)}]"
+    _run(monkeypatch, capsys, tmp_path / "off", cn, off)
+    (got,) = _images(tmp_path / "off").values()
+    assert np.array_equal(got, plain)
+    out = tmp_path / "multi"
     rows = pq.read_table(out / "manifest").to_pylist()
     h = a1111_short_hash(cn / "tiny_file.safetensors")
     text = read_png_infotext(out / rows[0]["image"])
     assert (
         f'ControlNet 0: "Module: none, Model: tiny_file [{h}], Weight: 1.0, Resize Mode: Crop and '
         "Resize, Processor Res: 512, Threshold A: 0.5, Threshold B: 0.5, Guidance Start: 0.0, "
-        'Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced"'
+        'Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced", ControlNet 1: "Module: '
+        f"none, Model: tiny_cn [{a1111_short_hash(cn / 'tiny_cn')}], Weight: 0.0,"
     ) in text
     assert parse_infotext(text).params["ControlNet 0"].startswith("Module: none, Model: tiny_file")
     units = rows[0]["controlnet"]
-    assert len(units) == 1
-    assert units[0]["model"] == "tiny_file" and units[0]["hash"] == h
-    assert units[0]["weight"] == 1.0 and units[0]["start"] == 0.0 and units[0]["end"] == 1.0
-    assert units[0]["image"].endswith("left.png") and len(units[0]["image_sha256"]) == 64
-    two = pq.read_table(tmp_path / "off" / "manifest").to_pylist()[0]["controlnet"]
-    assert [u["model"] for u in two] == ["tiny_cn", "tiny_file"]
-    assert [u["end"] for u in two] == [1.0, 0.0]
+    assert [u["model"] for u in units] == ["tiny_file", "tiny_cn"]
+    assert units[0]["hash"] == h and [u["weight"] for u in units] == [1.0, 0.0]
+    assert units[0]["start"] == 0.0 and units[0]["end"] == 1.0
+    assert units[1]["image"].endswith("left.png") and len(units[1]["image_sha256"]) == 64
+    ends = [u["end"] for u in pq.read_table(tmp_path / "off" / "manifest")["controlnet"][0].as_py()]
+    assert ends == [1.0, 0.0]
 
 
 def test_img2img_and_inpainting_take_controlnet(controlnet_dir, tmp_path, monkeypatch, capsys):
@@ -126,16 +142,36 @@ def test_img2img_and_inpainting_take_controlnet(controlnet_dir, tmp_path, monkey
     img = (f"init_images={pic}", "denoise=0.8")
     _run(monkeypatch, capsys, tmp_path / "plain", cn, "[]", *img)
     plain = _images(tmp_path / "plain")
-    _run(monkeypatch, capsys, tmp_path / "w1", cn, _unit(cn), *img)
+    _run(monkeypatch, capsys, tmp_path / "w1", cn, f"[{_unit(cn)}]", *img)
     on = _images(tmp_path / "w1")
-    _run(monkeypatch, capsys, tmp_path / "w0", cn, _unit(cn, weight=0), *img)
+    _run(monkeypatch, capsys, tmp_path / "w0", cn, f"[{_unit(cn, weight=0)}]", *img)
     off = _images(tmp_path / "w0")
-    for seed in plain:
-        assert np.abs(on[seed] - plain[seed]).mean() > 2, seed
-        assert np.array_equal(off[seed], plain[seed]), seed
-    _run(monkeypatch, capsys, tmp_path / "inpaint", cn, _unit(cn), *img,
+    for key in plain:
+        k = (key[0], "left.png")
+        assert np.abs(on[k] - plain[key]).mean() > 2, key
+        assert np.array_equal(off[k], plain[key]), key
+    _run(monkeypatch, capsys, tmp_path / "inpaint", cn, f"[{_unit(cn)}]", *img,
          f"masks={tmp_path / 'mask.png'}", "mask_blur=0")  # fmt: skip
     kept = np.asarray(Image.open(pic).convert("RGB"), np.int16)
-    for seed, got in _images(tmp_path / "inpaint").items():
-        assert np.array_equal(got[:, :16], kept[:, :16]), seed  # unmasked: the input's own
-        assert np.abs(got[:, 16:] - on[seed][:, 16:]).mean() < 255
+    for key, got in _images(tmp_path / "inpaint").items():
+        assert np.array_equal(got[:, :16], kept[:, :16]), key  # unmasked: the input's own
+        assert np.abs(got[:, 16:] - kept[:, 16:]).mean() > 2, key  # the masked half redrawn
+
+
+def test_the_shipped_sd15_controlnet_config_builds_an_sd15_controlnet():
+    """A single file without a config beside it loads with this config (no hub fetch); it
+    must describe SD 1.5's UNet geometry, or SD 1.5 ControlNet weights would not fit it."""
+    import json
+
+    from diffusers import ControlNetModel
+
+    from sdbatch.render.controlnet import CONFIG
+
+    config = ControlNetModel.load_config(CONFIG)
+    unet = json.loads((CONFIG.parent / "sd15" / "unet" / "config.json").read_text())
+    for key in ("block_out_channels", "cross_attention_dim", "attention_head_dim",
+                "layers_per_block", "down_block_types", "in_channels"):  # fmt: skip
+        assert config[key] == unet[key], key
+    with torch.device("meta"):
+        model = ControlNetModel.from_config(config)
+    assert len(model.controlnet_down_blocks) == 12  # SD 1.5's 12 skip connections
