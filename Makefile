@@ -49,6 +49,10 @@ bench: install  ## benchmarks (see BENCHMARKS.md)
 bench-editing: install  ## prompt editing vs a plain prompt, one 4-image batch, 20 steps, CPU (~1 min)
 	$(VENV)/bin/python bench/editing.py $(ARGS)
 
+.PHONY: bench-lora
+bench-lora: install  ## switching LoRA sets between batches vs a batch's render, CPU (~1-2 min)
+	$(VENV)/bin/python bench/lora_switch.py $(ARGS)
+
 .PHONY: bench-cpu
 bench-cpu: install  ## CPU speed: fp32 vs bf16 side by side, bf16 judged, torch.compile (BENCHMARKS.md)
 	$(VENV)/bin/python bench/run.py --ways "a',b,c,a' bf16,b bf16,c bf16" --jobs cpu --reps 3 \
