@@ -175,3 +175,28 @@ def test_the_shipped_sd15_controlnet_config_builds_an_sd15_controlnet():
     with torch.device("meta"):
         model = ControlNetModel.from_config(config)
     assert len(model.controlnet_down_blocks) == 12  # SD 1.5's 12 skip connections
+
+
+def test_prompt_editing_and_latent_fills_reach_the_controlnet_pipelines(
+    controlnet_dir, tmp_path, monkeypatch, capsys
+):
+    """At weight 0 the ControlNet pipelines must give exactly the plain pipelines' pictures:
+    so prompt editing's per-step embeddings and inpainting's "latent nothing" start reach
+    them (without either, the pictures would differ)."""
+    cn = controlnet_dir
+    pic = tmp_path / "pic.png"
+    Image.fromarray(render(Scene("circle", "red", "white", 0.55), 32)).save(pic)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, 16:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    cases = {
+        "edit": ("prompt=[a red circle:a blue square on a black background:2]",),
+        "fill": (f"init_images={pic}", "denoise=0.5", f"masks={tmp_path / 'mask.png'}",
+                 "inpainting_fill=latent nothing"),
+    }  # fmt: skip
+    for name, args in cases.items():
+        _run(monkeypatch, capsys, tmp_path / f"{name}_plain", cn, "[]", *args)
+        _run(monkeypatch, capsys, tmp_path / f"{name}_cn", cn, f"[{_unit(cn, weight=0)}]", *args)
+        (plain,) = _images(tmp_path / f"{name}_plain").values()
+        (got,) = _images(tmp_path / f"{name}_cn").values()
+        assert np.array_equal(got, plain), name
