@@ -200,3 +200,41 @@ def test_prompt_editing_and_latent_fills_reach_the_controlnet_pipelines(
         (plain,) = _images(tmp_path / f"{name}_plain").values()
         (got,) = _images(tmp_path / f"{name}_cn").values()
         assert np.array_equal(got, plain), name
+
+
+def test_replay_of_a_controlnet_png_renders_the_same_picture_once_the_image_is_set(
+    controlnet_dir, tmp_path, monkeypatch, capsys
+):
+    from sdbatch import config, tools
+
+    cn = controlnet_dir
+    unit = _unit(cn, "tiny_file", weight=0.7, guidance_start=0.25)
+    _run(monkeypatch, capsys, tmp_path / "first", cn, f"[{unit}]")
+    (row,) = pq.read_table(tmp_path / "first" / "manifest").to_pylist()
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    try:
+        code = tools.main(["replay", str(tmp_path / "first" / row["image"]), "-o",
+                           str(recipes / "again.yaml")])  # fmt: skip
+    except SystemExit as exc:
+        code = exc.code
+    _, err = capsys.readouterr()
+    assert code in (0, None), err
+    assert "set each controlnet unit's image" in err
+    monkeypatch.setenv("SDBATCH_RECIPES", str(recipes))
+    config.register_configs()
+    try:
+        cond = cn.parent.parent / "cond" / "left.png"
+        code, _, err = run_cli(
+            monkeypatch, capsys, "+recipe=again", f"output.dir={tmp_path / 'again'}",
+            "run.device=cpu", "run.progress=false", f"folders.controlnet={cn}",
+            f"controlnet.0.image='{cond}'",
+        )  # fmt: skip
+    finally:
+        monkeypatch.delenv("SDBATCH_RECIPES")
+        config.register_configs()
+    assert code == 0, err
+    (again,) = pq.read_table(tmp_path / "again" / "manifest").to_pylist()
+    assert again["job_id"] == row["job_id"]
+    first = np.asarray(Image.open(tmp_path / "first" / row["image"]))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / again["image"])), first)
