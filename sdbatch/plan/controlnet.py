@@ -145,6 +145,14 @@ def _is_folder(value: Any, dirs: list[Path]) -> bool:
     return any(os.path.isdir(p) for p in _resolve(value, dirs))
 
 
+def folder_weights(folder: Path) -> list[Path]:
+    """The weight files of a diffusers ControlNet folder that load: its ``.safetensors`` files,
+    or (only when it has none) its pickles; a pickle beside safetensors never loads."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    safe = [p for p in files if p.suffix.lower() == ".safetensors"]
+    return safe or [p for p in files if p.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt")]
+
+
 def resolve_model(name: Any, folders: Mapping[str, object], field: str, allow_pickle: bool):
     """(path, is folder) of a ControlNet model: a diffusers folder directly in the ControlNet
     folder, else a file by stem (A1111's lookup), checked by the weights policy."""
@@ -156,9 +164,8 @@ def resolve_model(name: Any, folders: Mapping[str, object], field: str, allow_pi
         for root in folders_of("controlnet", folders):
             here = root / name
             if (here / "config.json").is_file():
-                for p in sorted(here.iterdir()):
-                    if p.suffix.lower() in (".safetensors", ".bin", ".pt", ".pth", ".ckpt"):
-                        check_weights_file(p, field, allow_pickle)
+                for p in folder_weights(here):
+                    check_weights_file(p, field, allow_pickle)
                 return here
     path = find_file("controlnet", name, folders, field)
     check_weights_file(path, field, allow_pickle)

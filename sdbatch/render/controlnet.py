@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from sdbatch.plan.controlnet import RESIZE_MODE, Control
+from sdbatch.plan.controlnet import RESIZE_MODE, Control, folder_weights
 from sdbatch.plan.image_ops import flatten, resize_image
 from sdbatch.plan.recipe import Job
 from sdbatch.plan.weights import check_weights_file
@@ -38,9 +38,8 @@ def load_controlnet(path: str, device, dtype, allow_pickle: bool):
 
     p = Path(path)
     if p.is_dir():
-        for f in sorted(p.iterdir()):
-            if f.suffix.lower() in (".safetensors", ".bin"):
-                check_weights_file(f, "controlnet.model", allow_pickle)
+        for f in folder_weights(p):
+            check_weights_file(f, "controlnet.model", allow_pickle)
         model = ControlNetModel.from_pretrained(
             p, torch_dtype=dtype, local_files_only=True, use_safetensors=not allow_pickle or None
         )

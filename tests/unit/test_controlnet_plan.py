@@ -205,3 +205,15 @@ def test_replay_of_an_interpolation_in_a_model_name_is_dropped():
     out = recipe_from_infotext(text, "cn")
     assert [u["model"] for u in out.values["controlnet"]] == ["control_v11f1p_sd15_depth"]
     assert "${" not in out.to_yaml().split("controlnet:")[1].splitlines()[0]
+
+
+def test_a_diffusers_folder_is_a_model_and_its_pickle_beside_safetensors_is_not_refused(world):
+    folder = world / "cn" / "tiny_folder"
+    weights(folder / "diffusion_pytorch_model.safetensors")
+    (folder / "config.json").write_text("{}")
+    (folder / "diffusion_pytorch_model.bin").write_bytes(b"not loaded")
+    p = plan(world, [unit(model="tiny_folder")])
+    assert p.jobs[0].control.units[0].path == str(folder)
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(RecipeError, match="allow_pickle"):
+        plan(world, [unit(model="tiny_folder")])
