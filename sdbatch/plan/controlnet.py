@@ -89,6 +89,11 @@ class Control:
     def infotext(self) -> dict[str, str]:
         return {f"ControlNet {i}": u.serialize() for i, u in enumerate(self.units)}
 
+    def describe(self) -> str:
+        """For dry runs: ``ControlNet tiny (left.png, 1), ...``."""
+        units = (f"{u.model} ({Path(u.image).name}, {u.weight:g})" for u in self.units)
+        return "ControlNet " + ", ".join(units)
+
     def columns(self) -> list[dict]:
         """The manifest's ``controlnet`` column: one struct per unit."""
         return [

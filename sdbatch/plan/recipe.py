@@ -520,4 +520,5 @@ def iter_preview(jobs: list[Job], n: int, random: frozenset[str] = frozenset()) 
             f"  {job.job_id}  seed {seed}  {job.width}x{job.height}  {job.sampler}, "
             f"{job.steps} steps, cfg {job.cfg:g}  {job.prompt!r}"
             + (f"  from {job.image.file.name}, denoise {job.image.denoise:g}" if job.image else "")
+            + (f"  {job.control.describe()}" if job.control else "")
         )

@@ -217,3 +217,14 @@ def test_a_diffusers_folder_is_a_model_and_its_pickle_beside_safetensors_is_not_
     (folder / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(RecipeError, match="allow_pickle"):
         plan(world, [unit(model="tiny_folder")])
+
+
+def test_the_dry_run_preview_names_each_jobs_units(world):
+    from sdbatch.plan.recipe import iter_preview
+
+    p = plan(world, [unit(image="cond"), unit(model="other", weight=0.5)])
+    lines = list(iter_preview(p.jobs, 4))
+    assert lines[0].endswith("ControlNet control_shapes (a.png, 1), other (a.png, 0.5)")
+    assert any("control_shapes (b.png, 1)" in ln for ln in lines)
+    plain = list(iter_preview(build_plan(quick_cfg(), recipe_dirs=[world]).jobs, 1))
+    assert "ControlNet" not in plain[0]
