@@ -389,17 +389,6 @@ def infotext_name(name: str) -> str:
 # ------------------------------------------------------------------------------------- replay
 
 
-def parse_ti_hashes(value: str) -> list[tuple[str, str]]:
-    """A1111's ``TI hashes`` value (``name: hash, name: hash``) as (name, hash) pairs (its
-    names hold no ':' or ',': A1111 drops them)."""
-    pairs = []
-    for item in value.split(","):
-        name, sep, digest = item.strip().rpartition(":")
-        if sep and name.strip() and digest.strip():
-            pairs.append((name.strip(), digest.strip().lower()))
-    return pairs
-
-
 def find_embedding(
     name: str, want: str, folders: Mapping[str, object] | None = None, env=None
 ) -> tuple[str | None, str]:

@@ -66,11 +66,12 @@ def _save_cache(cache: dict) -> None:
         pass
 
 
-def cached_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, remembered by (path, size, mtime_ns)."""
+def cached_sha256(path: str | os.PathLike, kind: str = "", digest_of=None) -> str:
+    """sha256 of a file, remembered by (path, size, mtime_ns). ``kind`` + ``digest_of``: another
+    digest of the file under its own key (LoRA's addnet hash: ``kind="addnet"``)."""
     p = Path(path).resolve()
     st = p.stat()
-    key = str(p)
+    key = f"{kind}:{p}" if kind else str(p)
     cache = _load_cache()
     hit = cache.get(key)
     if (
@@ -80,7 +81,7 @@ def cached_sha256(path: str | os.PathLike) -> str:
         and isinstance(hit.get("sha256"), str)
     ):
         return hit["sha256"]
-    digest = sha256_file(p)
+    digest = (digest_of or sha256_file)(p)
     cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     _save_cache(cache)
     return digest

@@ -126,32 +126,12 @@ def addnet_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _cached_addnet_hash(path: Path) -> str:
-    """`addnet_hash`, remembered in the hash cache by (path, size, mtime) as model hashes are."""
-    p = path.resolve()
-    st = p.stat()
-    key = f"addnet:{p}"
-    cache = hashing._load_cache()
-    hit = cache.get(key)
-    if (
-        isinstance(hit, dict)
-        and hit.get("size") == st.st_size
-        and hit.get("mtime_ns") == st.st_mtime_ns
-        and isinstance(hit.get("sha256"), str)
-    ):
-        return hit["sha256"]
-    digest = addnet_hash(p)
-    cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-    hashing._save_cache(cache)
-    return digest
-
-
 def lora_hash(path: str | os.PathLike) -> str:
     """A1111's short hash of a LoRA file (see the module docstring): 12 hex digits."""
     p = Path(path)
     if p.suffix.lower() == ".safetensors":
         given = safetensors_metadata(p).get("sshs_model_hash", "")
-        return (given or _cached_addnet_hash(p))[:SHORTHASH]
+        return (given or hashing.cached_sha256(p, "addnet", addnet_hash))[:SHORTHASH]
     return hashing.cached_sha256(p)[:SHORTHASH]
 
 
@@ -263,16 +243,6 @@ def resolve_loras(
 
 
 # ------------------------------------------------------------------------------- replay
-
-
-def parse_lora_hashes(value: str) -> list[tuple[str, str]]:
-    """A1111's ``Lora hashes`` value (``name: hash, name: hash``) as (name, hash) pairs."""
-    pairs = []
-    for item in value.split(","):
-        name, sep, digest = item.strip().rpartition(":")
-        if sep and name.strip() and digest.strip():
-            pairs.append((name.strip(), digest.strip().lower()))
-    return pairs
 
 
 def find_lora(

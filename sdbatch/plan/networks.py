@@ -72,6 +72,17 @@ class Networks:
         return out
 
 
+def parse_hash_list(value: str) -> list[tuple[str, str]]:
+    """A1111's ``Lora hashes`` / ``TI hashes`` value (``name: hash, name: hash``) as (name,
+    lowercase hash) pairs; A1111 drops ':' and ',' from the names, so they split cleanly."""
+    pairs = []
+    for item in value.split(","):
+        name, sep, digest = item.strip().rpartition(":")
+        if sep and name.strip() and digest.strip():
+            pairs.append((name.strip(), digest.strip().lower()))
+    return pairs
+
+
 def resolve_networks(
     prompt: str,
     negative: str,

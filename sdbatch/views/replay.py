@@ -364,13 +364,14 @@ def _loras(info: Infotext, out: ReplayRecipe) -> None:
     """``Lora hashes`` back to names in the LoRA folder (SDBATCH_LORA / SDBATCH_A1111): by
     hash, then by name. A file found under another name renames the prompt's tags; one that is
     missing is one warning line (the recipe then stops at that tag, naming the closest file)."""
-    from sdbatch.plan.lora_files import find_lora, parse_lora_hashes
+    from sdbatch.plan.lora_files import find_lora
+    from sdbatch.plan.networks import parse_hash_list
 
     value = info.params.get("Lora hashes")
     if value is None:
         return
     out.comments.append(format_params({"Lora hashes": value}))
-    for name, want in parse_lora_hashes(value):
+    for name, want in parse_hash_list(value):
         found, note = find_lora(name, want)
         if found is None:
             out.warnings.append(f"Lora hashes: {name} ({want}) is missing: {note}")
@@ -388,13 +389,14 @@ def _embeddings(info: Infotext, out: ReplayRecipe) -> None:
     """``TI hashes`` back to files in the embeddings folder (SDBATCH_EMBEDDINGS /
     SDBATCH_A1111): by hash, then by name. A file found under another stem renames the word
     in both prompts; one that is missing is one warning line (the word then stays text)."""
-    from sdbatch.plan.embedding_files import find_embedding, parse_ti_hashes
+    from sdbatch.plan.embedding_files import find_embedding
+    from sdbatch.plan.networks import parse_hash_list
 
     value = info.params.get("TI hashes")
     if value is None:
         return
     out.comments.append(format_params({"TI hashes": value}))
-    for name, want in parse_ti_hashes(value):
+    for name, want in parse_hash_list(value):
         found, note = find_embedding(name, want)
         if found is None:
             out.warnings.append(f"TI hashes: {name} ({want}) is missing: {note}")

@@ -15,7 +15,7 @@ import pytest
 from sdbatch.errors import RecipeError
 from sdbatch.plan import embedding_files as ef
 from sdbatch.plan.hashing import sha256_file
-from sdbatch.plan.networks import resolve_networks
+from sdbatch.plan.networks import parse_hash_list, resolve_networks
 from sdbatch.plan.prompts import PLACEHOLDER_ID, chunk_tokens, parse_attention
 from tests.unit.test_prompts import COMMA, fake_tokenize, words
 
@@ -175,7 +175,7 @@ def test_ti_hashes_names_drop_colons_and_commas_as_a1111():
 def test_replay_finds_ti_hashes_by_hash_then_by_name(folder):
     path = Path(folder["embeddings"]) / "EasyNegative.safetensors"
     short = sha256_file(path)[:12]
-    assert ef.parse_ti_hashes(f"EasyNegative: {short}, bad: 0123456789AB") == [
+    assert parse_hash_list(f"EasyNegative: {short}, bad: 0123456789AB") == [
         ("EasyNegative", short), ("bad", "0123456789ab"),
     ]  # fmt: skip
     assert ef.find_embedding("easynegative", short, folder) == ("EasyNegative", "")
