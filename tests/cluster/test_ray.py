@@ -31,6 +31,7 @@ def test_ray_shards_survive_a_killed_worker_and_equal_the_unsharded_run(
     env = sdbatch_env(
         SDBATCH_CACHE=str(tmp_path.parent / "cache"),
         RAY_USAGE_STATS_ENABLED="0",
+        RAY_DEDUP_LOGS="0",  # Ray folds near-alike lines of two workers (the rerun's plan line)
         HOME=str(ray_head.home),
     )
     proc = subprocess.Popen(
