@@ -258,15 +258,6 @@ def check_family(family: str) -> None:
         raise RecipeError(FIELD, family, "an SD 1.x model (ControlNet is SD 1.x only so far)")
 
 
-def check_prompts(texts: set[str]) -> None:
-    """AND runs its own UNet wrapper that does not pass ControlNet residuals: refused."""
-    from sdbatch.plan.prompt_schedule import split_and
-
-    for text in texts:
-        if len(split_and(text)) > 1:
-            raise RecipeError("prompt", text, "a prompt without AND when controlnet is set")
-
-
 def is_infotext_unit(key: str) -> bool:
     """``ControlNet 0``, ``ControlNet 1``, ...: the extension's unit fields."""
     head, _, index = key.partition(" ")

@@ -20,7 +20,7 @@ from typing import Any
 from sdbatch.errors import RecipeError
 from sdbatch.plan.axes import expand_axis
 from sdbatch.plan.checkpoints import Model, resolve_models
-from sdbatch.plan.controlnet import Control, check_family, check_prompts, controls_for, parse_units
+from sdbatch.plan.controlnet import Control, check_family, controls_for, parse_units
 from sdbatch.plan.generation import Extras, parse_hires, parse_rng, parse_subseed_strength
 from sdbatch.plan.image_inputs import ImageInput, image_entries, protect_captions
 from sdbatch.plan.networks import Networks, resolve_networks
@@ -290,7 +290,6 @@ def build_plan(
     if units:
         for m in models:
             check_family(m.family)
-        check_prompts({item.text for _, item in entries})
     combos = {f: _control_combos(units, f) for f in dict.fromkeys(f for f, _ in entries)}
     sizes = list(dict.fromkeys(parse_size(s) for s in expand_axis("size", cfg.size)))
     # sampler x schedule type, A1111 1.9+'s reading (sdbatch.plan.samplers.plan_sampler): one

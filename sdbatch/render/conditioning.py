@@ -39,7 +39,9 @@ How it is done here, without forking the loop:
   ``uncond + sum_i w_i * (cond_i - uncond)``, so that diffusers' own ``uncond + cfg * (text -
   uncond)`` gives A1111's result. Without CFG (cfg <= 1, where diffusers runs the cond rows
   only and uses them as they are) it returns ``uncond + cfg * sum_i ...`` itself, A1111's value.
-  The callback only moves its call counter.
+  The callback only moves its call counter. With ControlNet the ControlNet runs on the
+  same rows with the same texts (``sdbatch.render.controlnet.composed_controlnet``), as
+  the extension runs it inside A1111's UNet call, and its residuals pass through.
 * Batches: each image is conditioned as A1111 conditions it in a batch of its own. Its padding
   depends on its texts only, and the renderer shares a forward pass only between images whose
   lengths agree at every call (``signature``), so an image never depends on its batch-mates
@@ -260,6 +262,21 @@ def _repeat_last(hidden: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([hidden, hidden[:, -1:].expand(-1, missing, -1)], dim=1)
 
 
+RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
+
+
+def _fit_rows(residual, source: torch.Tensor, incoming: int):
+    """A residual (or a list of them) for the wrapper's rows: as it is when the ControlNet ran
+    on those rows already, else its incoming rows picked as the latents are."""
+    if isinstance(residual, list | tuple):
+        return [_fit_rows(r, source, incoming) for r in residual]
+    if residual.shape[0] == source.shape[0]:
+        return residual
+    if residual.shape[0] == incoming:
+        return residual[source]
+    raise RuntimeError(f"ControlNet residual of {residual.shape[0]} rows for {incoming}")
+
+
 class ComposedUNet(torch.nn.Module):
     """Stands in for ``pipe.unet`` during one pipeline call with AND (see the module
     docstring). Everything but ``forward`` (config, dtype, add_embedding, ...) is the UNet's."""
@@ -277,6 +294,18 @@ class ComposedUNet(torch.nn.Module):
         except AttributeError:
             return getattr(self._modules["unet"], name)
 
+    def rows(self, sample: torch.Tensor) -> tuple[Step, int, bool, torch.Tensor]:
+        """(this call's Step, images B, under CFG, the incoming rows to evaluate): the uncond
+        half (under CFG both halves hold the same latents), then each part of each image
+        from that image's cond row."""
+        now = self.conditioning.at(self.step)
+        b = now.uncond.shape[0]
+        guided = sample.shape[0] == 2 * b
+        if not guided and sample.shape[0] != b:
+            raise RuntimeError(f"UNet batch of {sample.shape[0]} rows for {b} images")
+        source = torch.cat([torch.arange(b, device=now.owner.device), now.owner + b * guided])
+        return now, b, guided, source.to(sample.device)
+
     def forward(
         self,
         sample,
@@ -287,17 +316,12 @@ class ComposedUNet(torch.nn.Module):
         return_dict: bool = True,
         **kwargs,
     ):
-        now = self.conditioning.at(self.step)
-        b = now.uncond.shape[0]
-        guided = sample.shape[0] == 2 * b
-        if not guided and sample.shape[0] != b:
-            raise RuntimeError(f"UNet batch of {sample.shape[0]} rows for {b} images")
-        # Rows of the incoming batch to evaluate: the uncond half (under CFG both halves hold
-        # the same latents), then each part of each image from that image's cond row.
-        source = torch.cat([torch.arange(b, device=now.owner.device), now.owner + b * guided])
-        source = source.to(sample.device)
+        now, b, guided, source = self.rows(sample)
         if isinstance(timestep, torch.Tensor) and timestep.ndim and timestep.numel() > 1:
             timestep = timestep[source]
+        for key in RESIDUALS:  # ControlNet's, per UNet row (sdbatch.render.controlnet)
+            if kwargs.get(key) is not None:
+                kwargs[key] = _fit_rows(kwargs[key], source, sample.shape[0])
         if added_cond_kwargs is not None:  # SDXL: per-row pooled text and size conditioning
             unknown = set(added_cond_kwargs) - {"text_embeds", "time_ids"}
             if unknown:
@@ -376,6 +400,12 @@ def conditioned_call(pipe, conditioning: StepConditioning, cfg: float) -> Iterat
     original = pipe.unet
     object.__setattr__(pipe, "unet", unet)  # DiffusionPipeline.__setattr__ would edit config
     try:
-        yield kwargs
+        if getattr(pipe, "controlnet", None) is None:
+            yield kwargs
+            return
+        from sdbatch.render.controlnet import composed_controlnet
+
+        with composed_controlnet(pipe.controlnet, unet):
+            yield kwargs
     finally:
         object.__setattr__(pipe, "unet", original)

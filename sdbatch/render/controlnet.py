@@ -15,9 +15,12 @@ diffusers multiplies each residual by the unit's weight and turns a unit off out
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+import torch
 
 from sdbatch.plan.controlnet import RESIZE_MODE, Control, folder_weights
 from sdbatch.plan.image_ops import flatten, resize_image
@@ -130,3 +133,33 @@ def with_control(renderer, pipe, call: dict, jobs: Sequence[Job]) -> tuple[objec
     if hasattr(pipe, "_sdbatch_fill"):
         cn_pipe._sdbatch_fill = pipe._sdbatch_fill
     return cn_pipe, {**call, **control_call(jobs, kind)}
+
+
+@contextlib.contextmanager
+def composed_controlnet(controlnet, unet) -> Iterator[None]:
+    """With AND, the ControlNet (or MultiControlNetModel) evaluates the rows the AND wrapper
+    ``unet`` (sdbatch.render.conditioning.ComposedUNet) evaluates: the uncond rows and every
+    part's row with that part's text, each with its image's condition image, as the extension
+    runs it inside A1111's UNet call (diffusers alone would run it on B rows with the texts
+    the wrapper does not use). ``forward`` is replaced on the instance only, so the pipeline's
+    type checks still see a ControlNet; it is restored when the block ends."""
+    original = controlnet.forward
+
+    def forward(sample, timestep, *args, encoder_hidden_states=None, controlnet_cond=None,
+                **kwargs):  # fmt: skip
+        now, _, _, source = unet.rows(sample)
+        if isinstance(timestep, torch.Tensor) and timestep.ndim and timestep.numel() > 1:
+            timestep = timestep[source]
+        if isinstance(controlnet_cond, list | tuple):  # several units: one tensor each
+            cond = [c[source] for c in controlnet_cond]
+        else:
+            cond = controlnet_cond[source]
+        hidden = torch.cat([now.uncond, now.cond])
+        return original(sample[source], timestep, *args, encoder_hidden_states=hidden,
+                        controlnet_cond=cond, **kwargs)  # fmt: skip
+
+    controlnet.forward = forward
+    try:
+        yield
+    finally:
+        del controlnet.forward

@@ -151,9 +151,10 @@ def test_bad_units_are_one_line_naming_the_field(world, units, field, words):
     assert text.startswith(f"{field}:") and words in text and "\n" not in text
 
 
-def test_and_is_refused_with_controlnet(world):
-    with pytest.raises(RecipeError, match="without AND"):
-        plan(world, [unit()], prompt="a red circle AND a blue square")
+def test_and_is_planned_with_controlnet(world):
+    jobs = plan(world, [unit()], prompt="a red circle AND a blue square").jobs
+    assert jobs and all(j.prompt == "a red circle AND a blue square" for j in jobs)
+    assert all(j.control is not None for j in jobs)
 
 
 def test_a_model_needs_a_folder(world, monkeypatch):
