@@ -72,13 +72,16 @@ clean:  ## remove outputs and caches (keeps .venv)
 # The shapes-world embedded model (sdbatch/shapes, sdbatch/shapes/train.py).
 TINY_OUT  ?= build/sdbatch-shapes
 TINY_WORK ?= build/shapes-work
-.PHONY: train-tiny eval-tiny train-lora
+.PHONY: train-tiny eval-tiny train-lora train-controlnet
 
 train-tiny: install  ## train the shapes model on CPU (~55 min on 2 cores, resumable) into build/sdbatch-shapes
 	$(PY) -m sdbatch.shapes.train --out $(TINY_OUT) --work $(TINY_WORK) --threads 2
 
 train-lora: install  ## train the example LoRA (orange shapes) for the embedded model on 1 CPU thread into examples/webui/models/Lora/
 	OMP_NUM_THREADS=1 $(PY) -m sdbatch.shapes.train_lora --threads 1
+
+train-controlnet: install  ## train the example ControlNet (shape position from a mask) for the embedded model on 1 CPU thread into examples/webui/models/ControlNet/
+	OMP_NUM_THREADS=1 $(PY) -m sdbatch.shapes.train_controlnet --threads 1
 
 eval-tiny: install  ## judge the trained model: every sampler, CFG 7 and 1, 20 steps
 	$(PY) -m sdbatch.shapes.evaluate --model $(TINY_OUT) --out build/eval-tiny/report.md
