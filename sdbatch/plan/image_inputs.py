@@ -359,11 +359,6 @@ def image_entries(cfg: Any, items: list, dirs: list[Path]) -> tuple[list[tuple],
             "hires.scale", cfg.hires.scale,
             "1 (off) with init_images: A1111's img2img has no hires fix",
         )  # fmt: skip
-    if float(cfg.subseed_strength or 0) > 0:
-        raise RecipeError(
-            "subseed_strength", cfg.subseed_strength,
-            "0 with init_images (variation seeds are txt2img-only so far)",
-        )  # fmt: skip
     from sdbatch.plan.axes import expand_axis
 
     denoise = tuple(dict.fromkeys(parse_denoise(d) for d in expand_axis("denoise", cfg.denoise)))

@@ -37,6 +37,7 @@ from sdbatch.render.embeddings import EmbeddingStore, with_embeddings
 from sdbatch.render.encode import encode_pair, encode_texts, pipeline_encoders
 from sdbatch.render.loading import describe_speedups, load_pipeline
 from sdbatch.render.lora import LoraSwitch
+from sdbatch.render.noise import image_noise
 from sdbatch.render.schedulers import build_scheduler
 
 # Library chatter (progress bars while loading, optional-backend notices) would bury our plan
@@ -237,14 +238,15 @@ class Renderer:
         return [torch.Generator(device).manual_seed(j.seed) for j in jobs]
 
     def _latents(self, jobs: Sequence[Job], width: int, height: int) -> torch.Tensor | None:
-        """Initial noise blended with variation seeds; None lets diffusers draw plain noise."""
+        """Initial noise blended with variation seeds (txt2img's start, or the noise img2img
+        adds to the picture's latents); None lets diffusers draw plain noise."""
         ex = jobs[0].extras
         if not ex.subseed_strength:
             return None
         from sdbatch.render.noise import variation_noise
 
         f = self.pipe.vae_scale_factor
-        shape = (self.pipe.unet.config.in_channels, height // f, width // f)
+        shape = (self.pipe.vae.config.latent_channels, height // f, width // f)
         device = self.device if ex.rng == "gpu" else torch.device("cpu")
         noise = [
             variation_noise(j.seed, j.extras.subseed, j.extras.subseed_strength, shape, device)
@@ -274,19 +276,20 @@ class Renderer:
                 stacked = [torch.cat(parts) for parts in zip(*embeds, strict=True)]
                 tensors = dict(zip(EMBED_ARGS, stacked, strict=False))
             passes = None if prompts is None else [p.first for p in prompts]
-            pipe, prepared = self.pipe, None
+            pipe, prepared, noise = self.pipe, None, None
             call = {"width": first.width, "height": first.height}
             if first.image is not None:  # img2img / inpainting (sdbatch.render.image_inputs)
                 from sdbatch.render.image_inputs import finish, image_call
 
                 pipe, call, prepared = image_call(self, jobs)
+                noise = self._latents(jobs, first.width, first.height)
             else:
                 call["latents"] = self._latents(jobs, first.width, first.height)
             if first.control is not None:  # ControlNet units (sdbatch.render.controlnet)
                 from sdbatch.render.controlnet import with_control
 
                 pipe, call = with_control(self, pipe, call, jobs)
-            with self._conditioned(pipe, jobs, tensors, passes) as kwargs:
+            with self._conditioned(pipe, jobs, tensors, passes) as kwargs, image_noise(pipe, noise):
                 result = pipe(
                     **kwargs,
                     **call,
