@@ -186,8 +186,6 @@ def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec
         raw = [raw]
     if not isinstance(raw, list | tuple):
         raise RecipeError(FIELD, raw, "a list of units {model, image, weight, ...}")
-    if float(cfg.hires.scale or 1) != 1:
-        raise RecipeError("hires.scale", cfg.hires.scale, "1 (off) with controlnet")
     folders = asdict(cfg.folders)
     init_folder = _is_folder(cfg.init_images, dirs)
     specs = []

@@ -91,13 +91,15 @@ def control_pipe(renderer, kind: str, base, jobs: Sequence[Job]):
     return cache[key]
 
 
-def control_call(jobs: Sequence[Job], kind: str) -> dict:
+def control_call(jobs: Sequence[Job], kind: str, size: tuple[int, int] | None = None) -> dict:
     """The pipeline arguments of the batch's units: condition images per unit and image,
-    weights and windows (a batch shares models, weights and windows: the plan's batch key)."""
+    weights and windows (a batch shares models, weights and windows: the plan's batch key).
+    ``size``: (width, height) the condition images are cut to, the job's unless given (the
+    hires pass's target size, as the extension resizes its condition image for that pass)."""
     from sdbatch.render.image_inputs import read_image
 
     units = jobs[0].control.units
-    w, h = jobs[0].width, jobs[0].height
+    w, h = size or (jobs[0].width, jobs[0].height)
     # per job, its condition image of each unit: diffusers reads a nested list as
     # [image of the batch][ControlNet] (and transposes it itself)
     images = [
@@ -122,17 +124,22 @@ def control_call(jobs: Sequence[Job], kind: str) -> dict:
     }
 
 
-def with_control(renderer, pipe, call: dict, jobs: Sequence[Job]) -> tuple[object, dict]:
+def with_control(
+    renderer, pipe, call: dict, jobs: Sequence[Job], hires: tuple[int, int] | None = None
+) -> tuple[object, dict]:
     """The batch's pipeline and arguments with its ControlNet units: ``pipe`` (the txt2img,
     img2img or inpaint pipeline the Renderer chose, its scheduler set) swapped for its
-    ControlNet variant over the same components."""
+    ControlNet variant over the same components. ``hires``: the hires pass's (width, height);
+    ``pipe`` is then the img2img pipeline of that pass, and the units steer it too."""
     first = jobs[0]
     kind = "txt2img" if first.image is None else "inpaint" if first.image.masked else "img2img"
+    if hires is not None:
+        kind = "img2img"
     cn_pipe = control_pipe(renderer, kind, pipe, jobs)
     cn_pipe.scheduler = pipe.scheduler
     if hasattr(pipe, "_sdbatch_fill"):
         cn_pipe._sdbatch_fill = pipe._sdbatch_fill
-    return cn_pipe, {**call, **control_call(jobs, kind)}
+    return cn_pipe, {**call, **control_call(jobs, kind, hires)}
 
 
 @contextlib.contextmanager

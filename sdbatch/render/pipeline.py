@@ -335,11 +335,15 @@ class Renderer:
             image = [hires_resize(im, width, height, hires, models, self.device) for im in pil]
         img2img = self._img2img()
         img2img.scheduler = self._scheduler(jobs)
+        call = {"image": image, "strength": strength}
+        if first.control is not None:  # the extension steers the hires pass too
+            from sdbatch.render.controlnet import with_control
+
+            img2img, call = with_control(self, img2img, call, jobs, hires=(width, height))
         with self._conditioned(img2img, jobs, tensors, passes) as kwargs:
             result = img2img(
                 **kwargs,
-                image=image,
-                strength=strength,
+                **call,
                 num_inference_steps=total,
                 guidance_scale=first.cfg,
                 generator=self._generators(jobs),

@@ -274,3 +274,31 @@ def test_and_takes_controlnet_on_every_part(controlnet_dir, tmp_path, monkeypatc
     left, right = on[red, 7.0, "left.png"], on[red, 7.0, "right.png"]
     assert np.abs(on[f"{red} AND {red}", 3.5, "left.png"] - right).max() > 0
     assert not np.array_equal(left, right)
+
+
+def test_the_hires_pass_takes_the_units_at_its_size(controlnet_dir, tmp_path, monkeypatch, capsys):
+    """The extension steers A1111's hires pass too, with the condition image resized to the
+    hires size: the ControlNet must run in both passes (4x4 latents with the 32x32 condition
+    image, then 8x8 with it at 64x64), weight 1 changes the picture and weight 0 gives
+    exactly the hires picture without ControlNet."""
+    from diffusers import ControlNetModel
+
+    cn = controlnet_dir
+    hires = ("hires.scale=2", "hires.steps=2", "hires.denoise=0.5", "steps=2")
+    _run(monkeypatch, capsys, tmp_path / "plain", cn, "[]", *hires)
+    _run(monkeypatch, capsys, tmp_path / "w0", cn, f"[{_unit(cn, weight=0)}]", *hires)
+    seen = set()
+    forward = ControlNetModel.forward
+
+    def spy(self, sample, *args, controlnet_cond=None, **kwargs):
+        seen.add((tuple(sample.shape[-2:]), tuple(controlnet_cond.shape[-2:])))
+        return forward(self, sample, *args, controlnet_cond=controlnet_cond, **kwargs)
+
+    monkeypatch.setattr(ControlNetModel, "forward", spy)
+    _run(monkeypatch, capsys, tmp_path / "w1", cn, f"[{_unit(cn)}]", *hires)
+    (plain,) = _images(tmp_path / "plain").values()
+    (off,) = _images(tmp_path / "w0").values()
+    (on,) = _images(tmp_path / "w1").values()
+    assert plain.shape == (64, 64, 3) and np.array_equal(off, plain)
+    assert np.abs(on - plain).mean() > 2
+    assert seen == {((4, 4), (32, 32)), ((8, 8), (64, 64))}
