@@ -302,3 +302,27 @@ def test_the_hires_pass_takes_the_units_at_its_size(controlnet_dir, tmp_path, mo
     assert plain.shape == (64, 64, 3) and np.array_equal(off, plain)
     assert np.abs(on - plain).mean() > 2
     assert seen == {((4, 4), (32, 32)), ((8, 8), (64, 64))}
+
+
+def test_lora_and_embeddings_act_with_controlnet(controlnet_dir, tmp_path, monkeypatch, capsys):
+    """LoRA and embeddings change the shared UNet and text encoder that the ControlNet
+    pipeline is made from (``from_pipe``), and the ControlNet reads the same text: with a
+    unit, the example LoRA at weight 1 changes the picture and at weight 0 gives exactly the
+    picture without its tag; the example embedding's word renders otherwise than the same
+    word without the embedding file."""
+    from tests.conftest import ROOT
+
+    cn = controlnet_dir
+    blue, fuchsia = "a blue circle on a white background", "a fuchsia circle on a white background"
+    prompts = f"prompt=['{blue}','{blue} <lora:orange:1>','{blue} <lora:orange:0>','{fuchsia}']"
+    unit = f"[{_unit(cn)}]"
+    _run(monkeypatch, capsys, tmp_path / "nets", cn, unit, prompts,
+         f"folders.a1111={ROOT / 'examples' / 'webui'}")  # fmt: skip
+    (tmp_path / "bare").mkdir()
+    _run(monkeypatch, capsys, tmp_path / "word", cn, unit, f"prompt=['{fuchsia}']",
+         f"folders.a1111={tmp_path / 'bare'}")  # fmt: skip
+    got = {p: img for (p, _, _), img in _by_prompt(tmp_path / "nets").items()}
+    assert np.array_equal(got[f"{blue} <lora:orange:0>"], got[blue])
+    assert np.abs(got[f"{blue} <lora:orange:1>"] - got[blue]).mean() > 2
+    (word,) = _images(tmp_path / "word").values()
+    assert np.abs(got[fuchsia] - word).mean() > 2
