@@ -68,12 +68,13 @@ LORAS = pa.list_(
 # file's stem) and A1111's short hash, as "TI hashes" writes them.
 EMBEDDINGS = pa.list_(pa.struct([("name", pa.string()), ("hash", pa.string())]))
 # One entry per ControlNet unit (sdbatch.plan.controlnet): the model's name and the hash the
-# extension writes, the condition image as planned and its sha256, the weight and its window.
+# extension writes, the condition image as planned and its sha256, the weight and its window,
+# the module that preprocessed the image (none | canny; null in manifests older than it).
 CONTROLNET = pa.list_(
     pa.struct(
         [("model", pa.string()), ("hash", pa.string()), ("image", pa.string()),
          ("image_sha256", pa.string()), ("weight", pa.float64()),
-         ("start", pa.float64()), ("end", pa.float64())]
+         ("start", pa.float64()), ("end", pa.float64()), ("module", pa.string())]
     )
 )  # fmt: skip
 

@@ -1,17 +1,20 @@
 """ControlNet units of a recipe, as A1111's ControlNet extension has them. Pure (no torch).
 
 ``controlnet`` is a list of units ``{model, image, weight, guidance_start, guidance_end,
-control_mode, module}``. The model is a name in the ControlNet folder (A1111's
-``models/ControlNet``; ``folders.controlnet`` or ``SDBATCH_CONTROLNET``): a ``.safetensors``
-(or, with ``model.allow_pickle``, a pickle) file by stem, or a diffusers folder. ``image`` is
-a file, folder or glob of ready-made condition images: when it and ``init_images`` are both
-folders they are matched by file stem, otherwise every condition image is a sweep value.
-Only ``module: none`` exists (preprocessors are not built in) and only the "Balanced" control
-mode (diffusers' guess mode does not scale the residuals as the extension's other modes do).
+control_mode, module, processor_res, threshold_a, threshold_b}``. The model is a name in the
+ControlNet folder (A1111's ``models/ControlNet``; ``folders.controlnet`` or
+``SDBATCH_CONTROLNET``): a ``.safetensors`` (or, with ``model.allow_pickle``, a pickle) file
+by stem, or a diffusers folder. ``image`` is a file, folder or glob of condition images: when
+it and ``init_images`` are both folders they are matched by file stem, otherwise every
+condition image is a sweep value. ``module`` is ``none`` (the images are the conditions) or
+``canny`` (sdbatch.plan.preprocessors, run on each image when it is read, with the unit's
+``processor_res`` and thresholds); only the "Balanced" control mode (diffusers' guess mode
+does not scale the residuals as the extension's other modes do).
 
 Each job carries a `Control`: per unit the model file's hash, the condition image's sha256,
-the weight and the guidance window. Its `key` joins the job id only when units are set, so
-ids of plans without ControlNet do not change; `infotext` writes the extension's
+the weight, the guidance window and (when not ``none``) the module and its settings. Its
+`key` joins the job id only when units are set, so ids of plans without ControlNet (or of
+units with ``module: none``) do not change; `infotext` writes the extension's
 ``ControlNet N`` fields.
 """
 
@@ -29,11 +32,14 @@ from sdbatch.errors import RecipeError
 from sdbatch.plan.hashing import cached_sha256, model_hash, sha256_file
 from sdbatch.plan.image_inputs import check_image, list_files
 from sdbatch.plan.model_folders import find_file, folders_of, safe_name
+from sdbatch.plan.preprocessors import MODULES, NONE_INFOTEXT, PARAM_KEYS, PARAMS
 
 FIELD = "controlnet"
-UNIT_KEYS = ("model", "image", "weight", "guidance_start", "guidance_end", "control_mode", "module")
+UNIT_KEYS = (
+    "model", "image", "weight", "guidance_start", "guidance_end", "control_mode", "module",
+    *PARAM_KEYS,
+)  # fmt: skip
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
-MODULES = ("none",)
 RESIZE_MODE = "Crop and resize"  # the extension's default ("Crop and Resize", INNER_FIT)
 WEIGHT_MAX = 2.0  # the extension's slider: 0..2
 
@@ -52,17 +58,20 @@ class ControlUnit:
     start: float = 0.0
     end: float = 1.0
     mode: str = "Balanced"
+    module: str = "none"
+    settings: tuple[int, ...] = ()  # the module's values, in PARAMS order (none: empty)
 
     def serialize(self) -> str:
         """The extension's unit text (ControlNetUnit.serialize: its infotext fields in order)."""
+        res, a, b = self.settings or NONE_INFOTEXT
         fields = (
-            ("Module", "none"),
+            ("Module", self.module),
             ("Model", f"{self.model} [{self.hash}]"),
             ("Weight", float(self.weight)),
             ("Resize Mode", "Crop and Resize"),
-            ("Processor Res", 512),
-            ("Threshold A", 0.5),
-            ("Threshold B", 0.5),
+            ("Processor Res", res),
+            ("Threshold A", a),
+            ("Threshold B", b),
             ("Guidance Start", float(self.start)),
             ("Guidance End", float(self.end)),
             ("Pixel Perfect", False),
@@ -78,6 +87,7 @@ class Control:
     def key(self) -> str:
         units = [
             [u.file_sha256, u.image_sha256, repr(u.weight), repr(u.start), repr(u.end), u.mode]
+            + ([u.module, *u.settings] if u.module != "none" else [])  # none: ids as before
             for u in self.units
         ]
         return json.dumps({"cn": units}, separators=(",", ":"))
@@ -90,8 +100,9 @@ class Control:
         return {f"ControlNet {i}": u.serialize() for i, u in enumerate(self.units)}
 
     def describe(self) -> str:
-        """For dry runs: ``ControlNet tiny (left.png, 1), ...``."""
-        units = (f"{u.model} ({Path(u.image).name}, {u.weight:g})" for u in self.units)
+        """For dry runs: ``ControlNet tiny (left.png, 1), cn (edge.png, 1, canny 100/200 at
+        512), ...``."""
+        units = (f"{u.model} ({Path(u.image).name}, {u.weight:g}{_module(u)})" for u in self.units)
         return "ControlNet " + ", ".join(units)
 
     def columns(self) -> list[dict]:
@@ -100,10 +111,17 @@ class Control:
             {
                 "model": u.model, "hash": u.hash, "image": u.image,
                 "image_sha256": u.image_sha256, "weight": u.weight,
-                "start": u.start, "end": u.end,
+                "start": u.start, "end": u.end, "module": u.module,
             }
             for u in self.units
         ]  # fmt: skip
+
+
+def _module(u: ControlUnit) -> str:
+    if u.module == "none":
+        return ""
+    res, a, b = u.settings
+    return f", {u.module} {a}/{b} at {res}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +138,8 @@ class UnitSpec:
     start: float
     end: float
     mode: str
+    module: str = "none"
+    settings: tuple[int, ...] = ()
 
 
 def a1111_short_hash(path: str | os.PathLike) -> str:
@@ -177,6 +197,37 @@ def resolve_model(name: Any, folders: Mapping[str, object], field: str, allow_pi
     return path
 
 
+def _integer(field: str, value: Any, lo: int, hi: int) -> int:
+    number = _number(field, value, lo, hi, "an integer")
+    if number != int(number):
+        raise RecipeError(field, value, f"an integer in {lo}..{hi}")
+    return int(number)
+
+
+def _module_settings(unit: Mapping, where: str) -> tuple[str, tuple[int, ...]]:
+    """The unit's module and its settings (the extension's sliders, defaults where unset);
+    settings on ``none`` are an error (no preprocessor would read them)."""
+    raw = unit.get("module", "none")
+    module = str(raw).strip().lower() if raw is not None else "none"
+    if module not in MODULES:
+        allowed = (
+            "none or canny (depth, openpose...: not built in, their annotators download "
+            "models; give ready-made condition images with module: none)"
+        )
+        raise RecipeError(f"{where}.module", raw, allowed)
+    if module == "none":
+        for key in PARAM_KEYS:
+            if unit.get(key) is not None:
+                raise RecipeError(f"{where}.{key}", unit[key], "unset with module: none")
+        return module, ()
+    settings = []
+    for p in PARAMS[module]:
+        value = unit.get(p.key)
+        value = p.default if value is None else value
+        settings.append(_integer(f"{where}.{p.key}", value, p.lo, p.hi))
+    return module, tuple(settings)
+
+
 def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec]:
     """The recipe's units, validated (models found, images read and hashed); [] when unset."""
     raw = cfg.controlnet
@@ -199,10 +250,7 @@ def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec
         for key in ("model", "image"):
             if unit.get(key) in (None, "", []):
                 raise RecipeError(f"{where}.{key}", unit.get(key), f"a {key} (required)")
-        module = str(unit.get("module", "none")).strip()
-        if module.lower() not in MODULES:
-            allowed = "none (ready-made condition images; preprocessors are not built in)"
-            raise RecipeError(f"{where}.module", module, allowed)
+        module, settings = _module_settings(unit, where)
         mode = str(unit.get("control_mode", "Balanced")).strip()
         if mode.lower() != "balanced":
             allowed = "Balanced (diffusers' guess mode is not the extension's other modes)"
@@ -225,7 +273,7 @@ def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec
         specs.append(
             UnitSpec(
                 name, str(path), a1111_short_hash(path), file_sha, tuple(images), by_stem,
-                weight, start, end, "Balanced",
+                weight, start, end, "Balanced", module, settings,
             )
         )  # fmt: skip
     return specs
@@ -244,9 +292,12 @@ def controls_for(specs: list[UnitSpec], image: str | None) -> list[Control]:
                 allowed = f"a condition image named like each picture ({image} has none)"
                 raise RecipeError(f"{FIELD}[{i}].image", stem, allowed)
         units = [
-            ControlUnit(s.model, s.path, s.hash, s.file_sha256, p, sha, s.weight, s.start, s.end)
+            ControlUnit(
+                s.model, s.path, s.hash, s.file_sha256, p, sha, s.weight, s.start, s.end,
+                s.mode, s.module, s.settings,
+            )
             for p, sha in images
-        ]
+        ]  # fmt: skip
         combos = [(*c, u) for c in combos for u in units]
     return [Control(c) for c in combos]
 
@@ -260,6 +311,30 @@ def is_infotext_unit(key: str) -> bool:
     """``ControlNet 0``, ``ControlNet 1``, ...: the extension's unit fields."""
     head, _, index = key.partition(" ")
     return head == "ControlNet" and index.isdigit()
+
+
+def _module_from_infotext(key: str, fields: Mapping[str, str], unit: dict) -> list[str]:
+    """A built-in module and its settings into ``unit``; warnings for what is not."""
+    module = fields.get("Module", "none")
+    if module.lower() == "none":
+        return []
+    if module.lower() not in PARAMS:
+        return [
+            f"{key}: Module {module} is not built in: set image to its preprocessed "
+            "condition image (module: none)"
+        ]
+    unit["module"] = module.lower()
+    warnings = []
+    for p in PARAMS[module.lower()]:
+        if p.label in fields:
+            try:
+                unit[p.key] = _integer(p.key, fields[p.label], p.lo, p.hi)
+            except RecipeError:
+                warnings.append(f"not reproduced: {key} {p.label}: {fields[p.label]}")
+    if fields.get("Pixel Perfect", "False") == "True":
+        res = unit.get("processor_res", PARAMS[module.lower()][0].default)
+        warnings.append(f"not reproduced: {key} Pixel Perfect: True (sdbatch: processor_res {res})")
+    return warnings
 
 
 def units_from_infotext(params: Mapping[str, str]) -> tuple[list[dict], list[str]]:
@@ -291,12 +366,7 @@ def units_from_infotext(params: Mapping[str, str]) -> tuple[list[dict], list[str
                     unit[target] = _number(target, fields[field], lo, hi, "a number")
                 except RecipeError:
                     warnings.append(f"not reproduced: {key} {field}: {fields[field]}")
-        module = fields.get("Module", "none")
-        if module.lower() != "none":
-            warnings.append(
-                f"{key}: Module {module} is not built in: set image to its preprocessed "
-                "condition image (module: none)"
-            )
+        warnings += _module_from_infotext(key, fields, unit)
         for field, want in (("Control Mode", "Balanced"), ("Resize Mode", "Crop and Resize")):
             if fields.get(field, want) != want:
                 warnings.append(f"not reproduced: {key} {field}: {fields[field]} (sdbatch: {want})")

@@ -101,7 +101,9 @@ class SdbatchConfig:
     inpaint_full_res: Any = False  # A1111's inpaint area "Only masked" (true) or whole picture
     inpaint_full_res_padding: int = 32  # "Only masked padding, pixels"
     # ControlNet units (sdbatch.plan.controlnet; docs/image-inputs.md#controlnet)
-    controlnet: list[Any] = field(default_factory=list)  # [{model, image, weight, ...}]
+    # [{model, image, weight, guidance_start, guidance_end, control_mode, module,
+    #   processor_res, threshold_a, threshold_b}]: keys checked by sdbatch.plan.controlnet
+    controlnet: list[Any] = field(default_factory=list)
     batch_size: int = 4  # images per forward pass (jobs sharing model/size/sampler/steps/cfg)
     run: RunConfig = field(default_factory=RunConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -4,7 +4,8 @@ The plan gives each job a `Control` (sdbatch.plan.controlnet): per unit a model,
 image, a weight and a guidance window. Here each ControlNet model loads once per file (a
 diffusers folder, or a ``.safetensors`` file with the config beside it in ``<stem>.config/``
 or else SD 1.5's ControlNet config shipped in ``sdbatch/models/configs/controlnet_sd15``, so
-nothing is fetched), the condition images are read (checked against their planned hash) and
+nothing is fetched), the condition images are read (checked against their planned hash), run
+through the unit's module (``canny``: sdbatch.plan.preprocessors, at ``processor_res``) and
 cropped to the job's size as the extension's default "Crop and Resize" does, and diffusers'
 ControlNet txt2img, img2img or inpaint pipeline is made with ``from_pipe`` from the loaded
 one. Several units run as diffusers' ``MultiControlNetModel``.
@@ -24,6 +25,7 @@ import torch
 
 from sdbatch.plan.controlnet import RESIZE_MODE, Control, folder_weights
 from sdbatch.plan.image_ops import flatten, resize_image
+from sdbatch.plan.preprocessors import preprocess_image
 from sdbatch.plan.recipe import Job
 from sdbatch.plan.weights import check_weights_file
 
@@ -91,23 +93,26 @@ def control_pipe(renderer, kind: str, base, jobs: Sequence[Job]):
     return cache[key]
 
 
+def _condition(unit) -> object:
+    """The unit's condition image at its module's resolution: the file's picture (checked
+    against its planned hash, transparency over white), through the unit's preprocessor."""
+    from sdbatch.render.image_inputs import read_image
+
+    picture = flatten(read_image(unit.image, unit.image_sha256))
+    return preprocess_image(unit.module, picture, unit.settings)
+
+
 def control_call(jobs: Sequence[Job], kind: str, size: tuple[int, int] | None = None) -> dict:
     """The pipeline arguments of the batch's units: condition images per unit and image,
     weights and windows (a batch shares models, weights and windows: the plan's batch key).
     ``size``: (width, height) the condition images are cut to, the job's unless given (the
     hires pass's target size, as the extension resizes its condition image for that pass)."""
-    from sdbatch.render.image_inputs import read_image
-
     units = jobs[0].control.units
     w, h = size or (jobs[0].width, jobs[0].height)
     # per job, its condition image of each unit: diffusers reads a nested list as
     # [image of the batch][ControlNet] (and transposes it itself)
     images = [
-        [
-            resize_image(RESIZE_MODE, flatten(read_image(u.image, u.image_sha256)), w, h)
-            for u in j.control.units
-        ]
-        for j in jobs
+        [resize_image(RESIZE_MODE, _condition(u), w, h) for u in j.control.units] for j in jobs
     ]
     # an empty window (start == end) never runs its unit; diffusers refuses one, so it runs
     # over the whole window at weight 0 (the same residuals: zeros)

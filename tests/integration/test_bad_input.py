@@ -185,8 +185,21 @@ CASES = [
       "control_mode:'ControlNet is more important'}]"],
      2, ["controlnet[0].control_mode", "ControlNet is more important", "Balanced"]),
     (["+recipe=quick", "folders.a1111={webui}",
-      "controlnet=[{model:control_shapes,image:'{pics}/a.png',module:canny}]"],
-     2, ["controlnet[0].module", "canny", "preprocessors are not built in"]),
+      "controlnet=[{model:control_shapes,image:'{pics}/a.png',module:depth}]"],
+     2, ["controlnet[0].module", "'depth'", "none or canny", "ready-made condition images"]),
+    (["+recipe=quick", "folders.a1111={webui}",
+      "controlnet=[{model:control_shapes,image:'{pics}/a.png',module:canny,threshold_a:0}]"],
+     2, ["controlnet[0].threshold_a", ": 0 is not allowed", "an integer in 1..255"]),
+    (["+recipe=quick", "folders.a1111={webui}",
+      "controlnet=[{model:control_shapes,image:'{pics}/a.png',module:canny,threshold_b:99.5}]"],
+     2, ["controlnet[0].threshold_b", "99.5", "an integer in 1..255"]),
+    (["+recipe=quick", "folders.a1111={webui}",
+      "controlnet=[{model:control_shapes,image:'{pics}/a.png',module:canny,"
+      "processor_res:4096}]"],
+     2, ["controlnet[0].processor_res", "4096", "an integer in 64..2048"]),
+    (["+recipe=quick", "folders.a1111={webui}",
+      "controlnet=[{model:control_shapes,image:'{pics}/a.png',threshold_a:50}]"],
+     2, ["controlnet[0].threshold_a", "50", "unset with module: none"]),
 ]  # fmt: skip
 
 

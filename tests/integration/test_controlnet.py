@@ -9,8 +9,10 @@ outside its window has weight 0; adding zeros leaves the UNet's sums as they wer
 PNG's infotext and the manifest name the unit, and a ``.safetensors`` file loads offline.
 Two units over a batch of two condition images must give each image exactly what one unit
 gave it (the second unit at weight 0), which fails if the batch's images and the units are
-crossed. Times on a 2-core CPU: about 12 s for the file (one tiny ControlNet, 8 runs of one
-or two 32x32 images at 4 steps).
+crossed. A ``module: canny`` unit must give exactly what its edge map (made with cv2 in the
+test) gives as a ready-made image. Times on a 2-core CPU: about 12 s for the file (one tiny
+ControlNet, 8 runs of one or two 32x32 images at 4 steps), and about 2.5 s for the canny test
+(3 runs and a dry run); more when other jobs share the cores.
 """
 
 from __future__ import annotations
@@ -274,6 +276,68 @@ def test_and_takes_controlnet_on_every_part(controlnet_dir, tmp_path, monkeypatc
     left, right = on[red, 7.0, "left.png"], on[red, 7.0, "right.png"]
     assert np.abs(on[f"{red} AND {red}", 3.5, "left.png"] - right).max() > 0
     assert not np.array_equal(left, right)
+
+
+def test_a_canny_unit_renders_as_its_edge_map_would_and_its_png_says_so(
+    controlnet_dir, tmp_path, monkeypatch, capsys
+):
+    """``module: canny`` gives exactly the picture its edge map (made here with cv2 as the
+    extension makes it) gives with ``module: none``, not the picture of the raw image; the
+    infotext and manifest name the module, and replay brings back the same job."""
+    import cv2
+
+    from sdbatch import config, tools
+
+    cn = controlnet_dir
+    raw = render(Scene("circle", "red", "white", 0.55), 32)
+    Image.fromarray(raw).save(tmp_path / "shape.png")
+    # processor_res 64: 2x bicubic, then cv2.Canny (32 pixels blown up to 512 have no edges
+    # above the default thresholds)
+    edges = cv2.Canny(cv2.resize(raw, (64, 64), interpolation=cv2.INTER_CUBIC), 100, 200)
+    assert edges.any()
+    Image.fromarray(np.stack([edges] * 3, axis=2)).save(tmp_path / "edges.png")
+    shape, edge_map = f"image:'{tmp_path / 'shape.png'}'", f"image:'{tmp_path / 'edges.png'}'"
+    units = {
+        "canny": f"{{model:tiny_cn,{shape},module:canny,processor_res:64}}",
+        "edges": f"{{model:tiny_cn,{edge_map}}}",
+        "raw": f"{{model:tiny_cn,{shape}}}",
+    }
+    got = {}
+    for name, unit in units.items():
+        _run(monkeypatch, capsys, tmp_path / name, cn, f"[{unit}]")
+        (got[name],) = _images(tmp_path / name).values()
+    assert np.array_equal(got["canny"], got["edges"])
+    assert not np.array_equal(got["canny"], got["raw"])
+    (row,) = pq.read_table(tmp_path / "canny" / "manifest").to_pylist()
+    assert row["controlnet"][0]["module"] == "canny"
+    text = parse_infotext(read_png_infotext(tmp_path / "canny" / row["image"]))
+    assert text.params["ControlNet 0"].startswith("Module: canny, Model: tiny_cn [")
+    assert "Processor Res: 64, Threshold A: 100, Threshold B: 200" in text.params["ControlNet 0"]
+    # replay: the module and its settings come back, so the job id is the same
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    try:
+        code = tools.main(["replay", str(tmp_path / "canny" / row["image"]), "-o",
+                           str(recipes / "again.yaml")])  # fmt: skip
+    except SystemExit as exc:
+        code = exc.code
+    assert code in (0, None), capsys.readouterr().err
+    capsys.readouterr()
+    monkeypatch.setenv("SDBATCH_RECIPES", str(recipes))
+    config.register_configs()
+    try:
+        code, out, err = run_cli(
+            monkeypatch, capsys, "+recipe=again", f"output.dir={tmp_path / 'canny'}",
+            "run.device=cpu", "run.progress=false", f"folders.controlnet={cn}",
+            f"controlnet.0.image='{tmp_path / 'shape.png'}'", "run.dry_run=true",
+        )  # fmt: skip
+    finally:
+        monkeypatch.delenv("SDBATCH_RECIPES")
+        config.register_configs()
+    assert code == 0, err
+    assert "; 1 done;" in out  # the replayed recipe's job is the one already rendered
+    assert f"{row['job_id'][:16]}  seed 1" in out
+    assert "tiny_cn (shape.png, 1, canny 100/200 at 64)" in out
 
 
 def test_the_hires_pass_takes_the_units_at_its_size(controlnet_dir, tmp_path, monkeypatch, capsys):

@@ -120,6 +120,39 @@ def test_the_infotext_unit_text_is_the_extensions(world):
     }
 
 
+def test_a_canny_unit_joins_the_id_with_its_settings_and_none_keeps_the_old_id(world):
+    base = tuple(j.job_id for j in plan(world, [unit()]).jobs)
+    assert tuple(j.job_id for j in plan(world, [unit(module="none")]).jobs) == base
+    ids = {
+        name: tuple(j.job_id for j in plan(world, [unit(module="canny", **over)]).jobs)
+        for name, over in {
+            "default": {},
+            "a": {"threshold_a": 50},
+            "b": {"threshold_b": 150},
+            "res": {"processor_res": 256},
+        }.items()
+    }
+    assert len({base, *ids.values()}) == 5
+    same = plan(world, [unit(module="canny", threshold_a=100, threshold_b=200)])
+    assert tuple(j.job_id for j in same.jobs) == ids["default"]  # the defaults, written out
+
+
+def test_a_canny_units_infotext_manifest_entry_and_dry_run_line(world):
+    from sdbatch.plan.recipe import iter_preview
+
+    p = plan(world, [unit(module="Canny", threshold_a=50, processor_res=256)])
+    h = a1111_short_hash(world / "cn" / "control_shapes.safetensors")
+    assert p.jobs[0].control.infotext()["ControlNet 0"] == (
+        f"Module: canny, Model: control_shapes [{h}], Weight: 1.0, Resize Mode: Crop and "
+        "Resize, Processor Res: 256, Threshold A: 50, Threshold B: 200, Guidance Start: 0.0, "
+        "Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced"
+    )
+    assert p.jobs[0].control.columns()[0]["module"] == "canny"
+    assert plan(world, [unit()]).jobs[0].control.columns()[0]["module"] == "none"
+    line = next(iter_preview(p.jobs, 1))
+    assert line.endswith("ControlNet control_shapes (a.png, 1, canny 50/200 at 256)")
+
+
 @pytest.mark.parametrize(
     "units, field, words",
     [
@@ -139,7 +172,11 @@ def test_the_infotext_unit_text_is_the_extensions(world):
             "controlnet[0].control_mode",
             "Balanced",
         ),
-        ([unit(module="canny")], "controlnet[0].module", "preprocessors are not built in"),
+        ([unit(module="depth")], "controlnet[0].module", "none or canny"),
+        ([unit(module="canny", threshold_a=256)], "controlnet[0].threshold_a", "1..255"),
+        ([unit(module="canny", threshold_b=True)], "controlnet[0].threshold_b", "1..255"),
+        ([unit(module="canny", processor_res=63)], "controlnet[0].processor_res", "64..2048"),
+        ([unit(processor_res=512)], "controlnet[0].processor_res", "module: none"),
         ([unit(strength=1)], "controlnet[0].strength", "keys model, image"),
         (["nope"], "controlnet[0]", "a unit"),
     ],
@@ -188,12 +225,17 @@ def test_replay_maps_the_extensions_units_back_and_asks_for_the_images():
         {"model": "control_v11p_sd15_canny", "image": None, "weight": 0.7,
          "guidance_start": 0.1, "guidance_end": 0.9},
         {"model": "control_v11f1p_sd15_depth", "image": None, "weight": 1.0,
-         "guidance_start": 0.0, "guidance_end": 1.0},
+         "guidance_start": 0.0, "guidance_end": 1.0, "module": "canny", "processor_res": 512,
+         "threshold_a": 100, "threshold_b": 200},
     ]  # fmt: skip
     text = "\n".join(out.warnings)
     assert "set each controlnet unit's image" in text
-    assert "ControlNet 1: Module canny is not built in" in text
+    assert "Module canny is not built in" not in text
     assert "ControlNet 1 Control Mode: ControlNet is more important" in text
+    assert "ControlNet 1 Pixel Perfect: True (sdbatch: processor_res 512)" in text
+    depth = recipe_from_infotext(A1111_TEXT.replace("Module: canny", "Module: depth_midas"), "cn")
+    assert "ControlNet 1: Module depth_midas is not built in" in "\n".join(depth.warnings)
+    assert "module" not in depth.values["controlnet"][1]
     assert not any("ControlNet 0" in w for w in out.warnings)
     assert not any("ControlNet" in c for c in out.comments)  # mapped, not "not reproduced"
     assert yaml.safe_load(out.to_yaml())["controlnet"] == out.values["controlnet"]

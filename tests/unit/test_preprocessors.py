@@ -1,0 +1,72 @@
+"""ControlNet's canny module against OpenCV called as the extension calls it (pure, ms)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdbatch.plan.preprocessors import canny, preprocess, preprocess_image
+from sdbatch.shapes.world import Scene, render
+
+
+def extension_canny(img: np.ndarray, res: int, low: int, high: int) -> np.ndarray:
+    """PreprocessorCanny of sd-webui-controlnet, step by step: short side to ``res`` (cubic
+    up), edge-padded to multiples of 64, cv2.Canny, padding cut, grey to RGB."""
+    h_raw, w_raw = img.shape[:2]
+    k = res / min(h_raw, w_raw)
+    h, w = round(h_raw * k), round(w_raw * k)
+    big = cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
+    padded = np.pad(big, [[0, -h % 64], [0, -w % 64], [0, 0]], mode="edge")
+    edges = cv2.Canny(padded, low, high)[:h, :w]
+    return np.stack([edges] * 3, axis=2)
+
+
+@pytest.fixture
+def picture() -> np.ndarray:
+    """A 128-pixel shapes-world picture: 4x up to 512 keeps its outline sharp enough for
+    the default thresholds (32 pixels blown up 16x have none above 100)."""
+    return render(Scene("circle", "red", "white", 0.55), 128)
+
+
+def test_canny_is_the_extensions_canny_bit_for_bit(picture):
+    got = canny(picture)
+    assert got.shape == (512, 512, 3) and got.dtype == np.uint8
+    assert np.array_equal(got, extension_canny(picture, 512, 100, 200))
+    assert set(np.unique(got)) == {0, 255}  # white edges on black
+    assert np.array_equal(got[..., 0], got[..., 2])
+    assert 0.001 < (got[..., 0] == 255).mean() < 0.05  # an outline, not a fill
+    small = render(Scene("circle", "red", "white", 0.55), 32)
+    assert not canny(small).any()  # as in the extension: 16x bicubic leaves soft edges
+    assert np.array_equal(canny(small, 64), extension_canny(small, 64, 100, 200))
+    assert canny(small, 64).any()
+
+
+def test_a_picture_not_a_multiple_of_64_is_padded_by_its_edge_and_cut_back():
+    wide = np.full((30, 50, 3), 255, np.uint8)
+    wide[:, 40:] = 0  # a dark band up to the right edge: no edge where the padding starts
+    got = canny(wide, 256, 100, 200)
+    assert got.shape == (256, round(50 * 256 / 30), 3)
+    assert np.array_equal(got, extension_canny(wide, 256, 100, 200))
+    assert not got[:, -3:].any()
+
+
+def test_thresholds_and_resolution_change_the_map(picture):
+    soft = render(Scene("circle", "red", "white", 0.55), 64)  # 8x up: edges of all strengths
+    low, default, high = (canny(soft, 512, a, b) for a, b in [(1, 2), (100, 200), (250, 255)])
+    assert (low > 0).sum() > (default > 0).sum() > (high > 0).sum() > 0
+    assert np.array_equal(high, extension_canny(soft, 512, 250, 255))
+    default = canny(picture)
+    assert np.array_equal(canny(picture, 512, 200, 100), default)  # cv2 swaps them
+    assert canny(picture, 256).shape == (256, 256, 3)
+    assert not np.array_equal(canny(picture, 256), default[::2, ::2])
+
+
+def test_none_hands_the_picture_over_and_pil_pictures_go_through(picture):
+    assert preprocess("none", picture, ()) is picture
+    im = Image.fromarray(picture)
+    assert preprocess_image("none", im, ()) is im
+    out = preprocess_image("canny", im, (128, 100, 200))
+    assert out.size == (128, 128) and out.mode == "RGB"
+    assert np.array_equal(np.asarray(out), extension_canny(picture, 128, 100, 200))
