@@ -204,7 +204,7 @@ def _integer(field: str, value: Any, lo: int, hi: int) -> int:
     return int(number)
 
 
-def _module_settings(unit: Mapping, where: str) -> tuple[str, tuple[int, ...]]:
+def module_settings(unit: Mapping, where: str) -> tuple[str, tuple[int, ...]]:
     """The unit's module and its settings (the extension's sliders, defaults where unset);
     settings on ``none`` are an error (no preprocessor would read them)."""
     raw = unit.get("module", "none")
@@ -250,7 +250,7 @@ def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec
         for key in ("model", "image"):
             if unit.get(key) in (None, "", []):
                 raise RecipeError(f"{where}.{key}", unit.get(key), f"a {key} (required)")
-        module, settings = _module_settings(unit, where)
+        module, settings = module_settings(unit, where)
         mode = str(unit.get("control_mode", "Balanced")).strip()
         if mode.lower() != "balanced":
             allowed = "Balanced (diffusers' guess mode is not the extension's other modes)"

@@ -70,3 +70,27 @@ def test_none_hands_the_picture_over_and_pil_pictures_go_through(picture):
     out = preprocess_image("canny", im, (128, 100, 200))
     assert out.size == (128, 128) and out.mode == "RGB"
     assert np.array_equal(np.asarray(out), extension_canny(picture, 128, 100, 200))
+
+
+def test_the_preprocess_tool_writes_the_map_a_run_uses(picture, tmp_path, capsys):
+    from sdbatch import tools
+    from sdbatch.plan.image_ops import resize_image
+
+    Image.fromarray(picture).save(tmp_path / "in.png")
+
+    def tool(*argv: str) -> int:
+        with pytest.raises(SystemExit) as exc:
+            tools.main(["preprocess", str(tmp_path / "in.png"), *argv])
+        return exc.value.code
+
+    assert tool("-o", str(tmp_path / "e.png"), "--threshold-a", "50") == 0
+    assert "(512x512, module canny, processor_res 512, threshold_a 50" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "e.png")), canny(picture, 512, 50))
+    assert tool("-o", str(tmp_path / "s.png"), "--size", "48x32", "--processor-res", "256") == 0
+    want = resize_image("Crop and resize", Image.fromarray(canny(picture, 256)), 48, 32)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "s.png")), np.asarray(want))
+    capsys.readouterr()
+    assert tool("-o", str(tmp_path / "x.png"), "--threshold-b", "256") == 2
+    err = capsys.readouterr().err
+    assert err == "error: --threshold-b: 256.0 is not allowed; an integer in 1..255\n"
+    assert not (tmp_path / "x.png").exists()
