@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sdbatch.plan.controlnet import RESIZE_MODE, Control, folder_weights
@@ -119,10 +120,16 @@ def control_call(jobs: Sequence[Job], kind: str, size: tuple[int, int] | None = 
     windows = [(u.weight, u.start, u.end) if u.start < u.end else (0.0, 0.0, 1.0) for u in units]
     weight, start, end = (list(x) for x in zip(*windows, strict=True))
     single = len(units) == 1
+    if single:
+        control = [per_job[0] for per_job in images]
+    elif kind == "txt2img":
+        control = images
+    else:  # diffusers' ControlNet img2img and inpaint pipelines refuse a nested list: one
+        # (B, H, W, 3) array per unit, the floats its image processor makes from pictures
+        control = [np.stack([np.asarray(j[k], np.float32) / 255 for j in images]) for k in
+                   range(len(units))]  # fmt: skip
     return {
-        ("image" if kind == "txt2img" else "control_image"): (
-            [per_job[0] for per_job in images] if single else images
-        ),
+        ("image" if kind == "txt2img" else "control_image"): control,
         "controlnet_conditioning_scale": weight[0] if single else weight,
         "control_guidance_start": start[0] if single else start,
         "control_guidance_end": end[0] if single else end,

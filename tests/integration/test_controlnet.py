@@ -390,3 +390,20 @@ def test_lora_and_embeddings_act_with_controlnet(controlnet_dir, tmp_path, monke
     assert np.abs(got[f"{blue} <lora:orange:1>"] - got[blue]).mean() > 2
     (word,) = _images(tmp_path / "word").values()
     assert np.abs(got[fuchsia] - word).mean() > 2
+
+
+def test_two_units_steer_a_batch_of_img2img_pictures(controlnet_dir, tmp_path, monkeypatch, capsys):
+    """diffusers' ControlNet img2img and inpaint pipelines refuse two units over a batch given
+    as the nested list txt2img takes; each unit's images go as one array instead, and each
+    picture must get exactly what one unit gave it (the second unit at weight 0)."""
+    cn = controlnet_dir
+    pic = tmp_path / "pic.png"
+    Image.fromarray(render(Scene("circle", "red", "white", 0.55), 32)).save(pic)
+    img = (f"init_images={pic}", "denoise=0.8")
+    _run(monkeypatch, capsys, tmp_path / "one", cn, f"[{_unit(cn, 'tiny_file', image='')}]", *img)
+    multi = f"[{_unit(cn, 'tiny_file', image='')},{_unit(cn, image='left.png', weight=0)}]"
+    _run(monkeypatch, capsys, tmp_path / "two", cn, multi, *img)
+    one, two = _images(tmp_path / "one"), _images(tmp_path / "two")
+    assert sorted(two) == [(1, "left.png"), (1, "right.png")]
+    for key, got in two.items():
+        assert np.array_equal(got, one[key]), key
