@@ -342,8 +342,8 @@ def test_a_canny_unit_renders_as_its_edge_map_would_and_its_png_says_so(
 
 def test_the_hires_pass_takes_the_units_at_its_size(controlnet_dir, tmp_path, monkeypatch, capsys):
     """The extension steers A1111's hires pass too, with the condition image resized to the
-    hires size: the ControlNet must run in both passes (4x4 latents with the 32x32 condition
-    image, then 8x8 with it at 64x64), weight 1 changes the picture and weight 0 gives
+    hires size: the ControlNet must run in both passes (8x8 latents with the 32x32 condition
+    image, then 16x16 with it at 64x64), weight 1 changes the picture and weight 0 gives
     exactly the hires picture without ControlNet."""
     from diffusers import ControlNetModel
 
@@ -365,7 +365,7 @@ def test_the_hires_pass_takes_the_units_at_its_size(controlnet_dir, tmp_path, mo
     (on,) = _images(tmp_path / "w1").values()
     assert plain.shape == (64, 64, 3) and np.array_equal(off, plain)
     assert np.abs(on - plain).mean() > 2
-    assert seen == {((4, 4), (32, 32)), ((8, 8), (64, 64))}
+    assert seen == {((8, 8), (32, 32)), ((16, 16), (64, 64))}
 
 
 def test_lora_and_embeddings_act_with_controlnet(controlnet_dir, tmp_path, monkeypatch, capsys):
