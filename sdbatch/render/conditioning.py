@@ -262,21 +262,6 @@ def _repeat_last(hidden: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([hidden, hidden[:, -1:].expand(-1, missing, -1)], dim=1)
 
 
-RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
-
-
-def _fit_rows(residual, source: torch.Tensor, incoming: int):
-    """A residual (or a list of them) for the wrapper's rows: as it is when the ControlNet ran
-    on those rows already, else its incoming rows picked as the latents are."""
-    if isinstance(residual, list | tuple):
-        return [_fit_rows(r, source, incoming) for r in residual]
-    if residual.shape[0] == source.shape[0]:
-        return residual
-    if residual.shape[0] == incoming:
-        return residual[source]
-    raise RuntimeError(f"ControlNet residual of {residual.shape[0]} rows for {incoming}")
-
-
 class ComposedUNet(torch.nn.Module):
     """Stands in for ``pipe.unet`` during one pipeline call with AND (see the module
     docstring). Everything but ``forward`` (config, dtype, add_embedding, ...) is the UNet's."""
@@ -319,9 +304,10 @@ class ComposedUNet(torch.nn.Module):
         now, b, guided, source = self.rows(sample)
         if isinstance(timestep, torch.Tensor) and timestep.ndim and timestep.numel() > 1:
             timestep = timestep[source]
-        for key in RESIDUALS:  # ControlNet's, per UNet row (sdbatch.render.controlnet)
-            if kwargs.get(key) is not None:
-                kwargs[key] = _fit_rows(kwargs[key], source, sample.shape[0])
+        if kwargs.get("mid_block_additional_residual") is not None:  # ControlNet's
+            from sdbatch.render.controlnet import fit_residuals
+
+            kwargs = fit_residuals(kwargs, source, sample.shape[0])
         if added_cond_kwargs is not None:  # SDXL: per-row pooled text and size conditioning
             unknown = set(added_cond_kwargs) - {"text_embeds", "time_ids"}
             if unknown:

@@ -182,3 +182,23 @@ def composed_controlnet(controlnet, unet) -> Iterator[None]:
         yield
     finally:
         del controlnet.forward
+
+
+RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
+
+
+def fit_residuals(kwargs: dict, source: torch.Tensor, incoming: int) -> dict:
+    """The UNet's keyword arguments with the ControlNet residuals on the AND wrapper's rows:
+    as they are when `composed_controlnet` ran the ControlNet on those rows, else their
+    incoming rows picked as the latents are."""
+
+    def fit(residual):
+        if isinstance(residual, list | tuple):
+            return [fit(r) for r in residual]
+        if residual.shape[0] == source.shape[0]:
+            return residual
+        if residual.shape[0] == incoming:
+            return residual[source]
+        raise RuntimeError(f"ControlNet residual of {residual.shape[0]} rows for {incoming}")
+
+    return {**kwargs, **{k: fit(kwargs[k]) for k in RESIDUALS if kwargs.get(k) is not None}}
