@@ -77,6 +77,9 @@ def value(row: dict, column: str):
         return row["vars"].get(column[5:])
     if column == "size":
         return f"{row['width']}x{row['height']}"
+    if column == "controlnet" and row.get(column):  # as the dry run names units, not full paths
+        units = row[column]
+        return "; ".join(f"{u['model']} ({Path(u['image']).name}, {u['weight']:g})" for u in units)
     return row.get(column)
 
 

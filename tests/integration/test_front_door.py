@@ -31,7 +31,10 @@ def test_help_is_sdbatchs_own_and_lists_the_recipes(monkeypatch, capsys):
     assert code == 0
     assert out.startswith("sdbatch: YAML recipes in")
     assert "sdbatch +recipe=NAME" in out and "Exit codes:" in out
-    recipes = "cfg_sweep, hair_styles, img2img_demo, quick, sampler_comparison, shapes_demo"
+    recipes = (
+        "cfg_sweep, controlnet_demo, hair_styles, img2img_demo, quick, sampler_comparison, "
+        "shapes_demo"
+    )
     assert f"recipe: {recipes}" in out
     assert 'eval "$(sdbatch -sc install=bash)"' in out
     assert "powered by Hydra" not in out
