@@ -24,7 +24,7 @@ import re
 from sdbatch.plan.recipe_files import escape_foreign
 
 TEXT_KEYS = ("prompt", "negative_prompt", "template", "name")
-AXIS_KEYS = ("sampler", "steps", "cfg", "size", "seeds", "subseed")
+AXIS_KEYS = ("sampler", "steps", "cfg", "size", "seeds")  # subseed is one value, not an axis
 # Overrides that do not decide a job's images: left out of the recorded normal form
 COSMETIC = ("run.", "output.", "hydra.", "hydra/")
 _KEY = re.compile(r"^(?P<prefix>\+\+|\+|~)?(?P<key>[A-Za-z_][\w.\-/@]*)=(?P<value>.*)$", re.S)

@@ -108,6 +108,11 @@ CASES = [
     ),
     (["+recipe=quick", "steps=1-1000000000"], 2, ["steps", "at most 100,000 values"]),
     (["+recipe=quick", "seeds={start:-1,count:2}"], 2, ["seeds.start"]),
+    (  # one variation seed, not an axis: a list is the field's error, not Hydra's
+        ["+recipe=quick", "subseed=[5,6]", "subseed_strength=0.5"],
+        2,
+        ["subseed", "[5, 6]", "an integer in 0..4294967295"],
+    ),
     (["+recipe=quick", "cfg=-1"], 2, ["cfg", "-1", ">= 0"]),
     (["+recipe=quick", "sampler=Nope"], 2, ["sampler", "Nope"]),
     (["+recipe=quick", "batch_size=0"], 2, ["batch_size"]),
@@ -182,8 +187,9 @@ CASES = [
      2, ["controlnet[0].guidance_end", "0..1"]),
     (["+recipe=quick", "folders.a1111={webui}",
       "controlnet=[{model:control_shapes,image:'{pics}/a.png',"
-      "control_mode:'ControlNet is more important'}]"],
-     2, ["controlnet[0].control_mode", "ControlNet is more important", "Balanced"]),
+      "control_mode:'ControlNet is important'}]"],
+     2, ["controlnet[0].control_mode", "ControlNet is important", "one of Balanced, My prompt "
+         "is more important, ControlNet is more important"]),
     (["+recipe=quick", "folders.a1111={webui}",
       "controlnet=[{model:control_shapes,image:'{pics}/a.png',module:depth}]"],
      2, ["controlnet[0].module", "'depth'", "none or canny", "ready-made condition images"]),
