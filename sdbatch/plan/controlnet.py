@@ -8,14 +8,15 @@ by stem, or a diffusers folder. ``image`` is a file, folder or glob of condition
 it and ``init_images`` are both folders they are matched by file stem, otherwise every
 condition image is a sweep value. ``module`` is ``none`` (the images are the conditions) or
 ``canny`` (sdbatch.plan.preprocessors, run on each image when it is read, with the unit's
-``processor_res`` and thresholds); only the "Balanced" control mode (diffusers' guess mode
-does not scale the residuals as the extension's other modes do).
+``processor_res`` and thresholds). ``control_mode`` is one of the extension's three
+(`CONTROL_MODES`; sdbatch.render.controlnet scales the residuals as it does). A unit's model
+must be for the checkpoint's family (SD 1.x or SDXL: sdbatch.plan.controlnet_family).
 
 Each job carries a `Control`: per unit the model file's hash, the condition image's sha256,
-the weight, the guidance window and (when not ``none``) the module and its settings. Its
-`key` joins the job id only when units are set, so ids of plans without ControlNet (or of
-units with ``module: none``) do not change; `infotext` writes the extension's
-``ControlNet N`` fields.
+the weight, the guidance window, the control mode and (when not ``none``) the module and its
+settings. Its `key` joins the job id only when units are set, so ids of plans without
+ControlNet (or of units with ``module: none``) do not change; `infotext` writes the
+extension's ``ControlNet N`` fields.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sdbatch.errors import RecipeError
+from sdbatch.plan.controlnet_family import check_unit_family, controlnet_family
 from sdbatch.plan.hashing import cached_sha256, model_hash, sha256_file
 from sdbatch.plan.image_inputs import check_image, list_files
 from sdbatch.plan.model_folders import find_file, folders_of, safe_name
@@ -41,6 +43,7 @@ UNIT_KEYS = (
 )  # fmt: skip
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 RESIZE_MODE = "Crop and resize"  # the extension's default ("Crop and Resize", INNER_FIT)
+RESIZE_INFOTEXT = "Crop and Resize"  # as its infotext writes it
 WEIGHT_MAX = 2.0  # the extension's slider: 0..2
 
 
@@ -68,7 +71,7 @@ class ControlUnit:
             ("Module", self.module),
             ("Model", f"{self.model} [{self.hash}]"),
             ("Weight", float(self.weight)),
-            ("Resize Mode", "Crop and Resize"),
+            ("Resize Mode", RESIZE_INFOTEXT),
             ("Processor Res", res),
             ("Threshold A", a),
             ("Threshold B", b),
@@ -93,8 +96,9 @@ class Control:
         return json.dumps({"cn": units}, separators=(",", ":"))
 
     def batch_key(self) -> tuple:
-        """Jobs share a pass with the same models, weights and windows (images are per job)."""
-        return tuple((u.path, u.file_sha256, u.weight, u.start, u.end) for u in self.units)
+        """Jobs share a pass with the same models, weights, windows and modes (images are per
+        job)."""
+        return tuple((u.path, u.file_sha256, u.weight, u.start, u.end, u.mode) for u in self.units)
 
     def infotext(self) -> dict[str, str]:
         return {f"ControlNet {i}": u.serialize() for i, u in enumerate(self.units)}
@@ -118,10 +122,11 @@ class Control:
 
 
 def _module(u: ControlUnit) -> str:
+    mode = "" if u.mode == "Balanced" else f", {u.mode}"
     if u.module == "none":
-        return ""
+        return mode
     res, a, b = u.settings
-    return f", {u.module} {a}/{b} at {res}"
+    return f", {u.module} {a}/{b} at {res}{mode}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +145,16 @@ class UnitSpec:
     mode: str
     module: str = "none"
     settings: tuple[int, ...] = ()
+    family: str = "sd1"  # the checkpoint family the model is for
+
+
+def control_mode(value: Any, field: str) -> str:
+    """One of `CONTROL_MODES`, as the extension spells it (any letter case is read)."""
+    text = str(value).strip() if value is not None else "Balanced"
+    for mode in CONTROL_MODES:
+        if text.lower() == mode.lower():
+            return mode
+    raise RecipeError(field, value, "one of " + ", ".join(CONTROL_MODES))
 
 
 def a1111_short_hash(path: str | os.PathLike) -> str:
@@ -251,10 +266,7 @@ def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec
             if unit.get(key) in (None, "", []):
                 raise RecipeError(f"{where}.{key}", unit.get(key), f"a {key} (required)")
         module, settings = module_settings(unit, where)
-        mode = str(unit.get("control_mode", "Balanced")).strip()
-        if mode.lower() != "balanced":
-            allowed = "Balanced (diffusers' guess mode is not the extension's other modes)"
-            raise RecipeError(f"{where}.control_mode", mode, allowed)
+        mode = control_mode(unit.get("control_mode", "Balanced"), f"{where}.control_mode")
         weight = _number(f"{where}.weight", unit.get("weight", 1), 0, WEIGHT_MAX, "a number")
         start = _number(f"{where}.guidance_start", unit.get("guidance_start", 0), 0, 1, "a number")
         end = _number(f"{where}.guidance_end", unit.get("guidance_end", 1), 0, 1, "a number")
@@ -270,10 +282,11 @@ def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec
             images.append((p, sha256_file(p)))
         by_stem = init_folder and _is_folder(unit["image"], dirs)
         name = path.name if is_dir else path.stem
+        family = controlnet_family(path, f"{where}.model")
         specs.append(
             UnitSpec(
                 name, str(path), a1111_short_hash(path), file_sha, tuple(images), by_stem,
-                weight, start, end, "Balanced", module, settings,
+                weight, start, end, mode, module, settings, family,
             )
         )  # fmt: skip
     return specs
@@ -302,9 +315,10 @@ def controls_for(specs: list[UnitSpec], image: str | None) -> list[Control]:
     return [Control(c) for c in combos]
 
 
-def check_family(family: str) -> None:
-    if family != "sd1":
-        raise RecipeError(FIELD, family, "an SD 1.x model (ControlNet is SD 1.x only so far)")
+def check_family(family: str, specs: list[UnitSpec]) -> None:
+    """Every unit's model is a ControlNet for the checkpoint's family (SD 1.x or SDXL)."""
+    for i, s in enumerate(specs):
+        check_unit_family(family, s.family, s.model, f"{FIELD}[{i}].model")
 
 
 def is_infotext_unit(key: str) -> bool:
@@ -367,9 +381,13 @@ def units_from_infotext(params: Mapping[str, str]) -> tuple[list[dict], list[str
                 except RecipeError:
                     warnings.append(f"not reproduced: {key} {field}: {fields[field]}")
         warnings += _module_from_infotext(key, fields, unit)
-        for field, want in (("Control Mode", "Balanced"), ("Resize Mode", "Crop and Resize")):
-            if fields.get(field, want) != want:
-                warnings.append(f"not reproduced: {key} {field}: {fields[field]} (sdbatch: {want})")
+        mode = fields.get("Control Mode", "Balanced")
+        if mode in CONTROL_MODES[1:]:
+            unit["control_mode"] = mode
+        elif mode != "Balanced":
+            warnings.append(f"not reproduced: {key} Control Mode: {mode} (sdbatch: Balanced)")
+        if (resize := fields.get("Resize Mode", RESIZE_INFOTEXT)) != RESIZE_INFOTEXT:
+            warnings.append(f"not reproduced: {key} Resize Mode: {resize} (sdbatch: {RESIZE_MODE})")
         units.append(unit)
     if units:
         warnings.append(

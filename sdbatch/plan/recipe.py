@@ -289,7 +289,7 @@ def build_plan(
     units = parse_units(cfg, recipe_dirs, bool(cfg.model.allow_pickle))
     if units:
         for m in models:
-            check_family(m.family)
+            check_family(m.family, units)
     combos = {f: _control_combos(units, f) for f in dict.fromkeys(f for f, _ in entries)}
     sizes = list(dict.fromkeys(parse_size(s) for s in expand_axis("size", cfg.size)))
     # sampler x schedule type, A1111 1.9+'s reading (sdbatch.plan.samplers.plan_sampler): one

@@ -1,17 +1,21 @@
 """ControlNet passes over the Renderer's own components (no second copy of the UNet or VAE).
 
 The plan gives each job a `Control` (sdbatch.plan.controlnet): per unit a model, a condition
-image, a weight and a guidance window. Here each ControlNet model loads once per file (a
-diffusers folder, or a ``.safetensors`` file with the config beside it in ``<stem>.config/``
-or else SD 1.5's ControlNet config shipped in ``sdbatch/models/configs/controlnet_sd15``, so
-nothing is fetched), the condition images are read (checked against their planned hash), run
-through the unit's module (``canny``: sdbatch.plan.preprocessors, at ``processor_res``) and
-cropped to the job's size as the extension's default "Crop and Resize" does, and diffusers'
-ControlNet txt2img, img2img or inpaint pipeline is made with ``from_pipe`` from the loaded
-one. Several units run as diffusers' ``MultiControlNetModel``.
+image, a weight, a guidance window and a control mode. Here each ControlNet model loads once
+per file (a diffusers folder, or a ``.safetensors`` file with the config beside it in
+``<stem>.config/`` or else the config of the checkpoint family's ControlNet shipped in
+``sdbatch/models/configs``: SD 1.5's ``controlnet_sd15``, and ``controlnet_sdxl``, which is
+``ControlNetModel.from_unet`` of the shipped SDXL UNet config, the layout of the full-size
+SDXL ControlNets; so nothing is fetched), the condition images are read (checked against their
+planned hash), run through the unit's module (``canny``: sdbatch.plan.preprocessors, at
+``processor_res``) and cropped to the job's size as the extension's default "Crop and Resize"
+does, and diffusers' ControlNet txt2img, img2img or inpaint pipeline (SD 1.x or SDXL; SDXL's
+passes the pooled text and size conditioning to the ControlNet too) is made with
+``from_pipe`` from the loaded one. Several units run as diffusers' ``MultiControlNetModel``.
 
 diffusers multiplies each residual by the unit's weight and turns a unit off outside its window
-(``i / n < start or (i + 1) / n > end`` over the n steps that run).
+(``i / n < start or (i + 1) / n > end`` over the n steps that run); the control modes other
+than "Balanced" rescale the residuals on top of that (sdbatch.render.controlnet_modes).
 """
 
 from __future__ import annotations
@@ -30,16 +34,24 @@ from sdbatch.plan.preprocessors import preprocess_image
 from sdbatch.plan.recipe import Job
 from sdbatch.plan.weights import check_weights_file
 
-CONFIG = Path(__file__).resolve().parents[1] / "models" / "configs" / "controlnet_sd15"
+CONFIGS = Path(__file__).resolve().parents[1] / "models" / "configs"
+CONFIG = {"sd1": CONFIGS / "controlnet_sd15", "sdxl": CONFIGS / "controlnet_sdxl"}
 PIPELINES = {
-    "txt2img": "StableDiffusionControlNetPipeline",
-    "img2img": "StableDiffusionControlNetImg2ImgPipeline",
-    "inpaint": "StableDiffusionControlNetInpaintPipeline",
+    "sd1": {
+        "txt2img": "StableDiffusionControlNetPipeline",
+        "img2img": "StableDiffusionControlNetImg2ImgPipeline",
+        "inpaint": "StableDiffusionControlNetInpaintPipeline",
+    },
+    "sdxl": {
+        "txt2img": "StableDiffusionXLControlNetPipeline",
+        "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLControlNetInpaintPipeline",
+    },
 }
 
 
-def load_controlnet(path: str, device, dtype, allow_pickle: bool):
-    """One ControlNet model, offline, by the weights policy."""
+def load_controlnet(path: str, device, dtype, allow_pickle: bool, family: str = "sd1"):
+    """One ControlNet model for a checkpoint of ``family``, offline, by the weights policy."""
     from diffusers import ControlNetModel
 
     p = Path(path)
@@ -52,7 +64,7 @@ def load_controlnet(path: str, device, dtype, allow_pickle: bool):
     else:
         check_weights_file(p, "controlnet.model", allow_pickle)
         beside = p.with_name(p.stem + ".config")
-        config = beside if (beside / "config.json").is_file() else CONFIG
+        config = beside if (beside / "config.json").is_file() else CONFIG[family]
         model = ControlNetModel.from_single_file(
             str(p), config=str(config), torch_dtype=dtype, local_files_only=True
         )
@@ -61,11 +73,11 @@ def load_controlnet(path: str, device, dtype, allow_pickle: bool):
 
 def _models(renderer, control: Control) -> list:
     cache = renderer.__dict__.setdefault("_controlnets", {})
-    allow = bool(renderer.model.allow_pickle)
+    allow, family = bool(renderer.model.allow_pickle), renderer.model.family
     out = []
     for u in control.units:
         if u.path not in cache:
-            cache[u.path] = load_controlnet(u.path, renderer.device, renderer.dtype, allow)
+            cache[u.path] = load_controlnet(u.path, renderer.device, renderer.dtype, allow, family)
         out.append(cache[u.path])
     return out
 
@@ -81,7 +93,7 @@ def control_pipe(renderer, kind: str, base, jobs: Sequence[Job]):
     cache = renderer.__dict__.setdefault("_controlnet_pipes", {})
     if key not in cache:
         controlnet = models[0] if len(models) == 1 else MultiControlNetModel(models)
-        cls = getattr(diffusers, PIPELINES[kind])
+        cls = getattr(diffusers, PIPELINES[renderer.model.family][kind])
         with warnings.catch_warnings():  # the swapped-in scheduler's config notices
             warnings.simplefilter("ignore", FutureWarning)
             pipe = cls.from_pipe(base, controlnet=controlnet)
@@ -161,11 +173,14 @@ def composed_controlnet(controlnet, unet) -> Iterator[None]:
     part's row with that part's text, each with its image's condition image, as the extension
     runs it inside A1111's UNet call (diffusers alone would run it on B rows with the texts
     the wrapper does not use). ``forward`` is replaced on the instance only, so the pipeline's
-    type checks still see a ControlNet; it is restored when the block ends."""
+    type checks still see a ControlNet; it is restored when the block ends. SDXL's pooled
+    text and size conditioning are the wrapper's rows' too."""
+    from sdbatch.render.controlnet_modes import swapped_forward
+
     original = controlnet.forward
 
     def forward(sample, timestep, *args, encoder_hidden_states=None, controlnet_cond=None,
-                **kwargs):  # fmt: skip
+                added_cond_kwargs=None, **kwargs):  # fmt: skip
         now, _, _, source = unet.rows(sample)
         if isinstance(timestep, torch.Tensor) and timestep.ndim and timestep.numel() > 1:
             timestep = timestep[source]
@@ -173,15 +188,18 @@ def composed_controlnet(controlnet, unet) -> Iterator[None]:
             cond = [c[source] for c in controlnet_cond]
         else:
             cond = controlnet_cond[source]
+        if added_cond_kwargs:  # SDXL
+            added_cond_kwargs = {
+                "text_embeds": torch.cat([now.uncond_pooled, now.cond_pooled]),
+                "time_ids": added_cond_kwargs["time_ids"][source],
+            }
         hidden = torch.cat([now.uncond, now.cond])
         return original(sample[source], timestep, *args, encoder_hidden_states=hidden,
-                        controlnet_cond=cond, **kwargs)  # fmt: skip
+                        controlnet_cond=cond, added_cond_kwargs=added_cond_kwargs,
+                        **kwargs)  # fmt: skip
 
-    controlnet.forward = forward
-    try:
+    with swapped_forward(controlnet, forward):
         yield
-    finally:
-        del controlnet.forward
 
 
 RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")

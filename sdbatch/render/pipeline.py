@@ -285,11 +285,18 @@ class Renderer:
                 noise = self._latents(jobs, first.width, first.height)
             else:
                 call["latents"] = self._latents(jobs, first.width, first.height)
+            modes = contextlib.nullcontext()
             if first.control is not None:  # ControlNet units (sdbatch.render.controlnet)
                 from sdbatch.render.controlnet import with_control
+                from sdbatch.render.controlnet_modes import control_modes
 
                 pipe, call = with_control(self, pipe, call, jobs)
-            with self._conditioned(pipe, jobs, tensors, passes) as kwargs, image_noise(pipe, noise):
+                modes = control_modes(pipe, jobs)
+            with (
+                modes,  # outside the AND wrapper's ControlNet rows (entered after it)
+                self._conditioned(pipe, jobs, tensors, passes) as kwargs,
+                image_noise(pipe, noise),
+            ):
                 result = pipe(
                     **kwargs,
                     **call,
@@ -336,11 +343,14 @@ class Renderer:
         img2img = self._img2img()
         img2img.scheduler = self._scheduler(jobs)
         call = {"image": image, "strength": strength}
+        modes = contextlib.nullcontext()
         if first.control is not None:  # the extension steers the hires pass too
             from sdbatch.render.controlnet import with_control
+            from sdbatch.render.controlnet_modes import control_modes
 
             img2img, call = with_control(self, img2img, call, jobs, hires=(width, height))
-        with self._conditioned(img2img, jobs, tensors, passes) as kwargs:
+            modes = control_modes(img2img, jobs, hires=True)
+        with modes, self._conditioned(img2img, jobs, tensors, passes) as kwargs:
             result = img2img(
                 **kwargs,
                 **call,

@@ -161,23 +161,38 @@ def test_img2img_and_inpainting_take_controlnet(controlnet_dir, tmp_path, monkey
         assert np.abs(got[:, 16:] - kept[:, 16:]).mean() > 2, key  # the masked half redrawn
 
 
-def test_the_shipped_sd15_controlnet_config_builds_an_sd15_controlnet():
-    """A single file without a config beside it loads with this config (no hub fetch); it
-    must describe SD 1.5's UNet geometry, or SD 1.5 ControlNet weights would not fit it."""
+@pytest.mark.parametrize("family, unet_dir, skips", [("sd1", "sd15", 12), ("sdxl", "sdxl", 9)])
+def test_the_shipped_controlnet_configs_build_their_familys_controlnet(family, unet_dir, skips):
+    """A single file without a config beside it loads with its family's config (no hub
+    fetch); it must describe that family's UNet geometry, or the ControlNet weights would not
+    fit it. SDXL's is ControlNetModel.from_unet of the shipped SDXL UNet config (built on the
+    meta device here: the same config, and so the same layers)."""
     import json
 
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel, UNet2DConditionModel
 
     from sdbatch.render.controlnet import CONFIG
 
-    config = ControlNetModel.load_config(CONFIG)
-    unet = json.loads((CONFIG.parent / "sd15" / "unet" / "config.json").read_text())
+    config = ControlNetModel.load_config(CONFIG[family])
+    unet_config = CONFIG[family].parent / unet_dir / "unet"
+    unet = json.loads((unet_config / "config.json").read_text())
     for key in ("block_out_channels", "cross_attention_dim", "attention_head_dim",
                 "layers_per_block", "down_block_types", "in_channels"):  # fmt: skip
         assert config[key] == unet[key], key
     with torch.device("meta"):
         model = ControlNetModel.from_config(config)
-    assert len(model.controlnet_down_blocks) == 12  # SD 1.5's 12 skip connections
+        if family == "sdxl":
+            derived = ControlNetModel.from_unet(
+                UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(unet_config)),
+                load_weights_from_unet=False,
+            )
+            shipped, made = (
+                {k: v for k, v in json.loads(m.to_json_string()).items() if k[0] != "_"}
+                for m in (model, derived)
+            )
+            assert shipped == made
+            assert model.config.addition_embed_type == "text_time"
+    assert len(model.controlnet_down_blocks) == skips  # SD 1.5's 12, SDXL's 9 skip connections
 
 
 def test_prompt_editing_and_latent_fills_reach_the_controlnet_pipelines(
@@ -408,3 +423,95 @@ def test_two_units_steer_a_batch_of_img2img_pictures(controlnet_dir, tmp_path, m
     assert sorted(two) == [(1, "left.png"), (1, "right.png")]
     for key, got in two.items():
         assert np.array_equal(got, one[key]), key
+
+
+MODES = {"prompt": "My prompt is more important", "control": "ControlNet is more important"}
+
+
+def _soft(monkeypatch, cond_only: bool):
+    """ControlNetModel.forward with the extension's soft injection written out: residual i
+    (the down blocks' in order, then the mid block's) times 0.825 ** (12 - i), and with
+    ``cond_only`` zeros on the uncond half of a CFG batch (diffusers' first half)."""
+    from diffusers import ControlNetModel
+
+    forward = ControlNetModel.forward
+
+    def soft(self, sample, *args, **kwargs):
+        down, mid = forward(self, sample, *args, **kwargs)
+        out = [r * 0.825 ** float(12 - i) for i, r in enumerate([*down, mid])]
+        if cond_only:
+            keep = torch.tensor([0.0, 1.0]).view(-1, 1, 1, 1)
+            out = [r * keep for r in out]
+        return out[:-1], out[-1]
+
+    monkeypatch.setattr(ControlNetModel, "forward", soft)
+
+
+def test_control_modes_scale_the_residuals_as_the_extension_does(
+    controlnet_dir, tmp_path, monkeypatch, capsys
+):
+    """ "My prompt is more important" is Balanced with the extension's soft factors on the
+    residuals; "ControlNet is more important" is that with no control on the uncond rows
+    (here both written out in a ControlNetModel.forward replacement that Balanced runs
+    through); each differs from Balanced and from the other; two units take their own modes
+    (the second at weight 0 adds zeros, so the first unit's mode alone shows). The infotext
+    writes the mode and replay brings it back (the same job id)."""
+    cn = controlnet_dir
+    got = {}
+    runs = {
+        "balanced": _unit(cn),
+        "prompt": _unit(cn, control_mode=f"'{MODES['prompt']}'"),
+        "control": _unit(cn, control_mode=f"'{MODES['control']}'"),
+        "two": _unit(cn, "tiny_file", control_mode=f"'{MODES['control']}'") + ","
+        + _unit(cn, weight=0, control_mode=f"'{MODES['prompt']}'"),
+    }  # fmt: skip
+    for name, units in runs.items():
+        _run(monkeypatch, capsys, tmp_path / name, cn, f"[{units}]")
+        (got[name],) = _images(tmp_path / name).values()
+    for name, cond_only in (("prompt", False), ("control", True)):
+        with monkeypatch.context() as m:
+            _soft(m, cond_only)
+            _run(monkeypatch, capsys, tmp_path / f"hook_{name}", cn, f"[{_unit(cn)}]")
+        (hooked,) = _images(tmp_path / f"hook_{name}").values()
+        assert np.array_equal(got[name], hooked), name
+        assert np.abs(got[name] - got["balanced"]).mean() > 1, name
+    assert np.abs(got["control"] - got["prompt"]).mean() > 1
+    assert np.array_equal(got["two"], got["control"])
+    (row,) = pq.read_table(tmp_path / "control" / "manifest").to_pylist()
+    text = parse_infotext(read_png_infotext(tmp_path / "control" / row["image"]))
+    assert text.params["ControlNet 0"].endswith("Control Mode: ControlNet is more important")
+    from sdbatch.views.replay import recipe_from_infotext
+
+    units = recipe_from_infotext(read_png_infotext(tmp_path / "control" / row["image"]), "again")
+    assert units.values["controlnet"][0]["control_mode"] == MODES["control"]
+
+
+def test_control_modes_with_and_img2img_and_hires(controlnet_dir, tmp_path, monkeypatch, capsys):
+    """With AND the wrapper's uncond rows are the ones "ControlNet is more important" leaves
+    without control: ``a AND a`` at CFG 3.5 stays ``a`` at CFG 7 (at most 2 levels apart, as
+    Balanced), and ``a`` alone is the picture of the plain pass. img2img and the hires pass
+    take the modes too (the pictures differ from Balanced's)."""
+    cn = controlnet_dir
+    red = "a red circle on a white background"
+    control = _unit(cn, control_mode=f"'{MODES['control']}'")
+    _run(monkeypatch, capsys, tmp_path / "and", cn, f"[{control}]",
+         f"prompt=['{red}','{red} AND {red}']", "cfg=[3.5,7]")  # fmt: skip
+    on = _by_prompt(tmp_path / "and")
+    assert np.abs(on[f"{red} AND {red}", 3.5, "left.png"] - on[red, 7.0, "left.png"]).max() <= 2
+    # the same image at CFG 3.5 without AND is another picture: the comparison above can fail
+    assert np.abs(on[red, 3.5, "left.png"] - on[red, 7.0, "left.png"]).max() > 2
+    pic = tmp_path / "pic.png"
+    Image.fromarray(render(Scene("circle", "red", "white", 0.55), 32)).save(pic)
+    cases = {
+        "img2img": (f"init_images={pic}", "denoise=0.8"),
+        "hires": ("hires.scale=2", "hires.steps=2", "hires.denoise=0.5", "steps=2"),
+    }
+    for name, args in cases.items():
+        for mode, unit in (
+            ("balanced", _unit(cn)),
+            ("prompt", _unit(cn, control_mode=f"'{MODES['prompt']}'")),
+        ):
+            _run(monkeypatch, capsys, tmp_path / f"{name}_{mode}", cn, f"[{unit}]", *args)
+        (balanced,) = _images(tmp_path / f"{name}_balanced").values()
+        (prompt,) = _images(tmp_path / f"{name}_prompt").values()
+        assert np.abs(prompt - balanced).mean() > 1, name

@@ -70,12 +70,22 @@ def test_a_unit_joins_the_id_with_its_weight_window_and_file_hashes(world):
         "end": unit(guidance_end=0.8),
         "image": unit(image="cond/b.png"),
         "model": unit(model="other"),
+        "prompt": unit(control_mode="My prompt is more important"),
+        "control": unit(control_mode="controlnet is more important"),  # any letter case
     }.items():
         ids[name] = tuple(j.job_id for j in plan(world, [u]).jobs)
     assert len(set(ids.values())) == len(ids)
     assert not plain & {i for v in ids.values() for i in v}
     again = tuple(j.job_id for j in plan(world, [unit()]).jobs)
     assert again == ids["base"]
+    balanced = tuple(j.job_id for j in plan(world, [unit(control_mode="balanced")]).jobs)
+    assert balanced == ids["base"]  # the default mode spelled out: the same jobs
+    # the mode is in the key only as a unit's last entry, "Balanced" as jobs always had it
+    (cn,) = json.loads(plan(world, [unit()]).jobs[0].control.key())["cn"]
+    assert cn[-1] == "Balanced" and len(cn) == 6
+    control = plan(world, [unit(control_mode="ControlNet is more important")]).jobs[0].control
+    assert control.units[0].mode == "ControlNet is more important"
+    assert control.infotext()["ControlNet 0"].endswith("Control Mode: ControlNet is more important")
 
 
 def test_editing_a_condition_image_changes_only_its_jobs(world):
@@ -168,9 +178,9 @@ def test_a_canny_units_infotext_manifest_entry_and_dry_run_line(world):
             "guidance_end",
         ),
         (
-            [unit(control_mode="ControlNet is more important")],
+            [unit(control_mode="Prompt")],
             "controlnet[0].control_mode",
-            "Balanced",
+            "one of Balanced, My prompt is more important, ControlNet is more important",
         ),
         ([unit(module="depth")], "controlnet[0].module", "none or canny"),
         ([unit(module="canny", threshold_a=256)], "controlnet[0].threshold_a", "1..255"),
@@ -226,12 +236,17 @@ def test_replay_maps_the_extensions_units_back_and_asks_for_the_images():
          "guidance_start": 0.1, "guidance_end": 0.9},
         {"model": "control_v11f1p_sd15_depth", "image": None, "weight": 1.0,
          "guidance_start": 0.0, "guidance_end": 1.0, "module": "canny", "processor_res": 512,
-         "threshold_a": 100, "threshold_b": 200},
+         "threshold_a": 100, "threshold_b": 200, "control_mode": "ControlNet is more important"},
     ]  # fmt: skip
     text = "\n".join(out.warnings)
     assert "set each controlnet unit's image" in text
     assert "Module canny is not built in" not in text
-    assert "ControlNet 1 Control Mode: ControlNet is more important" in text
+    assert "Control Mode" not in text  # mapped back: both modes the extension writes
+    odd = recipe_from_infotext(A1111_TEXT.replace("ControlNet is more", "Nothing is more"), "cn")
+    assert "ControlNet 1 Control Mode: Nothing is more important (sdbatch: Balanced)" in "\n".join(
+        odd.warnings
+    )
+    assert "control_mode" not in odd.values["controlnet"][1]
     assert "ControlNet 1 Pixel Perfect: True (sdbatch: processor_res 512)" in text
     depth = recipe_from_infotext(A1111_TEXT.replace("Module: canny", "Module: depth_midas"), "cn")
     assert "ControlNet 1: Module depth_midas is not built in" in "\n".join(depth.warnings)
@@ -271,3 +286,33 @@ def test_the_dry_run_preview_names_each_jobs_units(world):
     assert any("control_shapes (b.png, 1)" in ln for ln in lines)
     plain = list(iter_preview(build_plan(quick_cfg(), recipe_dirs=[world]).jobs, 1))
     assert "ControlNet" not in plain[0]
+
+
+def sdxl_weights(path: Path, layout: str) -> Path:
+    """A whole safetensors file whose key names are an SDXL ControlNet's (its added
+    size-and-pooled-text embedding), in diffusers' layout or the original one."""
+    name = (
+        "add_embedding.linear_1.weight"
+        if layout == "diffusers"
+        else "control_model.label_emb.0.0.weight"
+    )
+    header = {name: {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0")
+    return path
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "original"])
+def test_an_sdxl_controlnet_on_an_sd1_checkpoint_is_one_line_naming_the_units_model(world, layout):
+    sdxl_weights(world / "cn" / "xl_canny.safetensors", layout)
+    with pytest.raises(RecipeError) as err:
+        plan(world, [unit(), unit(model="xl_canny")])
+    text = str(err.value)
+    assert text.startswith("controlnet[1].model: 'xl_canny' is not allowed; an SD 1.x ControlNet")
+    assert "xl_canny is an SDXL ControlNet" in text and "\n" not in text
+    folder = world / "cn" / "xl_folder"
+    folder.mkdir()
+    weights(folder / "diffusion_pytorch_model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"addition_embed_type": "text_time"}))
+    with pytest.raises(RecipeError, match=r"^controlnet\[0\]\.model: 'xl_folder'"):
+        plan(world, [unit(model="xl_folder")])
