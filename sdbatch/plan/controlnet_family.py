@@ -4,7 +4,9 @@ Read without loading the weights: a diffusers folder's ``config.json`` (SDXL's C
 ``addition_embed_type: text_time``, the size and pooled-text conditioning SDXL adds), a file's
 key names (its safetensors header, or a pickle's strings): SDXL ControlNets hold that
 conditioning's layers, ``add_embedding.*`` in diffusers' layout and ``label_emb.*`` in the
-original one; SD 1.x ControlNets hold neither.
+original one; SD 1.x ControlNets hold neither. An SDXL file in the original layout is refused:
+diffusers' single-file converter (``convert_controlnet_checkpoint``) does not map its
+``label_emb`` layers, so the model would load without them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sdbatch.errors import RecipeError
 from sdbatch.plan.weights import FAMILIES, SAFETENSORS, pickle_keys, safetensors_header
 
 SDXL_KEYS = ("add_embedding.", "label_emb.")
+ORIGINAL_KEYS = ("input_hint_block.", "zero_convs.", "input_blocks.")  # the original layout
 
 
 def controlnet_family(path: str | os.PathLike, field: str) -> str:
@@ -38,6 +41,12 @@ def controlnet_family(path: str | os.PathLike, field: str) -> str:
         keys = pickle_keys(p)
     # original layout: the same names under "control_model." (or bare); diffusers: bare
     sdxl = any(k.split("control_model.", 1)[-1].startswith(SDXL_KEYS) for k in keys)
+    if sdxl and any(k.split("control_model.", 1)[-1].startswith(ORIGINAL_KEYS) for k in keys):
+        allowed = (
+            "an SDXL ControlNet in diffusers' layout (this file is in the original layout, "
+            "and diffusers' converter drops its SDXL conditioning layers, label_emb)"
+        )
+        raise RecipeError(field, p.stem, allowed)
     return "sdxl" if sdxl else "sd1"
 
 

@@ -13,7 +13,8 @@ crossed. A ``module: canny`` unit must give exactly what its edge map (made with
 test) gives as a ready-made image. Times on a 2-core CPU: about 12 s for the file (one tiny
 ControlNet, 8 runs of one or two 32x32 images at 4 steps), and about 2.5 s for the canny test
 (3 runs and a dry run); the AND, hires, LoRA and embedding, and two-unit img2img tests
-add about 10 s (10 runs); more when other jobs share the cores.
+add about 10 s (10 runs), the two control-mode tests about 9.5 s (11 runs); more when other
+jobs share the cores.
 """
 
 from __future__ import annotations

@@ -291,20 +291,18 @@ def test_the_dry_run_preview_names_each_jobs_units(world):
 def sdxl_weights(path: Path, layout: str) -> Path:
     """A whole safetensors file whose key names are an SDXL ControlNet's (its added
     size-and-pooled-text embedding), in diffusers' layout or the original one."""
-    name = (
-        "add_embedding.linear_1.weight"
-        if layout == "diffusers"
-        else "control_model.label_emb.0.0.weight"
-    )
-    header = {name: {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}
+    if layout == "diffusers":
+        names = ["add_embedding.linear_1.weight", "controlnet_cond_embedding.conv_in.weight"]
+    else:
+        names = ["control_model.label_emb.0.0.weight", "control_model.input_hint_block.0.weight"]
+    header = {name: {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]} for name in names}
     raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0")
     return path
 
 
-@pytest.mark.parametrize("layout", ["diffusers", "original"])
-def test_an_sdxl_controlnet_on_an_sd1_checkpoint_is_one_line_naming_the_units_model(world, layout):
-    sdxl_weights(world / "cn" / "xl_canny.safetensors", layout)
+def test_an_sdxl_controlnet_on_an_sd1_checkpoint_is_one_line_naming_the_units_model(world):
+    sdxl_weights(world / "cn" / "xl_canny.safetensors", "diffusers")
     with pytest.raises(RecipeError) as err:
         plan(world, [unit(), unit(model="xl_canny")])
     text = str(err.value)
@@ -316,3 +314,13 @@ def test_an_sdxl_controlnet_on_an_sd1_checkpoint_is_one_line_naming_the_units_mo
     (folder / "config.json").write_text(json.dumps({"addition_embed_type": "text_time"}))
     with pytest.raises(RecipeError, match=r"^controlnet\[0\]\.model: 'xl_folder'"):
         plan(world, [unit(model="xl_folder")])
+
+
+def test_an_sdxl_controlnet_in_the_original_layout_is_one_line_naming_the_units_model(world):
+    """diffusers' converter would drop its label_emb layers: refused before anything runs."""
+    sdxl_weights(world / "cn" / "xl_ldm.safetensors", "original")
+    with pytest.raises(RecipeError) as err:
+        plan(world, [unit(model="xl_ldm")])
+    text = str(err.value)
+    assert text.startswith("controlnet[0].model: 'xl_ldm' is not allowed; an SDXL ControlNet in")
+    assert "diffusers' layout" in text and "label_emb" in text and "\n" not in text
