@@ -3,10 +3,11 @@ ControlNet made from its UNet (``ControlNetModel.from_unet``, zero convolutions 
 seeded noise as in test_controlnet), saved as a ``.safetensors`` file in a ControlNet folder
 with its config beside it (the tiny layout is not the full-size one the shipped SDXL config
 describes). Weight 0 gives exactly the picture without ControlNet (diffusers' SDXL ControlNet
-pipeline over the same components, its residuals all zeros), weight 1 changes it, img2img and
-AND take a unit, a non-Balanced mode changes the picture, and an SD 1.x ControlNet on the SDXL
-checkpoint is a one-line error naming the unit's model. About 10 s on a 2-core CPU (one tiny
-SDXL pipeline, 11 renders of one 32x32 image at 4 steps).
+pipeline over the same components, its residuals all zeros), weight 1 changes it; img2img,
+inpainting, the hires pass and AND take a unit; a non-Balanced mode changes the picture; an
+SD 1.x ControlNet on the SDXL checkpoint is a one-line error naming the unit's model. About
+11 s on a 2-core CPU (6 s of it building the tiny SDXL pipeline; 14 renders of one 32x32
+image at 4 steps, or 2 and a 64x64 hires pass).
 """
 
 from __future__ import annotations
@@ -103,9 +104,12 @@ def test_an_sdxl_unit_steers_the_picture_and_weight_zero_is_the_plain_picture(xl
     )
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["img2img", "inpaint"])
-def test_img2img_and_inpainting_take_an_sdxl_unit(xl, masked):
+@pytest.mark.parametrize("kind", ["img2img", "inpaint", "hires"])
+def test_img2img_inpainting_and_hires_take_an_sdxl_unit(xl, kind):
+    masked = kind == "inpaint"
     img = {"init_images": str(xl[0] / "pic.png"), "denoise": 0.8}
+    if kind == "hires":  # the hires pass is SDXL's img2img with the unit at 64x64
+        img = {"hires": {"scale": 2, "steps": 2, "denoise": 0.5}, "steps": 2}
     if masked:
         mask = np.zeros((32, 32), np.uint8)
         mask[:, 16:] = 255
