@@ -116,9 +116,13 @@ def _paired(results: dict, over: str, under: str) -> float:
 
 
 def _ratio(stats: dict, results: dict, over: str, under: str, what: str) -> str:
+    """Whole-process throughput ratio, and after start-up (images/s once the model is ready:
+    what a long run, which starts once, sees)."""
+    o, u = stats[over]["render_ips"], stats[under]["render_ips"]
+    rest = f"; after start-up {o / u:.2f}x" if o and u else ""
     return (
         f"- **{over}/{under}** ({what}): **{stats[under]['wall'] / stats[over]['wall']:.2f}x** "
-        f"(median of per-repetition ratios {_paired(results, over, under):.2f}x)"
+        f"(median of per-repetition ratios {_paired(results, over, under):.2f}x{rest})"
     )
 
 
@@ -140,6 +144,11 @@ def ratios(stats: dict[str, dict], results: dict[str, list]) -> list[str]:
             lines.append(_ratio(stats, results, b, "b", "what bf16 gives sdbatch"))
         if f"c{sfx}" in stats:
             lines += _b_over_c(stats, results, b, f"c{sfx}")
+    for b8 in ("b8", "b8 bf16"):  # batches spanning prompts, over the hand-batched loop
+        for under in dict.fromkeys(("a'", "a'" + b8[2:], "b" + b8[2:])):
+            if b8 in stats and under in stats:
+                what = f"{label(b8)} over the {label(under)}"
+                lines.append(_ratio(stats, results, b8, under, what))
     return lines
 
 

@@ -54,7 +54,7 @@ from ways import (
 from workloads import CHECK, COMPILE, WORKLOADS, batches
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"a": "a_loop", "a'": "a_batched", "b": "b_sdbatch", "c": "c_compute"}
+FOLDERS = {"a": "a_loop", "a'": "a_batched", "b": "b_sdbatch", "b8": "b8_sdbatch", "c": "c_compute"}
 
 
 def folder(way: str) -> str:
@@ -145,7 +145,12 @@ def image_checks(results: dict, jobs: list[dict]) -> tuple[list[str], bool]:
         for way in results:
             if way_dtype(way) != dt or base(way) == "b":
                 continue
-            if base(way) in ("a", "a'"):
+            if base(way) == "b8":  # other batch-mates: at most one level (tests/integration)
+                what = f"({way}) vs ({b_way}), batch size 8 against 4"
+                res = compare(what, sdbatch_images(results[way][0].out), b)
+                lines.append(res.line(1))
+                ok &= res.ok(1)
+            elif base(way) in ("a", "a'"):
                 tol = 1 if dt == "fp32" else 2
                 what = f"({way}) vs ({b_way})" + (", batch size 4" if base(way) == "a" else "")
                 res = compare(what, plain_images(results[way][0].out, jobs), b)

@@ -23,6 +23,7 @@ LABELS = {
     "a": "plain diffusers loop, 1 image/call",
     "a'": "plain loop hand-batched by seed",
     "b": "sdbatch CLI (PNG+infotext, manifest)",
+    "b8": "sdbatch CLI, batch_size=8 (its batches span prompts)",
     "c": "compute alone (sdbatch's batches, no I/O)",
 }
 DTYPES = ("fp32", "bf16")
@@ -48,7 +49,7 @@ def parse_ways(text: str) -> list[str]:
     ways = [w.strip() for w in text.split(",") if w.strip()]
     for way in ways:
         if base(way) not in LABELS or way_dtype(way) not in DTYPES or len(way.split()) > 2:
-            raise ValueError(f"unknown way {way!r}: a, a', b or c, optionally with ' bf16'")
+            raise ValueError(f"unknown way {way!r}: a, a', b, b8 or c, optionally with ' bf16'")
     return ways
 
 
@@ -100,28 +101,38 @@ def run_compute(
     return res
 
 
-def run_sdbatch(recipe: str, out: Path, env: dict, cwd: Path, dtype: str = "fp32") -> Result:
-    """(b): the real CLI, end to end, into a fresh folder."""
+BATCH_8 = 8  # (b8): a batch holds every job of a (sampler, cfg) of the cpu workload
+
+
+def run_sdbatch(
+    recipe: str, out: Path, env: dict, cwd: Path, dtype: str = "fp32", batch: int | None = None
+) -> Result:
+    """(b): the real CLI, end to end, into a fresh folder; (b8) with ``batch_size=8``, which
+    lets one forward pass hold several prompts (a hand-batched loop's call holds one)."""
     import pyarrow.parquet as pq
 
     cmd = [str(BIN / "sdbatch"), f"+recipe={recipe}", f"output.dir={out}", "run.progress=false"]
     if dtype != "fp32":
         cmd.append(f"run.dtype={dtype}")
+    if batch is not None:
+        cmd.append(f"batch_size={batch}")
     proc = spawn(cmd, env, str(cwd))
     times = pq.read_table(out / "manifest", columns=["started", "finished"])
     ready = min(times["started"].to_pylist()).timestamp() - proc.spawned
     first = min(times["finished"].to_pylist()).timestamp() - proc.spawned
-    way = "b" + ("" if dtype == "fp32" else f" {dtype}")
+    way = ("b" if batch is None else f"b{batch}") + ("" if dtype == "fp32" else f" {dtype}")
     return Result(way, proc.wall, proc.rss_mib, ready, first, proc.cpu, out)
 
 
 def run_way(way: str, jobs_file: Path, recipe: str, out: Path, env: dict, cwd: Path) -> Result:
-    """Any way by its name (``a``, ``a'``, ``b``, ``c``, each optionally `` bf16``)."""
+    """Any way by its name (``a``, ``a'``, ``b``, ``b8``, ``c``, each optionally `` bf16``)."""
     b, dt = base(way), way_dtype(way)
     if b in ("a", "a'"):
         return run_plain(jobs_file, out, b == "a'", env, cwd, dt)
     if b == "b":
         return run_sdbatch(recipe, out, env, cwd, dt)
+    if b == "b8":
+        return run_sdbatch(recipe, out, env, cwd, dt, BATCH_8)
     return run_compute(jobs_file, env, cwd, dt)
 
 

@@ -122,6 +122,21 @@ def test_bench_report_keeps_the_cpu_section(tmp_path, monkeypatch):
 
 def test_bench_ways_are_checked(monkeypatch):
     ways = _bench("ways", monkeypatch)
-    assert ways.parse_ways("a', b bf16 ,c") == ["a'", "b bf16", "c"]
+    assert ways.LABELS["b8"].startswith("sdbatch CLI, batch_size=8") and ways.BATCH_8 == 8
+    assert ways.parse_ways("a', b bf16 ,c, b8 bf16") == ["a'", "b bf16", "c", "b8 bf16"]
     with pytest.raises(ValueError, match="unknown way 'b fp8'"):
         ways.parse_ways("b fp8")
+
+
+def test_bench_report_gives_b8_over_the_loop_whole_and_after_start_up(monkeypatch):
+    """(b8) against (a'): the whole-process ratio and the one after start-up, from the walls."""
+    ways, report = _bench("ways", monkeypatch), _bench("report", monkeypatch)
+
+    def runs(way, walls, ready):
+        return [ways.Result(way, w, 500.0, ready, ready + 1) for w in walls]
+
+    # a': 14 s with 6 s start-up (8 s of images); b8: 12 s with 6 s (6 s of images)
+    results = {"a'": runs("a'", [14.0, 14.0, 14.0], 6.0), "b8": runs("b8", [12.0] * 3, 6.0)}
+    lines = report.ratios(report.summarize(results, 32), results)
+    (line,) = [x for x in lines if x.startswith("- **b8/a'**")]
+    assert "**1.17x**" in line and "after start-up 1.33x" in line, line
