@@ -115,7 +115,7 @@ class Control:
             {
                 "model": u.model, "hash": u.hash, "image": u.image,
                 "image_sha256": u.image_sha256, "weight": u.weight,
-                "start": u.start, "end": u.end, "module": u.module,
+                "start": u.start, "end": u.end, "module": u.module, "control_mode": u.mode,
             }
             for u in self.units
         ]  # fmt: skip

@@ -479,6 +479,7 @@ def test_control_modes_scale_the_residuals_as_the_extension_does(
     assert np.abs(got["control"] - got["prompt"]).mean() > 1
     assert np.array_equal(got["two"], got["control"])
     (row,) = pq.read_table(tmp_path / "control" / "manifest").to_pylist()
+    assert row["controlnet"][0]["control_mode"] == MODES["control"]
     text = parse_infotext(read_png_infotext(tmp_path / "control" / row["image"]))
     assert text.params["ControlNet 0"].endswith("Control Mode: ControlNet is more important")
     from sdbatch.views.replay import recipe_from_infotext

@@ -44,7 +44,7 @@ EXPECTED = [
     (
         "controlnet",
         "list<item: struct<model: string, hash: string, image: string, image_sha256: string, "
-        "weight: double, start: double, end: double, module: string>>",
+        "weight: double, start: double, end: double, module: string, control_mode: string>>",
     ),
     ("image", "string"),
     ("image_sha256", "string"),
@@ -154,12 +154,17 @@ def test_a_manifest_written_before_the_dtype_column_still_reads(tmp_path):
 
 
 def test_controlnet_units_written_before_the_module_field_read_with_a_null_module(tmp_path):
-    """A ControlNet entry of an old file (no ``module``) reads as module null beside new ones."""
+    """A ControlNet entry of an old file (no ``module``, no ``control_mode``) reads as null
+    there beside new ones."""
     m = Manifest(tmp_path / "manifest")
     unit = {"model": "cn", "hash": "0" * 8, "image": "a.png", "image_sha256": "1" * 64,
             "weight": 1.0, "start": 0.0, "end": 1.0}  # fmt: skip
     struct = pa.struct(
-        [f for f in SCHEMA.field("controlnet").type.value_type if f.name != "module"]
+        [
+            f
+            for f in SCHEMA.field("controlnet").type.value_type
+            if f.name not in ("module", "control_mode")
+        ]
     )
     old_schema = pa.schema(
         [pa.field("controlnet", pa.list_(struct)) if f.name == "controlnet" else f for f in SCHEMA]
@@ -167,7 +172,9 @@ def test_controlnet_units_written_before_the_module_field_read_with_a_null_modul
     m.dir.mkdir()
     old = pa.Table.from_pylist([row("old", controlnet=[unit])], schema=old_schema)
     pq.write_table(old, m.dir / "seg-00000000000000000001-1.parquet")
-    m.append([row("new", controlnet=[{**unit, "module": "canny"}])])
+    mode = "My prompt is more important"
+    m.append([row("new", controlnet=[{**unit, "module": "canny", "control_mode": mode}])])
     t = m.read()
     assert [u[0]["module"] for u in t["controlnet"].to_pylist()] == [None, "canny"]
+    assert [u[0]["control_mode"] for u in t["controlnet"].to_pylist()] == [None, mode]
     assert m.check().damaged == []
