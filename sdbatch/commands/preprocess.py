@@ -1,5 +1,6 @@
 """``sdbatch-tools preprocess IMAGE --module canny -o OUT.png``: see a ControlNet unit's
-condition image as sdbatch hands it to the ControlNet (its module, then "Crop and Resize")."""
+condition image as sdbatch hands it to the ControlNet (its module, then with ``--size`` its
+resize mode: ``--resize-mode``, default "Crop and Resize")."""
 
 from __future__ import annotations
 
@@ -19,8 +20,13 @@ def register(sub) -> None:
     p.add_argument(
         "--size",
         metavar="WxH",
-        help="also cut it to a job's size by Crop and Resize, as a run does (default: the "
+        help="also fit it to a job's size by --resize-mode, as a run does (default: the "
         "module's output, the short side processor_res long)",
+    )
+    p.add_argument(
+        "--resize-mode",
+        help="with --size: Just Resize | Crop and Resize | Resize and Fill (default Crop and "
+        "Resize), as a unit's resize_mode",
     )
     p.set_defaults(func=run)
 
@@ -29,9 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from sdbatch.errors import RecipeError
-    from sdbatch.plan.controlnet import RESIZE_MODE, module_settings
+    from sdbatch.plan.controlnet import module_settings
+    from sdbatch.plan.controlnet_resize import resize_condition, resize_mode
     from sdbatch.plan.image_inputs import check_image
-    from sdbatch.plan.image_ops import flatten, resize_image
+    from sdbatch.plan.image_ops import flatten
     from sdbatch.plan.preprocessors import preprocess_image
 
     unit = {
@@ -43,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     except RecipeError as exc:  # ".threshold_a" -> "--threshold-a", as typed
         flag = "--" + exc.field.lstrip(".").replace("_", "-")
         raise RecipeError(flag, exc.value, exc.allowed) from None
+    mode = resize_mode(args.resize_mode, "--resize-mode")
+    if args.resize_mode is not None and not args.size:
+        raise RecipeError("--resize-mode", args.resize_mode, "given with --size WxH")
     check_image("image", args.image)
     with Image.open(args.image) as im:
         out = preprocess_image(module, flatten(im), settings)
@@ -50,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
         w, _, h = args.size.lower().partition("x")
         if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
             raise RecipeError("--size", args.size, "WIDTHxHEIGHT, e.g. 512x512")
-        out = resize_image(RESIZE_MODE, out, int(w), int(h))
+        out = resize_condition(mode, out, int(w), int(h))
     out.save(args.out)
     names = ("processor_res", "threshold_a", "threshold_b")
-    said = ", ".join(f"{k} {v}" for k, v in zip(names, settings, strict=False))
-    print(f"{args.out} ({out.width}x{out.height}, module {module}{', ' if said else ''}{said})")
+    said = [f"module {module}", *(f"{k} {v}" for k, v in zip(names, settings, strict=False))]
+    said += [mode] if args.size else []
+    print(f"{args.out} ({out.width}x{out.height}, {', '.join(said)})")
     return 0

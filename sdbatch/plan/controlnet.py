@@ -1,22 +1,24 @@
 """ControlNet units of a recipe, as A1111's ControlNet extension has them. Pure (no torch).
 
 ``controlnet`` is a list of units ``{model, image, weight, guidance_start, guidance_end,
-control_mode, module, processor_res, threshold_a, threshold_b}``. The model is a name in the
-ControlNet folder (A1111's ``models/ControlNet``; ``folders.controlnet`` or
+control_mode, resize_mode, module, processor_res, threshold_a, threshold_b}``. The model is a
+name in the ControlNet folder (A1111's ``models/ControlNet``; ``folders.controlnet`` or
 ``SDBATCH_CONTROLNET``): a ``.safetensors`` (or, with ``model.allow_pickle``, a pickle) file
 by stem, or a diffusers folder. ``image`` is a file, folder or glob of condition images: when
 it and ``init_images`` are both folders they are matched by file stem, otherwise every
 condition image is a sweep value. ``module`` is ``none`` (the images are the conditions) or
 ``canny`` (sdbatch.plan.preprocessors, run on each image when it is read, with the unit's
 ``processor_res`` and thresholds). ``control_mode`` is one of the extension's three
-(`CONTROL_MODES`; sdbatch.render.controlnet scales the residuals as it does). A unit's model
+(`CONTROL_MODES`; sdbatch.render.controlnet scales the residuals as it does), ``resize_mode``
+one of its three (sdbatch.plan.controlnet_resize, default "Crop and Resize"). A unit's model
 must be for the checkpoint's family (SD 1.x or SDXL: sdbatch.plan.controlnet_family).
 
 Each job carries a `Control`: per unit the model file's hash, the condition image's sha256,
-the weight, the guidance window, the control mode and (when not ``none``) the module and its
-settings. Its `key` joins the job id only when units are set, so ids of plans without
-ControlNet (or of units with ``module: none``) do not change; `infotext` writes the
-extension's ``ControlNet N`` fields.
+the weight, the guidance window, the control mode, (when not ``none``) the module and its
+settings and (when not "Crop and Resize") the resize mode. Its `key` joins the job id only
+when units are set, so ids of plans without ControlNet (or of units with ``module: none`` and
+the default resize mode) do not change; `infotext` writes the extension's ``ControlNet N``
+fields, which sdbatch.plan.controlnet_infotext reads back.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Any
 
 from sdbatch.errors import RecipeError
 from sdbatch.plan.controlnet_family import check_unit_family, controlnet_family
+from sdbatch.plan.controlnet_resize import DEFAULT as RESIZE_DEFAULT
+from sdbatch.plan.controlnet_resize import resize_mode
 from sdbatch.plan.hashing import cached_sha256, model_hash, sha256_file
 from sdbatch.plan.image_inputs import check_image, list_files
 from sdbatch.plan.model_folders import find_file, folders_of, safe_name
@@ -38,12 +42,10 @@ from sdbatch.plan.preprocessors import MODULES, NONE_INFOTEXT, PARAM_KEYS, PARAM
 
 FIELD = "controlnet"
 UNIT_KEYS = (
-    "model", "image", "weight", "guidance_start", "guidance_end", "control_mode", "module",
-    *PARAM_KEYS,
+    "model", "image", "weight", "guidance_start", "guidance_end", "control_mode", "resize_mode",
+    "module", *PARAM_KEYS,
 )  # fmt: skip
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
-RESIZE_MODE = "Crop and resize"  # the extension's default ("Crop and Resize", INNER_FIT)
-RESIZE_INFOTEXT = "Crop and Resize"  # as its infotext writes it
 WEIGHT_MAX = 2.0  # the extension's slider: 0..2
 
 
@@ -63,6 +65,7 @@ class ControlUnit:
     mode: str = "Balanced"
     module: str = "none"
     settings: tuple[int, ...] = ()  # the module's values, in PARAMS order (none: empty)
+    resize: str = RESIZE_DEFAULT  # the extension's resize mode (sdbatch.plan.controlnet_resize)
 
     def serialize(self) -> str:
         """The extension's unit text (ControlNetUnit.serialize: its infotext fields in order)."""
@@ -71,7 +74,7 @@ class ControlUnit:
             ("Module", self.module),
             ("Model", f"{self.model} [{self.hash}]"),
             ("Weight", float(self.weight)),
-            ("Resize Mode", RESIZE_INFOTEXT),
+            ("Resize Mode", self.resize),
             ("Processor Res", res),
             ("Threshold A", a),
             ("Threshold B", b),
@@ -91,6 +94,7 @@ class Control:
         units = [
             [u.file_sha256, u.image_sha256, repr(u.weight), repr(u.start), repr(u.end), u.mode]
             + ([u.module, *u.settings] if u.module != "none" else [])  # none: ids as before
+            + ([u.resize] if u.resize != RESIZE_DEFAULT else [])  # the default: ids as before
             for u in self.units
         ]
         return json.dumps({"cn": units}, separators=(",", ":"))
@@ -123,6 +127,7 @@ class Control:
 
 def _module(u: ControlUnit) -> str:
     mode = "" if u.mode == "Balanced" else f", {u.mode}"
+    mode += "" if u.resize == RESIZE_DEFAULT else f", {u.resize}"
     if u.module == "none":
         return mode
     res, a, b = u.settings
@@ -146,6 +151,7 @@ class UnitSpec:
     module: str = "none"
     settings: tuple[int, ...] = ()
     family: str = "sd1"  # the checkpoint family the model is for
+    resize: str = RESIZE_DEFAULT
 
 
 def control_mode(value: Any, field: str) -> str:
@@ -267,6 +273,7 @@ def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec
                 raise RecipeError(f"{where}.{key}", unit.get(key), f"a {key} (required)")
         module, settings = module_settings(unit, where)
         mode = control_mode(unit.get("control_mode", "Balanced"), f"{where}.control_mode")
+        resize = resize_mode(unit.get("resize_mode"), f"{where}.resize_mode")
         weight = _number(f"{where}.weight", unit.get("weight", 1), 0, WEIGHT_MAX, "a number")
         start = _number(f"{where}.guidance_start", unit.get("guidance_start", 0), 0, 1, "a number")
         end = _number(f"{where}.guidance_end", unit.get("guidance_end", 1), 0, 1, "a number")
@@ -286,7 +293,7 @@ def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec
         specs.append(
             UnitSpec(
                 name, str(path), a1111_short_hash(path), file_sha, tuple(images), by_stem,
-                weight, start, end, mode, module, settings, family,
+                weight, start, end, mode, module, settings, family, resize,
             )
         )  # fmt: skip
     return specs
@@ -307,7 +314,7 @@ def controls_for(specs: list[UnitSpec], image: str | None) -> list[Control]:
         units = [
             ControlUnit(
                 s.model, s.path, s.hash, s.file_sha256, p, sha, s.weight, s.start, s.end,
-                s.mode, s.module, s.settings,
+                s.mode, s.module, s.settings, s.resize,
             )
             for p, sha in images
         ]  # fmt: skip
@@ -319,79 +326,3 @@ def check_family(family: str, specs: list[UnitSpec]) -> None:
     """Every unit's model is a ControlNet for the checkpoint's family (SD 1.x or SDXL)."""
     for i, s in enumerate(specs):
         check_unit_family(family, s.family, s.model, f"{FIELD}[{i}].model")
-
-
-def is_infotext_unit(key: str) -> bool:
-    """``ControlNet 0``, ``ControlNet 1``, ...: the extension's unit fields."""
-    head, _, index = key.partition(" ")
-    return head == "ControlNet" and index.isdigit()
-
-
-def _module_from_infotext(key: str, fields: Mapping[str, str], unit: dict) -> list[str]:
-    """A built-in module and its settings into ``unit``; warnings for what is not."""
-    module = fields.get("Module", "none")
-    if module.lower() == "none":
-        return []
-    if module.lower() not in PARAMS:
-        return [
-            f"{key}: Module {module} is not built in: set image to its preprocessed "
-            "condition image (module: none)"
-        ]
-    unit["module"] = module.lower()
-    warnings = []
-    for p in PARAMS[module.lower()]:
-        if p.label in fields:
-            try:
-                unit[p.key] = _integer(p.key, fields[p.label], p.lo, p.hi)
-            except RecipeError:
-                warnings.append(f"not reproduced: {key} {p.label}: {fields[p.label]}")
-    if fields.get("Pixel Perfect", "False") == "True":
-        res = unit.get("processor_res", PARAMS[module.lower()][0].default)
-        warnings.append(f"not reproduced: {key} Pixel Perfect: True (sdbatch: processor_res {res})")
-    return warnings
-
-
-def units_from_infotext(params: Mapping[str, str]) -> tuple[list[dict], list[str]]:
-    """The recipe's ``controlnet`` units from the extension's ``ControlNet N`` fields (parsed
-    as its ControlNetUnit.parse does: ``Key: value`` pairs split at commas), and one warning
-    line per thing not reproduced. The infotext does not say which condition image was used:
-    each unit's ``image`` is left for the user to set (one warning)."""
-    units: list[dict] = []
-    warnings: list[str] = []
-    for key in sorted((k for k in params if is_infotext_unit(k)), key=lambda k: int(k[11:])):
-        fields: dict[str, str] = {}
-        for item in params[key].split(","):
-            name, sep, value = item.strip().partition(": ")
-            if sep:
-                fields[name.strip()] = value.strip()
-        model = fields.get("Model", "None")
-        name = model.rsplit(" [", 1)[0] if model.endswith("]") else model
-        if name in ("", "None") or "${" in name:  # "${": an interpolation, never a name
-            warnings.append(f"not reproduced: {key} (no model name sdbatch can use)")
-            continue
-        unit: dict = {"model": name, "image": None}
-        for field, target, lo, hi in (
-            ("Weight", "weight", 0, WEIGHT_MAX),
-            ("Guidance Start", "guidance_start", 0, 1),
-            ("Guidance End", "guidance_end", 0, 1),
-        ):
-            if field in fields:
-                try:
-                    unit[target] = _number(target, fields[field], lo, hi, "a number")
-                except RecipeError:
-                    warnings.append(f"not reproduced: {key} {field}: {fields[field]}")
-        warnings += _module_from_infotext(key, fields, unit)
-        mode = fields.get("Control Mode", "Balanced")
-        if mode in CONTROL_MODES[1:]:
-            unit["control_mode"] = mode
-        elif mode != "Balanced":
-            warnings.append(f"not reproduced: {key} Control Mode: {mode} (sdbatch: Balanced)")
-        if (resize := fields.get("Resize Mode", RESIZE_INFOTEXT)) != RESIZE_INFOTEXT:
-            warnings.append(f"not reproduced: {key} Resize Mode: {resize} (sdbatch: {RESIZE_MODE})")
-        units.append(unit)
-    if units:
-        warnings.append(
-            "ControlNet: the infotext does not say which condition image was used; set each "
-            "controlnet unit's image to run the recipe"
-        )
-    return units, warnings

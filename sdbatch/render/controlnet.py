@@ -8,10 +8,12 @@ per file (a diffusers folder, or a ``.safetensors`` file with the config beside 
 ``ControlNetModel.from_unet`` of the shipped SDXL UNet config, the layout of the full-size
 SDXL ControlNets; so nothing is fetched), the condition images are read (checked against their
 planned hash), run through the unit's module (``canny``: sdbatch.plan.preprocessors, at
-``processor_res``) and cropped to the job's size as the extension's default "Crop and Resize"
-does, and diffusers' ControlNet txt2img, img2img or inpaint pipeline (SD 1.x or SDXL; SDXL's
-passes the pooled text and size conditioning to the ControlNet too) is made with
-``from_pipe`` from the loaded one. Several units run as diffusers' ``MultiControlNetModel``.
+``processor_res``) and fitted to the job's size by the unit's resize mode
+(sdbatch.plan.controlnet_resize: "Just Resize", "Crop and Resize" or "Resize and Fill", as the
+extension's ``detectmap_proc``), and diffusers' ControlNet txt2img, img2img or inpaint
+pipeline (SD 1.x or SDXL; SDXL's passes the pooled text and size conditioning to the ControlNet
+too) is made with ``from_pipe`` from the loaded one. Several units run as diffusers'
+``MultiControlNetModel``.
 
 diffusers multiplies each residual by the unit's weight and turns a unit off outside its window
 (``i / n < start or (i + 1) / n > end`` over the n steps that run); the control modes other
@@ -28,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdbatch.plan.controlnet import RESIZE_MODE, Control, folder_weights
-from sdbatch.plan.image_ops import flatten, resize_image
+from sdbatch.plan.controlnet import Control, folder_weights
+from sdbatch.plan.controlnet_resize import resize_condition
+from sdbatch.plan.image_ops import flatten
 from sdbatch.plan.preprocessors import preprocess_image
 from sdbatch.plan.recipe import Job
 from sdbatch.plan.weights import check_weights_file
@@ -118,14 +121,15 @@ def _condition(unit) -> object:
 def control_call(jobs: Sequence[Job], kind: str, size: tuple[int, int] | None = None) -> dict:
     """The pipeline arguments of the batch's units: condition images per unit and image,
     weights and windows (a batch shares models, weights and windows: the plan's batch key).
-    ``size``: (width, height) the condition images are cut to, the job's unless given (the
+    ``size``: (width, height) the condition images are fitted to (each unit's resize mode), the
+    job's unless given (the
     hires pass's target size, as the extension resizes its condition image for that pass)."""
     units = jobs[0].control.units
     w, h = size or (jobs[0].width, jobs[0].height)
     # per job, its condition image of each unit: diffusers reads a nested list as
     # [image of the batch][ControlNet] (and transposes it itself)
     images = [
-        [resize_image(RESIZE_MODE, _condition(u), w, h) for u in j.control.units] for j in jobs
+        [resize_condition(u.resize, _condition(u), w, h) for u in j.control.units] for j in jobs
     ]
     # an empty window (start == end) never runs its unit; diffusers refuses one, so it runs
     # over the whole window at weight 0 (the same residuals: zeros)

@@ -27,7 +27,7 @@ from sdbatch.outputs.infotext import (
 )
 from sdbatch.outputs.infotext import parse_size as parse_infotext_size
 from sdbatch.plan.checkpoints import CHECKPOINT_NAMES, inside_model_dir
-from sdbatch.plan.controlnet import is_infotext_unit, units_from_infotext
+from sdbatch.plan.controlnet_infotext import is_infotext_unit, units_from_infotext
 
 __all__ = [
     "FIELDS",
@@ -422,7 +422,7 @@ def recipe_from_infotext(text: str, name: str, source: str = "") -> ReplayRecipe
     _prompt_checks(info, out)
     _loras(info, out)
     _embeddings(info, out)
-    units, notes = units_from_infotext(info.params)  # ControlNet N (sdbatch.plan.controlnet)
+    units, notes = units_from_infotext(info.params)  # sdbatch.plan.controlnet_infotext
     if units:
         out.values["controlnet"] = units
     out.warnings.extend(notes)

@@ -13,8 +13,9 @@ crossed. A ``module: canny`` unit must give exactly what its edge map (made with
 test) gives as a ready-made image. Times on a 2-core CPU: about 12 s for the file (one tiny
 ControlNet, 8 runs of one or two 32x32 images at 4 steps), and about 2.5 s for the canny test
 (3 runs and a dry run); the AND, hires, LoRA and embedding, and two-unit img2img tests
-add about 10 s (10 runs), the two control-mode tests about 9.5 s (11 runs); more when other
-jobs share the cores.
+add about 10 s (10 runs), the two control-mode tests about 9.5 s (11 runs), the two
+resize-mode tests about 2.5 s (the condition images control_call hands diffusers, and 2 runs
+with three units); more when other jobs share the cores.
 """
 
 from __future__ import annotations
@@ -517,3 +518,92 @@ def test_control_modes_with_and_img2img_and_hires(controlnet_dir, tmp_path, monk
         (balanced,) = _images(tmp_path / f"{name}_balanced").values()
         (prompt,) = _images(tmp_path / f"{name}_prompt").values()
         assert np.abs(prompt - balanced).mean() > 1, name
+
+
+def _wide(cn: Path) -> Path:
+    """A 64x32 condition image: red left half, blue right half, a green 8x8 square centred."""
+    pic = np.zeros((32, 64, 3), np.uint8)
+    pic[:, :32] = (255, 0, 0)
+    pic[:, 32:] = (0, 0, 255)
+    pic[12:20, 28:36] = (0, 255, 0)
+    path = cn.parent.parent / "cond_wide" / "wide.png"
+    path.parent.mkdir(exist_ok=True)
+    Image.fromarray(pic).save(path)
+    return path
+
+
+def _green(a: np.ndarray) -> tuple[int, int, int, int]:
+    """The green square's rows and columns (first, last) in a condition image."""
+    ys, xs = np.nonzero((a[..., 1] > 128) & (a[..., 0] < 128) & (a[..., 2] < 128))
+    return ys.min(), ys.max(), xs.min(), xs.max()
+
+
+def test_resize_modes_fit_a_wide_condition_image_as_the_pipeline_gets_it(controlnet_dir):
+    """What control_call hands diffusers for a 64x32 condition image and a 32x32 job: Just
+    Resize stretches it (the square 4 wide, 8 high), Crop and Resize cuts its centre (the square
+    8x8, no margin), Resize and Fill fits it (the square 4x4) between bands of the median border
+    colour (half red, half blue: 127, 0, 127)."""
+    from sdbatch.plan.recipe import build_plan
+    from sdbatch.render.controlnet import control_call
+    from tests.conftest import quick_cfg
+
+    wide = str(_wide(controlnet_dir))
+    units = [{"model": "tiny_cn", "image": wide, "resize_mode": m}
+             for m in ("Just Resize", "Crop and Resize", "Resize and Fill")]  # fmt: skip
+    cfg = quick_cfg(size="32x32", folders={"controlnet": str(controlnet_dir)}, controlnet=units)
+    job = build_plan(cfg, recipe_dirs=[controlnet_dir]).jobs[0]
+    call = control_call([job], "txt2img")
+    just, crop, fill = (np.asarray(im) for im in call["image"][0])
+    assert just.shape == crop.shape == fill.shape == (32, 32, 3)
+    assert _green(just) == (12, 19, 14, 17)
+    assert just[16, 2, 0] > 200 and just[16, 29, 2] > 200  # red and blue both still there
+    assert _green(crop) == (12, 19, 12, 19)
+    assert crop[16, 0, 0] > 200 and crop[16, 31, 2] > 200
+    assert (fill[:8] == (127, 0, 127)).all() and (fill[24:] == (127, 0, 127)).all()
+    assert _green(fill) == (14, 17, 14, 17)
+    assert fill[16, 0, 0] > 200 and fill[16, 31, 2] > 200  # the whole width is the picture's
+
+
+def test_each_resize_mode_renders_and_its_png_replays_to_the_same_job(
+    controlnet_dir, tmp_path, monkeypatch, capsys
+):
+    from sdbatch import config, tools
+
+    cn = controlnet_dir
+    wide = _wide(cn)
+    modes = ("'Just Resize'", "'Crop and Resize'", "'Envelope (Outer Fit)'")
+    units = ",".join(
+        "{" + f"model:tiny_file,image:'{wide}',weight:0.5,resize_mode:{m}" + "}" for m in modes
+    )
+    _run(monkeypatch, capsys, tmp_path / "first", cn, f"[{units}]")
+    (row,) = pq.read_table(tmp_path / "first" / "manifest").to_pylist()
+    text = read_png_infotext(tmp_path / "first" / row["image"])
+    params = parse_infotext(text).params
+    for i, mode in enumerate(("Just Resize", "Crop and Resize", "Resize and Fill")):
+        assert f", Resize Mode: {mode}, " in params[f"ControlNet {i}"]
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    try:
+        code = tools.main(["replay", str(tmp_path / "first" / row["image"]), "-o",
+                           str(recipes / "again.yaml")])  # fmt: skip
+    except SystemExit as exc:
+        code = exc.code
+    _, err = capsys.readouterr()
+    assert code in (0, None), err
+    assert "Resize Mode" not in err
+    monkeypatch.setenv("SDBATCH_RECIPES", str(recipes))
+    config.register_configs()
+    try:
+        code, _, err = run_cli(
+            monkeypatch, capsys, "+recipe=again", f"output.dir={tmp_path / 'again'}",
+            "run.device=cpu", "run.progress=false", f"folders.controlnet={cn}",
+            *(f"controlnet.{i}.image='{wide}'" for i in range(3)),
+        )  # fmt: skip
+    finally:
+        monkeypatch.delenv("SDBATCH_RECIPES")
+        config.register_configs()
+    assert code == 0, err
+    (again,) = pq.read_table(tmp_path / "again" / "manifest").to_pylist()
+    assert again["job_id"] == row["job_id"]
+    first = np.asarray(Image.open(tmp_path / "first" / row["image"]))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / again["image"])), first)
