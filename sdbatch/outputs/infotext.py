@@ -62,6 +62,10 @@ _KEY = re.compile(r"\w[\w /-]*")
 _SIZE = re.compile(r"(\d+)x(\d+)")
 # A1111 needs this many pairs on the last line before it believes the line is not prompt text.
 _MIN_PAIRS = 3
+# For a month in 2023 (May to June) the ControlNet extension's unit keys began with a line
+# break, so each unit's field ("ControlNet 0: "...", ") sits on a line of its own after the
+# params line; such lines are read as part of it.
+_UNIT_LINE = re.compile(r'ControlNet(?: \d+)?: "')
 
 
 @dataclass
@@ -173,9 +177,17 @@ def parse_infotext(text: str) -> Infotext:
 
     The last line is the params line only if it holds at least 3 pairs, so a prompt ending in
     ``style: anime, mood: calm`` stays prompt. Unlike A1111 we do not strip each line, so the
-    prompts come back exactly as they were written.
+    prompts come back exactly as they were written. Lines after the params line that each hold
+    one ControlNet unit (``ControlNet 0: "..."``, as the extension wrote them in May 2023) are
+    read as part of it; `Infotext.to_text` then writes them on the params line.
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").strip().split("\n")
+    units = 0  # the 2023 extension's unit lines below the params line (_UNIT_LINE)
+    while units + 1 < len(lines) and _UNIT_LINE.match(lines[-1 - units]):
+        units += 1
+    head = lines[-1 - units].rstrip() if units else ""
+    if head.endswith(",") and parse_params(head)[1] >= _MIN_PAIRS:  # a params line of its own
+        lines[-1 - units :] = [" ".join([head, *lines[len(lines) - units :]])]
     params, pairs = parse_params(lines[-1])
     if pairs >= _MIN_PAIRS:
         lines.pop()
