@@ -562,6 +562,12 @@ def test_resize_modes_fit_a_wide_condition_image_as_the_pipeline_gets_it(control
     assert (fill[:8] == (127, 0, 127)).all() and (fill[24:] == (127, 0, 127)).all()
     assert _green(fill) == (14, 17, 14, 17)
     assert fill[16, 0, 0] > 200 and fill[16, 31, 2] > 200  # the whole width is the picture's
+    # the hires pass (img2img at 48x48: one float array per unit) fits them the same way
+    just, crop, fill = (np.round(a[0] * 255) for a in control_call([job], "img2img", (48, 48))[
+        "control_image"])  # fmt: skip
+    assert just.shape == fill.shape == (48, 48, 3)
+    assert (fill[:12] == (127, 0, 127)).all() and (fill[36:] == (127, 0, 127)).all()
+    assert _green(crop) == (18, 29, 18, 29) and _green(just)[2:] == (21, 26)
 
 
 def test_each_resize_mode_renders_and_its_png_replays_to_the_same_job(
