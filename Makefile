@@ -29,9 +29,12 @@ run: install  ## install if needed, then run the demo recipe (sdbatch +recipe=sh
 quick: install  ## a few seconds: the quick recipe
 	$(VENV)/bin/sdbatch +recipe=quick
 
+# Test files run side by side, one worker per core (pytest-xdist); each file stays on one worker
+# and the cluster tests share one (tests/conftest.py). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= logical
 test: install  ## install if needed, then run the import contracts and the whole test suite
 	$(VENV)/bin/lint-imports --no-cache
-	$(VENV)/bin/python -m pytest -q --durations=15
+	$(VENV)/bin/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup
 
 lint: install  ## ruff check + format check + the package layers (import-linter)
 	$(VENV)/bin/ruff check .
@@ -55,7 +58,7 @@ bench-lora: install  ## switching LoRA sets between batches vs a batch's render,
 
 .PHONY: bench-cpu
 bench-cpu: install  ## CPU speed: fp32 vs bf16 side by side, bf16 judged, torch.compile (BENCHMARKS.md)
-	$(VENV)/bin/python bench/run.py --ways "a',b,c,a' bf16,b bf16,c bf16" --jobs cpu --reps 3 \
+	$(VENV)/bin/python bench/run.py --ways "a',b,b8,c,a' bf16,b bf16,b8 bf16,c bf16" --jobs cpu --reps 3 \
 		--skip-scale --dtype-check --settings-check --compile-check --section cpu $(ARGS)
 
 .PHONY: bench-gpu

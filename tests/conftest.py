@@ -12,6 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# Under ``pytest -n N`` the workers share the cores: each (and every sdbatch it starts) gets its
+# share of threads, set before torch is imported, instead of all of them each.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _share))
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
@@ -61,3 +67,13 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """With ``pytest -n N`` (pytest-xdist, ``--dist loadgroup``): each test file runs on one
+    worker, so its module fixtures are built once, and the cluster tests share one worker,
+    since the Slurm and Ray clusters are one per machine and their shards are timed."""
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        group = "cluster" if path.startswith("tests/cluster/") else path
+        item.add_marker(pytest.mark.xdist_group(group))
