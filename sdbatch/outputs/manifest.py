@@ -69,14 +69,15 @@ LORAS = pa.list_(
 EMBEDDINGS = pa.list_(pa.struct([("name", pa.string()), ("hash", pa.string())]))
 # One entry per ControlNet unit (sdbatch.plan.controlnet): the model's name and the hash the
 # extension writes, the condition image as planned and its sha256, the weight and its window,
-# the module that preprocessed the image (none | canny) and the control mode (Balanced, My prompt
-# is more important, ControlNet is more important); each null in manifests older than it.
+# the module that preprocessed the image (none | canny), the control mode (Balanced, My prompt
+# is more important, ControlNet is more important) and the resize mode (Just Resize, Crop and
+# Resize, Resize and Fill); each null in manifests older than it.
 CONTROLNET = pa.list_(
     pa.struct(
         [("model", pa.string()), ("hash", pa.string()), ("image", pa.string()),
          ("image_sha256", pa.string()), ("weight", pa.float64()),
          ("start", pa.float64()), ("end", pa.float64()), ("module", pa.string()),
-         ("control_mode", pa.string())]
+         ("control_mode", pa.string()), ("resize_mode", pa.string())]
     )
 )  # fmt: skip
 

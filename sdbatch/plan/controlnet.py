@@ -120,6 +120,7 @@ class Control:
                 "model": u.model, "hash": u.hash, "image": u.image,
                 "image_sha256": u.image_sha256, "weight": u.weight,
                 "start": u.start, "end": u.end, "module": u.module, "control_mode": u.mode,
+                "resize_mode": u.resize,
             }
             for u in self.units
         ]  # fmt: skip

@@ -583,9 +583,11 @@ def test_each_resize_mode_renders_and_its_png_replays_to_the_same_job(
     )
     _run(monkeypatch, capsys, tmp_path / "first", cn, f"[{units}]")
     (row,) = pq.read_table(tmp_path / "first" / "manifest").to_pylist()
+    want = ["Just Resize", "Crop and Resize", "Resize and Fill"]  # the older name, as written
+    assert [u["resize_mode"] for u in row["controlnet"]] == want
     text = read_png_infotext(tmp_path / "first" / row["image"])
     params = parse_infotext(text).params
-    for i, mode in enumerate(("Just Resize", "Crop and Resize", "Resize and Fill")):
+    for i, mode in enumerate(want):
         assert f", Resize Mode: {mode}, " in params[f"ControlNet {i}"]
     recipes = tmp_path / "recipes"
     recipes.mkdir()

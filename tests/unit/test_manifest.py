@@ -44,7 +44,8 @@ EXPECTED = [
     (
         "controlnet",
         "list<item: struct<model: string, hash: string, image: string, image_sha256: string, "
-        "weight: double, start: double, end: double, module: string, control_mode: string>>",
+        "weight: double, start: double, end: double, module: string, control_mode: string, "
+        "resize_mode: string>>",
     ),
     ("image", "string"),
     ("image_sha256", "string"),
@@ -154,8 +155,8 @@ def test_a_manifest_written_before_the_dtype_column_still_reads(tmp_path):
 
 
 def test_controlnet_units_written_before_the_module_field_read_with_a_null_module(tmp_path):
-    """A ControlNet entry of an old file (no ``module``, no ``control_mode``) reads as null
-    there beside new ones."""
+    """A ControlNet entry of an old file (no ``module``, ``control_mode``, ``resize_mode``)
+    reads as null there beside new ones."""
     m = Manifest(tmp_path / "manifest")
     unit = {"model": "cn", "hash": "0" * 8, "image": "a.png", "image_sha256": "1" * 64,
             "weight": 1.0, "start": 0.0, "end": 1.0}  # fmt: skip
@@ -163,7 +164,7 @@ def test_controlnet_units_written_before_the_module_field_read_with_a_null_modul
         [
             f
             for f in SCHEMA.field("controlnet").type.value_type
-            if f.name not in ("module", "control_mode")
+            if f.name not in ("module", "control_mode", "resize_mode")
         ]
     )
     old_schema = pa.schema(
@@ -173,8 +174,10 @@ def test_controlnet_units_written_before_the_module_field_read_with_a_null_modul
     old = pa.Table.from_pylist([row("old", controlnet=[unit])], schema=old_schema)
     pq.write_table(old, m.dir / "seg-00000000000000000001-1.parquet")
     mode = "My prompt is more important"
-    m.append([row("new", controlnet=[{**unit, "module": "canny", "control_mode": mode}])])
+    new = {**unit, "module": "canny", "control_mode": mode, "resize_mode": "Resize and Fill"}
+    m.append([row("new", controlnet=[new])])
     t = m.read()
     assert [u[0]["module"] for u in t["controlnet"].to_pylist()] == [None, "canny"]
     assert [u[0]["control_mode"] for u in t["controlnet"].to_pylist()] == [None, mode]
+    assert [u[0]["resize_mode"] for u in t["controlnet"].to_pylist()] == [None, "Resize and Fill"]
     assert m.check().damaged == []
