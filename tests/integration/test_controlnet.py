@@ -222,15 +222,12 @@ def test_prompt_editing_and_latent_fills_reach_the_controlnet_pipelines(
         assert np.array_equal(got, plain), name
 
 
-def test_replay_of_a_controlnet_png_renders_the_same_picture_once_the_image_is_set(
-    controlnet_dir, tmp_path, monkeypatch, capsys
-):
+def _replay_and_rerun(monkeypatch, capsys, tmp_path, cn, row, images: list[str]) -> str:
+    """``sdbatch-tools replay`` of the first run's PNG, then that recipe run with each unit's
+    condition image set (the infotext does not say which was used); asserts the rerun plans the
+    same job id and renders the same pixels. Returns replay's stderr (its warnings)."""
     from sdbatch import config, tools
 
-    cn = controlnet_dir
-    unit = _unit(cn, "tiny_file", weight=0.7, guidance_start=0.25)
-    _run(monkeypatch, capsys, tmp_path / "first", cn, f"[{unit}]")
-    (row,) = pq.read_table(tmp_path / "first" / "manifest").to_pylist()
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     try:
@@ -238,17 +235,15 @@ def test_replay_of_a_controlnet_png_renders_the_same_picture_once_the_image_is_s
                            str(recipes / "again.yaml")])  # fmt: skip
     except SystemExit as exc:
         code = exc.code
-    _, err = capsys.readouterr()
-    assert code in (0, None), err
-    assert "set each controlnet unit's image" in err
+    _, warnings = capsys.readouterr()
+    assert code in (0, None), warnings
     monkeypatch.setenv("SDBATCH_RECIPES", str(recipes))
     config.register_configs()
     try:
-        cond = cn.parent.parent / "cond" / "left.png"
         code, _, err = run_cli(
             monkeypatch, capsys, "+recipe=again", f"output.dir={tmp_path / 'again'}",
             "run.device=cpu", "run.progress=false", f"folders.controlnet={cn}",
-            f"controlnet.0.image='{cond}'",
+            *(f"controlnet.{i}.image='{image}'" for i, image in enumerate(images)),
         )  # fmt: skip
     finally:
         monkeypatch.delenv("SDBATCH_RECIPES")
@@ -258,6 +253,19 @@ def test_replay_of_a_controlnet_png_renders_the_same_picture_once_the_image_is_s
     assert again["job_id"] == row["job_id"]
     first = np.asarray(Image.open(tmp_path / "first" / row["image"]))
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / again["image"])), first)
+    return warnings
+
+
+def test_replay_of_a_controlnet_png_renders_the_same_picture_once_the_image_is_set(
+    controlnet_dir, tmp_path, monkeypatch, capsys
+):
+    cn = controlnet_dir
+    unit = _unit(cn, "tiny_file", weight=0.7, guidance_start=0.25)
+    _run(monkeypatch, capsys, tmp_path / "first", cn, f"[{unit}]")
+    (row,) = pq.read_table(tmp_path / "first" / "manifest").to_pylist()
+    cond = cn.parent.parent / "cond" / "left.png"
+    warnings = _replay_and_rerun(monkeypatch, capsys, tmp_path, cn, row, [str(cond)])
+    assert "set each controlnet unit's image" in warnings
 
 
 def _by_prompt(out: Path) -> dict[tuple, np.ndarray]:
@@ -573,8 +581,6 @@ def test_resize_modes_fit_a_wide_condition_image_as_the_pipeline_gets_it(control
 def test_each_resize_mode_renders_and_its_png_replays_to_the_same_job(
     controlnet_dir, tmp_path, monkeypatch, capsys
 ):
-    from sdbatch import config, tools
-
     cn = controlnet_dir
     wide = _wide(cn)
     modes = ("'Just Resize'", "'Crop and Resize'", "'Envelope (Outer Fit)'")
@@ -589,29 +595,5 @@ def test_each_resize_mode_renders_and_its_png_replays_to_the_same_job(
     params = parse_infotext(text).params
     for i, mode in enumerate(want):
         assert f", Resize Mode: {mode}, " in params[f"ControlNet {i}"]
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    try:
-        code = tools.main(["replay", str(tmp_path / "first" / row["image"]), "-o",
-                           str(recipes / "again.yaml")])  # fmt: skip
-    except SystemExit as exc:
-        code = exc.code
-    _, err = capsys.readouterr()
-    assert code in (0, None), err
-    assert "Resize Mode" not in err
-    monkeypatch.setenv("SDBATCH_RECIPES", str(recipes))
-    config.register_configs()
-    try:
-        code, _, err = run_cli(
-            monkeypatch, capsys, "+recipe=again", f"output.dir={tmp_path / 'again'}",
-            "run.device=cpu", "run.progress=false", f"folders.controlnet={cn}",
-            *(f"controlnet.{i}.image='{wide}'" for i in range(3)),
-        )  # fmt: skip
-    finally:
-        monkeypatch.delenv("SDBATCH_RECIPES")
-        config.register_configs()
-    assert code == 0, err
-    (again,) = pq.read_table(tmp_path / "again" / "manifest").to_pylist()
-    assert again["job_id"] == row["job_id"]
-    first = np.asarray(Image.open(tmp_path / "first" / row["image"]))
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / again["image"])), first)
+    warnings = _replay_and_rerun(monkeypatch, capsys, tmp_path, cn, row, [str(wide)] * 3)
+    assert "Resize Mode" not in warnings
