@@ -241,6 +241,11 @@ def one_line(exc: BaseException) -> str:
         )
         if cause_line not in head:
             head = f"{head} ({cause_line})"
+    if key and key.startswith("controlnet[") and "list index out of range" in head:
+        return (
+            f"{key}: the recipe has no such ControlNet unit (they count from 0); "
+            "controlnet=[{model: NAME, image: PATH}] sets the whole list"
+        )
     return f"{key}: {head}" if key else head
 
 

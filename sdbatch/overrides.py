@@ -12,6 +12,9 @@ An axis may be written as a scalar, a list or a ``{start, count}`` mapping; Hydr
 a list onto a mapping (``seeds=[7,8]`` over a recipe's ``seeds: {start: 1, count: 2}``), so a
 list or mapping value for an axis replaces the recipe's value (``~seeds +seeds=[7,8]``).
 
+A ControlNet unit's key (``controlnet.0.control_mode=...``) is set whether or not the
+recipe's unit has it (``++``), as a top-level key the recipe left out is.
+
 A whole value in brackets that is A1111 syntax (``prompt=[red:blue:0.5]``, ``prompt=[cat|dog]``)
 would be a one-element list to Hydra and silently become the prompt ``red:blue:0.5``; it is
 taken as the text typed instead.
@@ -46,12 +49,22 @@ def _quotable(key: str) -> bool:
     return key in TEXT_KEYS or key in AXIS_KEYS or key.startswith("vars.")
 
 
+def _unit_key(key: str) -> bool:
+    """``controlnet.0.control_mode``: a ControlNet unit's key, which the recipe's unit may not
+    set yet (Hydra would need ``++`` to add it); the plan checks the unit's keys, so a
+    misspelt one is its one-line error listing the keys."""
+    parts = key.split(".")
+    return len(parts) == 3 and parts[0] == "controlnet" and parts[1].isdigit()
+
+
 def a1111_argv(args: list[str], multirun: bool) -> list[str]:
     """``args`` with A1111-style values quoted for Hydra (see the module docstring)."""
     parser = _parser()
     out: list[str] = []
     for arg in args:
         m = _KEY.match(arg)
+        if m and not m["prefix"] and _unit_key(m["key"]):
+            arg = "++" + arg  # set or add: a unit's key the recipe left at its default
         if not m or arg.startswith("-") or not _quotable(m["key"]):
             out.append(arg)
             continue

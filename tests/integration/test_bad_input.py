@@ -190,6 +190,11 @@ CASES = [
       "control_mode:'ControlNet is important'}]"],
      2, ["controlnet[0].control_mode", "ControlNet is important", "one of Balanced, My prompt "
          "is more important, ControlNet is more important"]),
+    (["+recipe=quick", "controlnet.0.weight=1"],  # no unit 0 to set a key of
+     2, ["controlnet[0]", "no such ControlNet unit", "controlnet=[{model: NAME, image: PATH}]"]),
+    (["+recipe=quick", "folders.a1111={webui}",  # a key the unit does not set: the plan's line
+      "controlnet=[{model:control_shapes,image:'{pics}/a.png'}]", "controlnet.0.wieght=1"],
+     2, ["controlnet[0].wieght", "keys model, image, weight"]),
     (["+recipe=quick", "folders.a1111={webui}",
       "controlnet=[{model:control_shapes,image:'{pics}/a.png',module:depth}]"],
      2, ["controlnet[0].module", "'depth'", "none or canny", "ready-made condition images"]),

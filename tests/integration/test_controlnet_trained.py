@@ -141,3 +141,17 @@ def test_controlnet_runs_resume_shard_and_do_not_depend_on_the_batch(tmp_path, m
     assert "done: 1 written, 4 skipped" in run(out, "batch_size=3")
     (new,) = [r for r in pq.read_table(out / "manifest").to_pylist() if r["job_id"] not in a]
     assert Path(new["controlnet"][0]["image"]).name == "top_right.png"
+
+
+def test_the_demo_recipes_unit_takes_keys_it_does_not_set_from_the_command_line(
+    monkeypatch, capsys
+):
+    """controlnet_demo's unit sets model, image and weight; ``controlnet.0.control_mode=...``
+    on the command line sets its mode too (no ``++`` needed), and the dry run names it."""
+    monkeypatch.chdir(ROOT)  # the recipe's folders.controlnet is relative to the repository
+    code, out, err = run_cli(
+        monkeypatch, capsys, "+recipe=controlnet_demo", "run.dry_run=true", "run.show_jobs=1",
+        "controlnet.0.control_mode=My prompt is more important", "controlnet.0.weight=0.5",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "ControlNet shapes_position (bottom_left.png, 0.5, My prompt is more important)" in out

@@ -94,6 +94,11 @@ def test_a1111_argv_leaves_hydra_sweeps_alone_under_multirun():
     assert a1111_argv(["cfg=5,7"], multirun=False) == ["cfg='5,7'"]
     assert a1111_argv(["run.device=cpu", "-m"], multirun=True) == ["run.device=cpu", "-m"]
     assert a1111_argv(["prompt=it's (x)"], multirun=False) == ["prompt='it\\'s (x)'"]
+    # a ControlNet unit's key is set whether or not the recipe's unit has it
+    assert a1111_argv(["controlnet.0.control_mode=Balanced"], multirun=False) == [
+        "++controlnet.0.control_mode=Balanced"
+    ]
+    assert a1111_argv(["+controlnet.1.weight=1"], multirun=False) == ["+controlnet.1.weight=1"]
 
 
 def test_random_seeds_are_stable_for_the_folder_and_recorded(tmp_path, monkeypatch, capsys):
