@@ -56,6 +56,11 @@ NAMES = {
     "guidance strength": "Guidance End",  # Feb 2023: the fraction of steps it ran for
     "pixel perfect": "Pixel Perfect", "control mode": "Control Mode",
 }  # fmt: skip
+# fields the current extension writes that decide no pixels (memory, saving the map): read, not
+# warned about
+NO_PIXELS = ("low vram", "save detected map")
+# fields with the one value sdbatch does: their other values are not reproduced
+ONLY = {"hr option": "Both"}  # the unit runs in both passes of the hires fix, as sdbatch's do
 TUPLES = {
     "starting/ending": ("Guidance Start", "Guidance End"),
     "preprocessor params": ("Processor Res", "Threshold A", "Threshold B"),
@@ -128,6 +133,11 @@ def _fields(label: str, items: list[tuple[str, str]], warnings: list[str]) -> di
                 fields.update(zip(TUPLES[low], parts, strict=True))
             else:
                 warnings.append(f"not reproduced: {label} {name}: {value}")
+        elif low in NO_PIXELS:
+            continue
+        elif low in ONLY:
+            if value.strip().lower() != ONLY[low].lower():
+                warnings.append(f"not reproduced: {label} {name}: {value} (sdbatch: {ONLY[low]})")
         elif low == "enabled":
             if value != "True":
                 warnings.append(f"not reproduced: {label} (Enabled: {value}: it did not run)")

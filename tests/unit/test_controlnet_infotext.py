@@ -210,3 +210,16 @@ def test_the_replay_tool_reads_a_png_of_the_lower_case_layout(tmp_path, capsys):
     ]  # fmt: skip
     assert "set each controlnet unit's image" in err
     assert "ControlNet Pixel Perfect: True" in err
+
+
+def test_the_current_extensions_fields_that_decide_no_pixels_are_read_quietly():
+    """Today's extension adds Low Vram, Hr Option and Save Detected Map to each unit: the first
+    and last decide no pixels, Hr Option "Both" is what sdbatch does; other Hr Options warn."""
+    extra = ', Low Vram: False, Hr Option: Both, Save Detected Map: True"'
+    now = CURRENT.replace('Control Mode: Balanced"', "Control Mode: Balanced" + extra)
+    assert now != CURRENT
+    quiet, plain = recipe_from_infotext(now, "r"), recipe_from_infotext(CURRENT, "r")
+    assert quiet.values["controlnet"] == plain.values["controlnet"]
+    assert quiet.warnings == plain.warnings
+    low = recipe_from_infotext(now.replace("Hr Option: Both", "Hr Option: Low res only"), "r")
+    assert "not reproduced: ControlNet 1 Hr Option: Low res only (sdbatch: Both)" in low.warnings
