@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from sdbatch.outputs.atomic import atomic_file
 from sdbatch.errors import UserError
-from sdbatch.outputs.manifest import ImagePaths
+from sdbatch.outputs.image_paths import ImagePaths
 from sdbatch.outputs.manifest_tools import (
     DataError,
     Source,

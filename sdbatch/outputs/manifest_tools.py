@@ -28,13 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sdbatch.errors import UserError
-from sdbatch.outputs.manifest import (
-    SCHEMA,
-    ImagePaths,
-    Manifest,
-    UnsafeImagePath,
-    write_parquet_atomic,
-)
+from sdbatch.outputs.image_paths import ImagePaths, UnsafeImagePath
+from sdbatch.outputs.manifest import SCHEMA, Manifest, write_parquet_atomic
 from sdbatch.plan.hashing import sha256_file
 
 OUTPUT = "output"  # the added column: the output folder a row came from

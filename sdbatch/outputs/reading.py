@@ -14,7 +14,8 @@ from pathlib import Path
 
 from sdbatch.errors import UserError
 from sdbatch.outputs.infotext import format_value
-from sdbatch.outputs.manifest import SCHEMA, ImagePaths, Manifest
+from sdbatch.outputs.image_paths import ImagePaths
+from sdbatch.outputs.manifest import SCHEMA, Manifest
 
 # Infotext names (what A1111 writes) for manifest columns; others are shown as named.
 LABELS = {

@@ -17,7 +17,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sdbatch.outputs.manifest import ImagePaths, Manifest
+from sdbatch.outputs.image_paths import ImagePaths
+from sdbatch.outputs.manifest import Manifest
 from sdbatch.plan.hashing import sha256_file
 from sdbatch.plan.recipe import Job
 

@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import pytest
 
 from sdbatch import tools
-from sdbatch.outputs.manifest import ImagePaths, Manifest, UnsafeImagePath, safe_image_path
+from sdbatch.outputs.image_paths import ImagePaths, UnsafeImagePath, safe_image_path
+from sdbatch.outputs.manifest import Manifest
 from sdbatch.run.resume import scan_manifest
 from tests.unit.test_manifest import row
 
