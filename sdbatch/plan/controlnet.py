@@ -1,24 +1,27 @@
 """ControlNet units of a recipe, as A1111's ControlNet extension has them. Pure (no torch).
 
 ``controlnet`` is a list of units ``{model, image, weight, guidance_start, guidance_end,
-control_mode, resize_mode, module, processor_res, threshold_a, threshold_b}``. The model is a
-name in the ControlNet folder (A1111's ``models/ControlNet``; ``folders.controlnet`` or
-``SDBATCH_CONTROLNET``): a ``.safetensors`` (or, with ``model.allow_pickle``, a pickle) file
-by stem, or a diffusers folder. ``image`` is a file, folder or glob of condition images: when
-it and ``init_images`` are both folders they are matched by file stem, otherwise every
-condition image is a sweep value. ``module`` is ``none`` (the images are the conditions) or
-``canny`` (sdbatch.plan.preprocessors, run on each image when it is read, with the unit's
-``processor_res`` and thresholds). ``control_mode`` is one of the extension's three
+control_mode, resize_mode, module, processor_res, threshold_a, threshold_b, pixel_perfect}``.
+The model is a name in the ControlNet folder (A1111's ``models/ControlNet``;
+``folders.controlnet`` or ``SDBATCH_CONTROLNET``): a ``.safetensors`` (or, with
+``model.allow_pickle``, a pickle) file by stem, or a diffusers folder. ``image`` is a file,
+folder or glob of condition images: when it and ``init_images`` are both folders they are
+matched by file stem, otherwise every condition image is a sweep value. ``module`` is ``none``
+(the images are the conditions) or ``canny`` (sdbatch.plan.preprocessors, run on each image
+when it is read, with the unit's ``processor_res`` and thresholds; with ``pixel_perfect:
+true`` the resolution is computed from the image's size and the job's instead, as the
+extension's Pixel Perfect does). ``control_mode`` is one of the extension's three
 (`CONTROL_MODES`; sdbatch.render.controlnet scales the residuals as it does), ``resize_mode``
 one of its three (sdbatch.plan.controlnet_resize, default "Crop and Resize"). A unit's model
 must be for the checkpoint's family (SD 1.x or SDXL: sdbatch.plan.controlnet_family).
 
 Each job carries a `Control`: per unit the model file's hash, the condition image's sha256,
 the weight, the guidance window, the control mode, (when not ``none``) the module and its
-settings and (when not "Crop and Resize") the resize mode. Its `key` joins the job id only
-when units are set, so ids of plans without ControlNet (or of units with ``module: none`` and
-the default resize mode) do not change; `infotext` writes the extension's ``ControlNet N``
-fields, which sdbatch.plan.controlnet_infotext reads back.
+settings (and Pixel Perfect when on) and (when not "Crop and Resize") the resize mode. Its
+`key` joins the job id only when units are set, so ids of plans without ControlNet (or of
+units with ``module: none``, the default resize mode and Pixel Perfect off) do not change;
+`infotext` writes the extension's ``ControlNet N`` fields, which
+sdbatch.plan.controlnet_infotext reads back.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from sdbatch.plan.preprocessors import MODULES, NONE_INFOTEXT, PARAM_KEYS, PARAM
 FIELD = "controlnet"
 UNIT_KEYS = (
     "model", "image", "weight", "guidance_start", "guidance_end", "control_mode", "resize_mode",
-    "module", *PARAM_KEYS,
+    "module", *PARAM_KEYS, "pixel_perfect",
 )  # fmt: skip
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 WEIGHT_MAX = 2.0  # the extension's slider: 0..2
@@ -66,6 +69,7 @@ class ControlUnit:
     module: str = "none"
     settings: tuple[int, ...] = ()  # the module's values, in PARAMS order (none: empty)
     resize: str = RESIZE_DEFAULT  # the extension's resize mode (sdbatch.plan.controlnet_resize)
+    pixel_perfect: bool = False  # the resolution from the image's and the job's size
 
     def serialize(self) -> str:
         """The extension's unit text (ControlNetUnit.serialize: its infotext fields in order)."""
@@ -80,7 +84,7 @@ class ControlUnit:
             ("Threshold B", b),
             ("Guidance Start", float(self.start)),
             ("Guidance End", float(self.end)),
-            ("Pixel Perfect", False),
+            ("Pixel Perfect", self.pixel_perfect),
             ("Control Mode", self.mode),
         )
         return ", ".join(f"{k}: {v}" for k, v in fields)
@@ -95,6 +99,7 @@ class Control:
             [u.file_sha256, u.image_sha256, repr(u.weight), repr(u.start), repr(u.end), u.mode]
             + ([u.module, *u.settings] if u.module != "none" else [])  # none: ids as before
             + ([u.resize] if u.resize != RESIZE_DEFAULT else [])  # the default: ids as before
+            + (["pixel_perfect"] if u.pixel_perfect else [])  # off: ids as before
             for u in self.units
         ]
         return json.dumps({"cn": units}, separators=(",", ":"))
@@ -132,7 +137,8 @@ def _module(u: ControlUnit) -> str:
     if u.module == "none":
         return mode
     res, a, b = u.settings
-    return f", {u.module} {a}/{b} at {res}{mode}"
+    at = "pixel perfect" if u.pixel_perfect else f"at {res}"
+    return f", {u.module} {a}/{b} {at}{mode}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +159,7 @@ class UnitSpec:
     settings: tuple[int, ...] = ()
     family: str = "sd1"  # the checkpoint family the model is for
     resize: str = RESIZE_DEFAULT
+    pixel_perfect: bool = False
 
 
 def control_mode(value: Any, field: str) -> str:
@@ -250,6 +257,19 @@ def module_settings(unit: Mapping, where: str) -> tuple[str, tuple[int, ...]]:
     return module, tuple(settings)
 
 
+def pixel_perfect(unit: Mapping, where: str, module: str) -> bool:
+    """The unit's ``pixel_perfect`` (unset: false): true or false; true only with a module
+    that has a resolution (canny), as with its other settings."""
+    value = unit.get("pixel_perfect")
+    if value is None or value is False:
+        return False
+    if value is not True:
+        raise RecipeError(f"{where}.pixel_perfect", value, "true or false")
+    if module == "none":
+        raise RecipeError(f"{where}.pixel_perfect", value, "false with module: none")
+    return True
+
+
 def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec]:
     """The recipe's units, validated (models found, images read and hashed); [] when unset."""
     raw = cfg.controlnet
@@ -273,6 +293,7 @@ def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec
             if unit.get(key) in (None, "", []):
                 raise RecipeError(f"{where}.{key}", unit.get(key), f"a {key} (required)")
         module, settings = module_settings(unit, where)
+        perfect = pixel_perfect(unit, where, module)
         mode = control_mode(unit.get("control_mode", "Balanced"), f"{where}.control_mode")
         resize = resize_mode(unit.get("resize_mode"), f"{where}.resize_mode")
         weight = _number(f"{where}.weight", unit.get("weight", 1), 0, WEIGHT_MAX, "a number")
@@ -294,7 +315,7 @@ def parse_units(cfg: Any, dirs: list[Path], allow_pickle: bool) -> list[UnitSpec
         specs.append(
             UnitSpec(
                 name, str(path), a1111_short_hash(path), file_sha, tuple(images), by_stem,
-                weight, start, end, mode, module, settings, family, resize,
+                weight, start, end, mode, module, settings, family, resize, perfect,
             )
         )  # fmt: skip
     return specs
@@ -315,7 +336,7 @@ def controls_for(specs: list[UnitSpec], image: str | None) -> list[Control]:
         units = [
             ControlUnit(
                 s.model, s.path, s.hash, s.file_sha256, p, sha, s.weight, s.start, s.end,
-                s.mode, s.module, s.settings, s.resize,
+                s.mode, s.module, s.settings, s.resize, s.pixel_perfect,
             )
             for p, sha in images
         ]  # fmt: skip

@@ -29,10 +29,11 @@ the fields of the current one, then mapped to the unit keys sdbatch.plan.control
   Enabled: True, ControlNet Module: canny, ControlNet Model: ..., ControlNet Weight: 1``).
 
 The layouts before late April 2023 do not write canny's settings: the unit gets the
-extension's defaults, written out (one warning says so). What sdbatch cannot reproduce (a
-module that is not built in, Pixel Perfect, a value out of range, a field it does not know) is
-one warning line each, never dropped silently; no value read here reaches the recipe unless
-it is a number or one of sdbatch's names, so ``${...}`` never does.
+extension's defaults, written out (one warning says so). ``Pixel Perfect: True`` is the unit's
+``pixel_perfect: true`` (with ``Module: none`` it changes nothing and is left out). What
+sdbatch cannot reproduce (a module that is not built in, a value out of range, a field it
+does not know) is one warning line each, never dropped silently; no value read here reaches
+the recipe unless it is a number or one of sdbatch's names, so ``${...}`` never does.
 """
 
 from __future__ import annotations
@@ -176,9 +177,11 @@ def _module_from_infotext(key: str, fields: Mapping[str, str], unit: dict) -> li
             f"{key}: the infotext does not give {module.lower()}'s settings; the recipe has the "
             f"extension's defaults ({defaults})"
         )
-    if fields.get("Pixel Perfect", "False") == "True":
-        res = unit.get("processor_res", params[0].default)
-        warnings.append(f"not reproduced: {key} Pixel Perfect: True (sdbatch: processor_res {res})")
+    perfect = fields.get("Pixel Perfect", "False")
+    if perfect.strip().lower() == "true":
+        unit["pixel_perfect"] = True
+    elif perfect.strip().lower() != "false":
+        warnings.append(f"not reproduced: {key} Pixel Perfect: {perfect} (sdbatch: False)")
     return warnings
 
 

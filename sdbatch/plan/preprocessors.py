@@ -11,7 +11,9 @@ annotators download models from the hub.
 
 What the extension does next (its "Crop and Resize" to the job's size) is the render side's
 (sdbatch.render.controlnet). Without Pixel Perfect the extension uses the unit's
-``processor_res`` as is, which is what sdbatch does.
+``processor_res`` as is; with it (a unit's ``pixel_perfect``), `pixel_perfect_resolution`
+replaces it, computed from the picture's size and the job's, as the extension's
+``pixel_perfect_resolution`` does it.
 """
 
 from __future__ import annotations
@@ -75,6 +77,28 @@ def canny(image: np.ndarray, processor_res: int = 512, low: int = 100, high: int
     padded, h, w = resize_with_pad(image, processor_res)
     edges = cv2.cvtColor(cv2.Canny(padded, int(low), int(high)), cv2.COLOR_GRAY2RGB)
     return np.ascontiguousarray(edges[:h, :w])
+
+
+def pixel_perfect_resolution(raw_h: int, raw_w: int, height: int, width: int, resize: str) -> int:
+    """The processor resolution Pixel Perfect gives a ``raw_w`` x ``raw_h`` picture for a
+    ``width`` x ``height`` job: with ``k0 = height / raw_h`` and ``k1 = width / raw_w``, the
+    picture's short side times ``min(k0, k1)`` for "Resize and Fill" (the map fits inside the
+    job's size), else times ``max(k0, k1)`` (it covers it), rounded to an integer. Not held to
+    the slider's 64..2048, as the extension does not; at least 1 (the extension's 0 fails)."""
+    k0, k1 = float(height) / float(raw_h), float(width) / float(raw_w)
+    k = min(k0, k1) if resize == "Resize and Fill" else max(k0, k1)
+    return max(1, int(np.round(k * float(min(raw_h, raw_w)))))
+
+
+def unit_settings(settings: tuple[int, ...], pixel_perfect: bool, picture_size: tuple[int, int],
+                  job_size: tuple[int, int], resize: str) -> tuple[int, ...]:  # fmt: skip
+    """The module's settings a unit runs with: ``settings`` with, under Pixel Perfect, the
+    resolution replaced by `pixel_perfect_resolution` of the picture's and the job's
+    (width, height) (the first pass's, also for the hires pass, as the extension)."""
+    if not pixel_perfect or not settings:
+        return settings
+    (raw_w, raw_h), (width, height) = picture_size, job_size
+    return (pixel_perfect_resolution(raw_h, raw_w, height, width, resize), *settings[1:])
 
 
 def preprocess(module: str, image: np.ndarray, settings: tuple[int, ...]) -> np.ndarray:

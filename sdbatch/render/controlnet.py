@@ -8,7 +8,8 @@ per file (a diffusers folder, or a ``.safetensors`` file with the config beside 
 ``ControlNetModel.from_unet`` of the shipped SDXL UNet config, the layout of the full-size
 SDXL ControlNets; so nothing is fetched), the condition images are read (checked against their
 planned hash), run through the unit's module (``canny``: sdbatch.plan.preprocessors, at
-``processor_res``) and fitted to the job's size by the unit's resize mode
+``processor_res``, or with Pixel Perfect at the resolution the picture's size and the job's
+give) and fitted to the job's size by the unit's resize mode
 (sdbatch.plan.controlnet_resize: "Just Resize", "Crop and Resize" or "Resize and Fill", as the
 extension's ``detectmap_proc``), and diffusers' ControlNet txt2img, img2img or inpaint
 pipeline (SD 1.x or SDXL; SDXL's passes the pooled text and size conditioning to the ControlNet
@@ -33,7 +34,7 @@ import torch
 from sdbatch.plan.controlnet import Control, folder_weights
 from sdbatch.plan.controlnet_resize import resize_condition
 from sdbatch.plan.image_ops import flatten
-from sdbatch.plan.preprocessors import preprocess_image
+from sdbatch.plan.preprocessors import preprocess_image, unit_settings
 from sdbatch.plan.recipe import Job
 from sdbatch.plan.weights import check_weights_file
 
@@ -109,13 +110,16 @@ def control_pipe(renderer, kind: str, base, jobs: Sequence[Job]):
     return cache[key]
 
 
-def _condition(unit) -> object:
+def _condition(unit, job_size: tuple[int, int]) -> object:
     """The unit's condition image at its module's resolution: the file's picture (checked
-    against its planned hash, transparency over white), through the unit's preprocessor."""
+    against its planned hash, transparency over white), through the unit's preprocessor (with
+    Pixel Perfect, at the resolution of the picture's size and ``job_size``, the job's
+    (width, height))."""
     from sdbatch.render.image_inputs import read_image
 
     picture = flatten(read_image(unit.image, unit.image_sha256))
-    return preprocess_image(unit.module, picture, unit.settings)
+    settings = unit_settings(unit.settings, unit.pixel_perfect, picture.size, job_size, unit.resize)
+    return preprocess_image(unit.module, picture, settings)
 
 
 def control_call(jobs: Sequence[Job], kind: str, size: tuple[int, int] | None = None) -> dict:
@@ -123,13 +127,18 @@ def control_call(jobs: Sequence[Job], kind: str, size: tuple[int, int] | None = 
     weights and windows (a batch shares models, weights and windows: the plan's batch key).
     ``size``: (width, height) the condition images are fitted to (each unit's resize mode), the
     job's unless given (the
-    hires pass's target size, as the extension resizes its condition image for that pass)."""
+    hires pass's target size, as the extension resizes its condition image for that pass; Pixel
+    Perfect's resolution is the job's size's, as the extension's, in both passes)."""
     units = jobs[0].control.units
     w, h = size or (jobs[0].width, jobs[0].height)
     # per job, its condition image of each unit: diffusers reads a nested list as
     # [image of the batch][ControlNet] (and transposes it itself)
     images = [
-        [resize_condition(u.resize, _condition(u), w, h) for u in j.control.units] for j in jobs
+        [
+            resize_condition(u.resize, _condition(u, (j.width, j.height)), w, h)
+            for u in j.control.units
+        ]
+        for j in jobs
     ]
     # an empty window (start == end) never runs its unit; diffusers refuses one, so it runs
     # over the whole window at weight 0 (the same residuals: zeros)

@@ -15,7 +15,8 @@ ControlNet, 8 runs of one or two 32x32 images at 4 steps), and about 2.5 s for t
 (3 runs and a dry run); the AND, hires, LoRA and embedding, and two-unit img2img tests
 add about 10 s (10 runs), the two control-mode tests about 9.5 s (11 runs), the two
 resize-mode tests about 2.5 s (the condition images control_call hands diffusers, and 2 runs
-with three units); more when other jobs share the cores.
+with three units), the two Pixel Perfect tests about 2 s (the maps control_call hands
+diffusers, then a run and its replayed rerun); more when other jobs share the cores.
 """
 
 from __future__ import annotations
@@ -597,3 +598,57 @@ def test_each_resize_mode_renders_and_its_png_replays_to_the_same_job(
         assert f", Resize Mode: {mode}, " in params[f"ControlNet {i}"]
     warnings = _replay_and_rerun(monkeypatch, capsys, tmp_path, cn, row, [str(wide)] * 3)
     assert "Resize Mode" not in warnings
+
+
+def test_pixel_perfect_hands_diffusers_the_map_of_the_computed_resolution(controlnet_dir):
+    """A pixel-perfect canny unit on a 128x64 picture for a 128x128 job gives the map its
+    processor_res would give at the extension's estimate (Resize and Fill: min(128/64, 128/128)
+    * 64 = 64; the two others: max * 64 = 128), not the map at processor_res 512; the hires
+    pass (192x192) keeps the job's estimate, as the extension computes it once."""
+    from sdbatch.plan.recipe import build_plan
+    from sdbatch.render.controlnet import control_call
+    from tests.conftest import quick_cfg
+
+    wide = controlnet_dir.parent.parent / "cond_wide" / "shapes.png"
+    wide.parent.mkdir(exist_ok=True)
+    raw = render(Scene("circle", "red", "white", 0.55), 64)
+    Image.fromarray(np.concatenate([raw, raw[:, ::-1]], axis=1)).save(wide)  # 128x64
+    modes = {"Just Resize": 128, "Crop and Resize": 128, "Resize and Fill": 64}
+
+    def call(settings: dict, size=None) -> list:
+        units = [{"model": "tiny_cn", "image": str(wide), "module": "canny", "threshold_a": 20,
+                  "threshold_b": 50, "resize_mode": m, **settings.get(m, settings)}
+                 for m in modes]  # fmt: skip
+        cfg = quick_cfg(size="128x128", folders={"controlnet": str(controlnet_dir)},
+                        controlnet=units)  # fmt: skip
+        job = build_plan(cfg, recipe_dirs=[controlnet_dir]).jobs[0]
+        if size is None:
+            return [np.asarray(im) for im in control_call([job], "txt2img")["image"][0]]
+        return list(control_call([job], "img2img", size)["control_image"])
+
+    estimates = {m: {"processor_res": r} for m, r in modes.items()}
+    perfect, estimate = call({"pixel_perfect": True}), call(estimates)
+    default = call({"processor_res": 512})
+    for mode, p, e, d in zip(modes, perfect, estimate, default, strict=True):
+        assert p.shape == (128, 128, 3) and p.any(), mode
+        assert np.array_equal(p, e), mode
+        assert not np.array_equal(p, d), mode
+    hires = zip(call({"pixel_perfect": True}, (192, 192)), call(estimates, (192, 192)), strict=True)
+    for p, e in hires:
+        assert p.shape == (1, 192, 192, 3) and np.array_equal(p, e)
+
+
+def test_a_pixel_perfect_png_says_so_and_replays_to_the_same_job(
+    controlnet_dir, tmp_path, monkeypatch, capsys
+):
+    cn = controlnet_dir
+    shape = tmp_path / "shape.png"
+    Image.fromarray(render(Scene("circle", "red", "white", 0.55), 32)).save(shape)
+    unit = f"{{model:tiny_file,image:'{shape}',module:canny,threshold_a:20,pixel_perfect:true}}"
+    _run(monkeypatch, capsys, tmp_path / "first", cn, f"[{unit}]")
+    (row,) = pq.read_table(tmp_path / "first" / "manifest").to_pylist()
+    params = parse_infotext(read_png_infotext(tmp_path / "first" / row["image"])).params
+    assert ", Processor Res: 512, " in params["ControlNet 0"]  # the slider's, as the extension
+    assert ", Pixel Perfect: True, " in params["ControlNet 0"]
+    warnings = _replay_and_rerun(monkeypatch, capsys, tmp_path, cn, row, [str(shape)])
+    assert "Pixel Perfect" not in warnings

@@ -143,15 +143,13 @@ def test_the_units_are_what_the_infotext_says():
     assert units == [
         {"model": "control_v11p_sd15_canny", "image": None, "weight": 0.8,
          "guidance_start": 0.1, "guidance_end": 0.9, "module": "canny", "processor_res": 384,
-         "threshold_a": 50, "threshold_b": 150, "control_mode": "My prompt is more important",
-         "resize_mode": "Resize and Fill"},
+         "threshold_a": 50, "threshold_b": 150, "pixel_perfect": True,
+         "control_mode": "My prompt is more important", "resize_mode": "Resize and Fill"},
         {"model": "control_v11f1p_sd15_depth", "image": None, "weight": 1.0,
          "guidance_start": 0.0, "guidance_end": 1.0},
     ]  # fmt: skip
     warnings = recipe_from_infotext(LOWER, "r").warnings
-    assert "not reproduced: ControlNet 0 Pixel Perfect: True (sdbatch: processor_res 384)" in (
-        warnings
-    )
+    assert not any("Pixel Perfect" in w or "pixel perfect" in w for w in warnings)
     assert any(w.startswith("ControlNet 1: Module depth_midas is not built in") for w in warnings)
     single = recipe_from_infotext(SINGLE, "r").values["controlnet"]
     assert single == [{"model": "control_sd15_canny", "image": None, "weight": 0.8,
@@ -205,11 +203,11 @@ def test_the_replay_tool_reads_a_png_of_the_lower_case_layout(tmp_path, capsys):
     assert recipe["controlnet"] == [
         {"model": "control_v11p_sd15_canny", "image": None, "weight": 0.8,
          "guidance_start": 0.1, "guidance_end": 0.9, "module": "canny", "processor_res": 384,
-         "threshold_a": 50, "threshold_b": 150, "control_mode": "My prompt is more important",
-         "resize_mode": "Resize and Fill"},
+         "threshold_a": 50, "threshold_b": 150, "pixel_perfect": True,
+         "control_mode": "My prompt is more important", "resize_mode": "Resize and Fill"},
     ]  # fmt: skip
     assert "set each controlnet unit's image" in err
-    assert "ControlNet Pixel Perfect: True" in err
+    assert "Pixel Perfect" not in err and "pixel perfect" not in err
 
 
 def test_the_current_extensions_fields_that_decide_no_pixels_are_read_quietly():
@@ -223,3 +221,24 @@ def test_the_current_extensions_fields_that_decide_no_pixels_are_read_quietly():
     assert quiet.warnings == plain.warnings
     low = recipe_from_infotext(now.replace("Hr Option: Both", "Hr Option: Low res only"), "r")
     assert "not reproduced: ControlNet 1 Hr Option: Low res only (sdbatch: Both)" in low.warnings
+
+
+def test_pixel_perfect_is_the_units_pixel_perfect_and_with_module_none_left_out():
+    """Today's layout: Pixel Perfect: True on canny is pixel_perfect: true (no warning); on
+    Module: none it changes nothing in the extension, so the recipe leaves it out; a value
+    that is neither True nor False is a warning."""
+    out = recipe_from_infotext(CURRENT, "r")
+    canny = out.values["controlnet"][0]
+    assert canny["pixel_perfect"] is True and canny["processor_res"] == 384
+    assert not any("Pixel Perfect" in w for w in out.warnings)
+    assert "pixel_perfect: true" in out.to_yaml()
+    off = recipe_from_infotext(CURRENT.replace("Pixel Perfect: True", "Pixel Perfect: False"), "r")
+    assert "pixel_perfect" not in off.values["controlnet"][0]
+    none = CURRENT.replace("Module: canny", "Module: none")
+    got = recipe_from_infotext(none, "r")
+    assert "pixel_perfect" not in got.values["controlnet"][0]
+    assert "module" not in got.values["controlnet"][0]
+    assert not any("Pixel Perfect" in w for w in got.warnings)
+    odd = recipe_from_infotext(CURRENT.replace("Pixel Perfect: True", "Pixel Perfect: 2"), "r")
+    assert "pixel_perfect" not in odd.values["controlnet"][0]
+    assert "not reproduced: ControlNet 0 Pixel Perfect: 2 (sdbatch: False)" in odd.warnings

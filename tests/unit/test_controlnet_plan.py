@@ -140,11 +140,15 @@ def test_a_canny_unit_joins_the_id_with_its_settings_and_none_keeps_the_old_id(w
             "a": {"threshold_a": 50},
             "b": {"threshold_b": 150},
             "res": {"processor_res": 256},
+            "pixel perfect": {"pixel_perfect": True},
         }.items()
     }
-    assert len({base, *ids.values()}) == 5
+    assert len({base, *ids.values()}) == 6
     same = plan(world, [unit(module="canny", threshold_a=100, threshold_b=200)])
     assert tuple(j.job_id for j in same.jobs) == ids["default"]  # the defaults, written out
+    off = plan(world, [unit(module="canny", pixel_perfect=False)])
+    assert tuple(j.job_id for j in off.jobs) == ids["default"]  # off: the ids of before
+    assert tuple(j.job_id for j in plan(world, [unit(pixel_perfect=False)]).jobs) == base
 
 
 def test_a_canny_units_infotext_manifest_entry_and_dry_run_line(world):
@@ -161,6 +165,12 @@ def test_a_canny_units_infotext_manifest_entry_and_dry_run_line(world):
     assert plan(world, [unit()]).jobs[0].control.columns()[0]["module"] == "none"
     line = next(iter_preview(p.jobs, 1))
     assert line.endswith("ControlNet control_shapes (a.png, 1, canny 50/200 at 256)")
+    pp = plan(world, [unit(module="canny", threshold_a=50, processor_res=256, pixel_perfect=True)])
+    assert pp.jobs[0].control.infotext()["ControlNet 0"] == p.jobs[0].control.infotext()[
+        "ControlNet 0"
+    ].replace("Pixel Perfect: False", "Pixel Perfect: True")
+    line = next(iter_preview(pp.jobs, 1))
+    assert line.endswith("ControlNet control_shapes (a.png, 1, canny 50/200 pixel perfect)")
 
 
 @pytest.mark.parametrize(
@@ -187,6 +197,13 @@ def test_a_canny_units_infotext_manifest_entry_and_dry_run_line(world):
         ([unit(module="canny", threshold_b=True)], "controlnet[0].threshold_b", "1..255"),
         ([unit(module="canny", processor_res=63)], "controlnet[0].processor_res", "64..2048"),
         ([unit(processor_res=512)], "controlnet[0].processor_res", "module: none"),
+        (
+            [unit(module="canny", pixel_perfect="maybe")],
+            "controlnet[0].pixel_perfect",
+            "'maybe' is not allowed; true or false",
+        ),
+        ([unit(module="canny", pixel_perfect=1)], "controlnet[0].pixel_perfect", "true or false"),
+        ([unit(pixel_perfect=True)], "controlnet[0].pixel_perfect", "false with module: none"),
         ([unit(strength=1)], "controlnet[0].strength", "keys model, image"),
         (["nope"], "controlnet[0]", "a unit"),
     ],
@@ -236,7 +253,8 @@ def test_replay_maps_the_extensions_units_back_and_asks_for_the_images():
          "guidance_start": 0.1, "guidance_end": 0.9},
         {"model": "control_v11f1p_sd15_depth", "image": None, "weight": 1.0,
          "guidance_start": 0.0, "guidance_end": 1.0, "module": "canny", "processor_res": 512,
-         "threshold_a": 100, "threshold_b": 200, "control_mode": "ControlNet is more important"},
+         "threshold_a": 100, "threshold_b": 200, "pixel_perfect": True,
+         "control_mode": "ControlNet is more important"},
     ]  # fmt: skip
     text = "\n".join(out.warnings)
     assert "set each controlnet unit's image" in text
@@ -247,7 +265,7 @@ def test_replay_maps_the_extensions_units_back_and_asks_for_the_images():
         odd.warnings
     )
     assert "control_mode" not in odd.values["controlnet"][1]
-    assert "ControlNet 1 Pixel Perfect: True (sdbatch: processor_res 512)" in text
+    assert "Pixel Perfect" not in text  # mapped back
     depth = recipe_from_infotext(A1111_TEXT.replace("Module: canny", "Module: depth_midas"), "cn")
     assert "ControlNet 1: Module depth_midas is not built in" in "\n".join(depth.warnings)
     assert "module" not in depth.values["controlnet"][1]

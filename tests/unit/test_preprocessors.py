@@ -94,3 +94,64 @@ def test_the_preprocess_tool_writes_the_map_a_run_uses(picture, tmp_path, capsys
     err = capsys.readouterr().err
     assert err == "error: --threshold-b: 256.0 is not allowed; an integer in 1..255\n"
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(
+    "raw, job, resize, want",
+    [
+        # a 64x32 picture (W x H) for a 32x32 job: k0 = 32/32 = 1, k1 = 32/64 = 0.5, short side 32
+        ((64, 32), (32, 32), "Resize and Fill", 16),  # min(k0, k1) * 32
+        ((64, 32), (32, 32), "Crop and Resize", 32),  # max(k0, k1) * 32
+        ((64, 32), (32, 32), "Just Resize", 32),
+        # 640x480 for 512x768: k0 = 768/480 = 1.6, k1 = 512/640 = 0.8, short side 480
+        ((640, 480), (512, 768), "Resize and Fill", 384),
+        ((640, 480), (512, 768), "Crop and Resize", 768),
+        # 300x200 for 512x512: k0 = 2.56, k1 = 1.7067: 341.33 rounds to 341
+        ((300, 200), (512, 512), "Resize and Fill", 341),
+        ((300, 200), (512, 512), "Just Resize", 512),
+        ((16, 16), (4096, 4096), "Crop and Resize", 4096),  # not held to the slider's 2048
+        ((1000, 1), (64, 64), "Resize and Fill", 1),  # 0.064 rounds to 0: at least 1
+    ],
+)
+def test_pixel_perfect_resolution_is_the_extensions(raw, job, resize, want):
+    from sdbatch.plan.preprocessors import pixel_perfect_resolution, unit_settings
+
+    (raw_w, raw_h), (w, h) = raw, job
+    assert pixel_perfect_resolution(raw_h, raw_w, h, w, resize) == want
+    assert unit_settings((512, 100, 200), True, raw, job, resize) == (want, 100, 200)
+    assert unit_settings((512, 100, 200), False, raw, job, resize) == (512, 100, 200)
+    assert unit_settings((), True, raw, job, resize) == ()  # module none: nothing to set
+
+
+def test_the_preprocess_tool_computes_pixel_perfect_from_size(picture, tmp_path, capsys):
+    from sdbatch import tools
+
+    wide = np.concatenate([picture, picture[:, ::-1]], axis=1)  # 256x128
+    Image.fromarray(wide).save(tmp_path / "in.png")
+
+    def tool(*argv: str) -> int:
+        with pytest.raises(SystemExit) as exc:
+            tools.main(["preprocess", str(tmp_path / "in.png"), *argv])
+        return exc.value.code
+
+    # 256x128 to 256x256, Resize and Fill: min(256/128, 256/256) * 128 = 128
+    fill = ("--size", "256x256", "--resize-mode", "Resize and Fill")
+    assert tool("-o", str(tmp_path / "p.png"), "--pixel-perfect", *fill) == 0
+    said = capsys.readouterr().out
+    assert (
+        "module canny, processor_res 128, threshold_a 100, threshold_b 200, pixel perfect" in said
+    )
+    assert tool("-o", str(tmp_path / "r.png"), "--processor-res", "128", *fill) == 0
+    perfect = np.asarray(Image.open(tmp_path / "p.png"))
+    assert np.array_equal(perfect, np.asarray(Image.open(tmp_path / "r.png")))
+    assert tool("-o", str(tmp_path / "d.png"), *fill) == 0  # processor_res 512: other edges
+    assert not np.array_equal(perfect, np.asarray(Image.open(tmp_path / "d.png")))
+    capsys.readouterr()
+    assert tool("-o", str(tmp_path / "x.png"), "--pixel-perfect") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --pixel-perfect: True is not allowed; given with --size WxH")
+    assert err.count("\n") == 1 and not (tmp_path / "x.png").exists()
+    assert tool("-o", str(tmp_path / "x.png"), "--module", "none", "--pixel-perfect") == 2
+    assert (
+        "--pixel-perfect: True is not allowed; false with module: none" in capsys.readouterr().err
+    )
