@@ -102,7 +102,8 @@ class SdbatchConfig:
     inpaint_full_res_padding: int = 32  # "Only masked padding, pixels"
     # ControlNet units (sdbatch.plan.controlnet; docs/image-inputs.md#controlnet)
     # [{model, image, weight, guidance_start, guidance_end, control_mode, resize_mode, module,
-    #   processor_res, threshold_a, threshold_b}]: keys checked by sdbatch.plan.controlnet
+    #   processor_res, threshold_a, threshold_b, pixel_perfect}]: keys checked by
+    #   sdbatch.plan.controlnet
     controlnet: list[Any] = field(default_factory=list)
     batch_size: int = 4  # images per forward pass (jobs sharing model/size/sampler/steps/cfg)
     run: RunConfig = field(default_factory=RunConfig)
