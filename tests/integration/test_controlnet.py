@@ -35,24 +35,35 @@ from sdbatch.shapes.world import Scene, render
 from tests.conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def controlnet_dir(tmp_path_factory) -> Path:
-    """models/ControlNet with the tiny ControlNet as a diffusers folder and as one file."""
-    from diffusers import ControlNetModel, UNet2DConditionModel
-    from safetensors.torch import save_file
+def tiny_controlnet(unet, channels: tuple[int, ...]):
+    """``ControlNetModel.from_unet`` of ``unet``, seeded, with its zero convolutions and the
+    condition embedding's last layer drawn at random, so that a unit changes the picture (a
+    fresh ControlNet adds exactly zero). ``channels``: one halving of the condition image per
+    layer after the first, down to the latent's size."""
+    from diffusers import ControlNetModel
 
-    from sdbatch.models import EMBEDDED_MODEL_PATH
-
-    root = tmp_path_factory.mktemp("a1111") / "models" / "ControlNet"
-    unet = UNet2DConditionModel.from_pretrained(EMBEDDED_MODEL_PATH, subfolder="unet")
     torch.manual_seed(0)  # the condition embedding's own layers are drawn here
-    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32))
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
     with torch.no_grad():
         for p in cn.controlnet_cond_embedding.conv_out.parameters():
             p.normal_(0, 3.0)
         for m in [*cn.controlnet_down_blocks, cn.controlnet_mid_block]:
             for p in m.parameters():
                 p.normal_(0, 0.1)
+    return cn
+
+
+@pytest.fixture(scope="module")
+def controlnet_dir(tmp_path_factory) -> Path:
+    """models/ControlNet with the tiny ControlNet as a diffusers folder and as one file."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from sdbatch.models import EMBEDDED_MODEL_PATH
+
+    root = tmp_path_factory.mktemp("a1111") / "models" / "ControlNet"
+    unet = UNet2DConditionModel.from_pretrained(EMBEDDED_MODEL_PATH, subfolder="unet")
+    cn = tiny_controlnet(unet, (8, 16, 32))
     cn.save_pretrained(root / "tiny_cn")
     save_file(cn.state_dict(), root / "tiny_file.safetensors")
     cn.save_config(root / "tiny_file.config")  # the config beside a single file

@@ -26,12 +26,13 @@ from sdbatch.plan.recipe import build_plan
 from sdbatch.render.pipeline import Renderer
 from sdbatch.shapes.world import Scene, render
 from tests.conftest import quick_cfg
+from tests.integration.test_controlnet import tiny_controlnet
 
 
 @pytest.fixture(scope="module")
 def xl(tmp_path_factory):
     """(tmp root, ControlNet folder, the renderer of the tiny SDXL model)."""
-    from diffusers import ControlNetModel, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
 
     from sdbatch.plan.checkpoints import resolve_model
@@ -42,15 +43,8 @@ def xl(tmp_path_factory):
     root = tmp_path_factory.mktemp("xlcn")
     folder = build_tiny_sdxl(root / "tiny-sdxl")
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
-    torch.manual_seed(0)
     # the tiny VAE halves the picture: a two-layer condition embedding halves it too
-    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
-    with torch.no_grad():
-        for p in cn.controlnet_cond_embedding.conv_out.parameters():
-            p.normal_(0, 3.0)
-        for m in [*cn.controlnet_down_blocks, cn.controlnet_mid_block]:
-            for p in m.parameters():
-                p.normal_(0, 0.1)
+    cn = tiny_controlnet(unet, (16, 32))
     models = root / "models" / "ControlNet"
     models.mkdir(parents=True)
     save_file(cn.state_dict(), models / "tiny_xl.safetensors")
