@@ -24,6 +24,7 @@ than "Balanced" rescale the residuals on top of that (sdbatch.render.controlnet_
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -110,16 +111,29 @@ def control_pipe(renderer, kind: str, base, jobs: Sequence[Job]):
     return cache[key]
 
 
-def _condition(unit, job_size: tuple[int, int]) -> object:
-    """The unit's condition image at its module's resolution: the file's picture (checked
-    against its planned hash, transparency over white), through the unit's preprocessor (with
-    Pixel Perfect, at the resolution of the picture's size and ``job_size``, the job's
-    (width, height))."""
+@functools.lru_cache(maxsize=16)
+def _picture(path: str, sha256: str):
+    """A condition image's picture, read and checked against its planned hash once per run:
+    the same pose or layout is every prompt's and seed's (transparency over white)."""
     from sdbatch.render.image_inputs import read_image
 
-    picture = flatten(read_image(unit.image, unit.image_sha256))
+    return flatten(read_image(path, sha256))
+
+
+@functools.lru_cache(maxsize=32)
+def _preprocessed(path: str, sha256: str, module: str, settings: tuple[int, ...]):
+    return preprocess_image(module, _picture(path, sha256), settings)
+
+
+def _condition(unit, job_size: tuple[int, int]) -> object:
+    """The unit's condition image at its module's resolution: the file's picture through the
+    unit's preprocessor (with Pixel Perfect, at the resolution of the picture's size and
+    ``job_size``, the job's (width, height)). Cached by content hash, so a batch's jobs and the
+    next batches do not read, hash and preprocess the same file again; callers must not change
+    the image they get (resize_condition makes a new one)."""
+    picture = _picture(unit.image, unit.image_sha256)
     settings = unit_settings(unit.settings, unit.pixel_perfect, picture.size, job_size, unit.resize)
-    return preprocess_image(unit.module, picture, settings)
+    return _preprocessed(unit.image, unit.image_sha256, unit.module, settings)
 
 
 def control_call(jobs: Sequence[Job], kind: str, size: tuple[int, int] | None = None) -> dict:

@@ -590,6 +590,45 @@ def test_resize_modes_fit_a_wide_condition_image_as_the_pipeline_gets_it(control
     assert _green(crop) == (18, 29, 18, 29) and _green(just)[2:] == (21, 26)
 
 
+def test_a_batch_reads_hashes_and_preprocesses_each_condition_file_once(
+    controlnet_dir, tmp_path, monkeypatch
+):
+    """Eight jobs (4 seeds x 2 CFG) over one canny unit, in two batches and the hires pass's
+    call: the file is read (and its hash checked) once and canny runs once; every job still
+    gets the same map, a fresh image each (fitting it makes a new one)."""
+    from sdbatch.plan import preprocessors
+    from sdbatch.plan.recipe import build_plan
+    from sdbatch.render import controlnet, image_inputs
+    from tests.conftest import quick_cfg
+
+    picture = tmp_path / "shape.png"
+    Image.fromarray(render(Scene("circle", "red", "white", 0.55), 32)).save(picture)
+    controlnet._picture.cache_clear()
+    controlnet._preprocessed.cache_clear()
+    calls = {"read": 0, "canny": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(image_inputs, "read_image", counted("read", image_inputs.read_image))
+    monkeypatch.setattr(preprocessors, "canny", counted("canny", preprocessors.canny))
+    unit = {"model": "tiny_cn", "image": str(picture), "module": "canny", "processor_res": 64}
+    cfg = quick_cfg(size="32x32", folders={"controlnet": str(controlnet_dir)}, controlnet=[unit],
+                    prompt="x", seeds={"start": 1, "count": 4}, cfg=[5, 7])  # fmt: skip
+    jobs = build_plan(cfg).jobs
+    assert len(jobs) == 8
+    maps = [control_image for half in (jobs[:4], jobs[4:])
+            for control_image in controlnet.control_call(half, "txt2img")["image"]]  # fmt: skip
+    controlnet.control_call(jobs[:4], "img2img", (64, 64))
+    assert calls == {"read": 1, "canny": 1}
+    assert all(np.array_equal(np.asarray(m), np.asarray(maps[0])) for m in maps)
+    assert len({id(m) for m in maps}) == 8
+
+
 def test_each_resize_mode_renders_and_its_png_replays_to_the_same_job(
     controlnet_dir, tmp_path, monkeypatch, capsys
 ):
